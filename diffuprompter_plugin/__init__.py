@@ -1,0 +1,28 @@
+"""DiffuPrompter: training-free instance masks for remote-sensing images.
+
+The engine (``DiffuPrompter``, ``DiffuPrompterConfig``) does not import
+FiftyOne; the FiftyOne layer (``compute_pseudo_labels`` and friends) does.
+Names are resolved lazily, so ``import diffuprompter_plugin.brain`` in the App
+does not import torch.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "DiffuPrompterConfig": "config",
+    "DiffuPrompter": "pipeline",
+    "Annotation": "pipeline",
+    "Instance": "segmentation",
+    "SamPrompter": "segmentation",
+    "TextGrounder": "grounding",
+    "ModelUnavailableError": "errors",
+    "InputImageError": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diffuprompter_plugin' has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -1,0 +1,182 @@
+"""Textual concept grounding with loop-sampling averaging (sections 2.2.1-2.2.2).
+
+For one image and class: encode the image with SD's VAE, noise the latent at
+the fixed timestep for L seeded noise draws, run the U-Net on the prompt in
+micro-batches of draws, aggregate each draw's cross-attention pyramid (Eq. 4)
+and average the draws (LSAD, Eq. 9).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .attention import capture_cross_attention
+from .config import DiffuPrompterConfig
+from .image import ImageLike, to_rgb_uint8
+from .models import StableDiffusion
+
+EPS = 1e-12
+LATENT_STRIDE = 64
+"""Working sides are multiples of 64 px: SD's 8x VAE times the U-Net's three 2x
+downsamplings."""
+
+
+def prompt_name(class_name: str) -> str:
+    """The class name as it goes into the prompt: ``storage_tank`` and
+    ``Storage-Tank`` become ``storage tank``."""
+    name = re.sub(r"[\s_\-]+", " ", class_name).strip().lower()
+    if not name:
+        raise ValueError(f"Invalid class name {class_name!r}")
+    return name
+
+
+def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
+    """Positions of the class's sub-tokens in the tokenised prompt.
+
+    The prefix before ``{}`` and the class are tokenised separately; the start
+    token is position 0, so neither it nor padding is ever selected.
+    """
+    prefix = template.split("{}")[0]
+    n_prefix = len(tokenizer(prefix, add_special_tokens=False).input_ids)
+    class_ids = tokenizer(class_name, add_special_tokens=False).input_ids
+    prompt_ids = tokenizer(template.format(class_name)).input_ids
+    indices = list(range(1 + n_prefix, 1 + n_prefix + len(class_ids)))
+    if indices[-1] >= tokenizer.model_max_length - 1:
+        raise ValueError(f"The prompt for '{class_name}' is too long for the text encoder")
+    if [prompt_ids[i] for i in indices] != class_ids:
+        raise ValueError(
+            f"Cannot locate '{class_name}' in the prompt {template.format(class_name)!r}"
+        )
+    return indices
+
+
+def working_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """The (h, w) SD sees: longest side ``resolution``, aspect kept, both sides
+    rounded to multiples of 64 px."""
+    scale = resolution / max(height, width)
+
+    def side(n: int) -> int:
+        return max(LATENT_STRIDE, round(n * scale / LATENT_STRIDE) * LATENT_STRIDE)
+
+    return side(height), side(width)
+
+
+def normalize(maps: torch.Tensor, normalization: str) -> torch.Tensor:
+    """The ``Norm`` of Eq. 4 over the last two dims: min-max to [0, 1], or none."""
+    if normalization == "none":
+        return maps
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    high = maps.amax(dim=(-2, -1), keepdim=True)
+    return (maps - low) / (high - low).clamp_min(EPS)
+
+
+def aggregate_pyramid(
+    pyramid: Sequence[torch.Tensor], size: tuple[int, int], normalization: str
+) -> torch.Tensor:
+    """Eq. 4: each resolution's (B, h, w) map is upsampled bilinearly to
+    ``size`` and divided by its max; the mean over resolutions is normalised.
+
+    Returns:
+        (B, *size) float32 maps.
+    """
+    scaled = []
+    for level in pyramid:
+        up = F.interpolate(level[:, None].float(), size=size, mode="bilinear", align_corners=False)
+        up = up[:, 0]
+        scaled.append(up / up.amax(dim=(1, 2), keepdim=True).clamp_min(EPS))
+    return normalize(torch.stack(scaled).mean(0), normalization)
+
+
+class TextGrounder:
+    """Produces DiffuPrompter heatmaps with Stable Diffusion.
+
+    Args:
+        sd: the loaded Stable Diffusion parts.
+        config: method settings.
+        device: where the models live.
+        dtype: model dtype (attention maths always runs in float32).
+    """
+
+    def __init__(
+        self,
+        sd: StableDiffusion,
+        config: DiffuPrompterConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.sd = sd
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+
+    @torch.inference_mode()
+    def heatmaps(self, image: ImageLike, class_names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Returns ``{class name: H x W float32 heatmap in [0, 1]}`` at the
+        image's own size; the VAE encodes the image once for all classes."""
+        rgb = to_rgb_uint8(image)
+        latent = self.encode(rgb)
+        height, width = rgb.shape[:2]
+        maps = {}
+        for name in class_names:
+            heat = self.latent_heatmap(latent, name)
+            full = F.interpolate(heat[None, None], size=(height, width), mode="bilinear")
+            maps[name] = full[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
+        return maps
+
+    def encode(self, rgb: np.ndarray) -> torch.Tensor:
+        """VAE latent (1, 4, h/8, w/8) of an RGB uint8 image at the working size,
+        from the posterior mode (deterministic) times the scaling factor."""
+        size = working_size(*rgb.shape[:2], self.config.resolution)
+        pixels = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
+        pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False)
+        pixels = pixels.clamp(-1, 1).to(self.device, self.dtype)
+        latent = self.sd.vae.encode(pixels).latent_dist.mode()
+        return latent * self.sd.vae.config.scaling_factor
+
+    def embed_prompt(self, class_name: str) -> tuple[torch.Tensor, list[int]]:
+        """CLIP embedding (1, 77, D) of the prompt and the class token indices."""
+        name = prompt_name(class_name)
+        tokenizer = self.sd.tokenizer
+        indices = class_token_indices(tokenizer, self.config.template, name)
+        ids = tokenizer(
+            self.config.template.format(name),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.sd.text_encoder(ids)[0].to(self.dtype), indices
+
+    def noise(self, latent: torch.Tensor) -> torch.Tensor:
+        """The L seeded noise draws (L, 4, h, w): drawn on the CPU, so they are
+        the same on every device and for every loop batch size."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        shape = (self.config.loops, *latent.shape[1:])
+        return torch.randn(shape, generator=generator).to(self.device, latent.dtype)
+
+    def loop_maps(self, latent: torch.Tensor, class_name: str) -> Iterator[torch.Tensor]:
+        """Yields Eq. 4 maps (b, h, w) for each micro-batch of noise draws."""
+        embeds, indices = self.embed_prompt(class_name)
+        size = tuple(latent.shape[-2:])
+        timestep = self.config.timestep
+        with capture_cross_attention(self.sd.unet) as store:
+            for noise in self.noise(latent).split(self.config.loop_batch_size):
+                batch = noise.shape[0]
+                timesteps = torch.full((batch,), timestep, device=self.device, dtype=torch.long)
+                latents = latent.expand(batch, -1, -1, -1)
+                noisy = self.sd.scheduler.add_noise(latents, noise, timesteps)
+                store.reset(indices, size)
+                self.sd.unet(noisy, timesteps, encoder_hidden_states=embeds.expand(batch, -1, -1))
+                yield aggregate_pyramid(store.resolution_maps(), size, self.config.normalization)
+
+    def latent_heatmap(self, latent: torch.Tensor, class_name: str) -> torch.Tensor:
+        """LSAD (Eq. 9): the mean of the L loop maps, normalised, at latent size."""
+        total = None
+        for maps in self.loop_maps(latent, class_name):
+            total = maps.sum(0) if total is None else total + maps.sum(0)
+        return normalize(total / self.config.loops, self.config.normalization)

@@ -1,0 +1,181 @@
+"""Prompting SAM with the binarised heatmaps and splitting instances (section 2.2.3)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import DiffuPrompterConfig
+from .crf import binary_map
+from .image import ImageLike, to_rgb_uint8
+from .models import DEFAULT_SAM_MODEL, load_sam, resolve_device
+from .prompts import Box, Region, components, mask_box, regions
+
+
+@dataclass
+class Instance:
+    """One object found in an image.
+
+    Attributes:
+        label: the class name.
+        mask: H x W bool mask over the full image.
+        box: (x0, y0, x1, y1) pixels, x1/y1 exclusive.
+        score: mean heatmap value inside the mask times SAM's predicted IoU of
+            the chosen candidate, in [0, 1].
+    """
+
+    label: str
+    mask: np.ndarray
+    box: Box
+    score: float
+
+    @property
+    def area(self) -> int:
+        """Pixel count of the mask."""
+        return int(self.mask.sum())
+
+
+Thresholds = float | Mapping[str, float] | None
+
+
+class SamPrompter:
+    """Turns heatmaps into instances with SAM; needs no diffusion model, so
+    stored heatmaps can be re-thresholded cheaply.
+
+    Args:
+        sam: a ``segment_anything`` Sam model.
+        config: method settings (threshold, CRF, min_area, multimask).
+        device: where SAM runs.
+    """
+
+    def __init__(self, sam: Any, config: DiffuPrompterConfig, device: torch.device) -> None:
+        from segment_anything import SamPredictor
+
+        self.predictor = SamPredictor(sam)
+        self.config = config
+        self.device = device
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        sam_model: str | os.PathLike | Any = DEFAULT_SAM_MODEL,
+        sam_checkpoint: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        config: DiffuPrompterConfig | None = None,
+    ) -> SamPrompter:
+        """Loads SAM (see :func:`~diffuprompter_plugin.models.load_sam`)."""
+        device = resolve_device(device)
+        sam = load_sam(sam_model, sam_checkpoint, device)
+        return cls(sam, config or DiffuPrompterConfig(), device)
+
+    def thresholds_for(self, class_names: list[str], thresholds: Thresholds) -> dict[str, float]:
+        """Per-class gamma: a number for all, a dict (missing classes use the
+        config's threshold), or None for the config's threshold."""
+        if thresholds is None or isinstance(thresholds, (int, float)):
+            value = self.config.threshold if thresholds is None else float(thresholds)
+            return dict.fromkeys(class_names, value)
+        return {name: float(thresholds.get(name, self.config.threshold)) for name in class_names}
+
+    @torch.inference_mode()
+    def segment(
+        self,
+        image: ImageLike,
+        heatmaps: Mapping[str, np.ndarray],
+        thresholds: Thresholds = None,
+    ) -> list[Instance]:
+        """Instances of every class from its heatmap.
+
+        Per class: binarise (with CRF), prompt SAM with each region's min box
+        and interior point, keep the candidate with the highest IoU to that
+        region, split the union of kept masks into connected instances and
+        drop those under ``min_area``. Pixels claimed by several classes go
+        to the class with the highest heatmap value there.
+        """
+        rgb = to_rgb_uint8(image)
+        gammas = self.thresholds_for(list(heatmaps), thresholds)
+        image_set = False
+        instances = []
+        for label, heatmap in heatmaps.items():
+            if heatmap.shape != rgb.shape[:2]:
+                raise ValueError(f"Heatmap '{label}' is {heatmap.shape}, image is {rgb.shape[:2]}")
+            found = regions(
+                binary_map(rgb, heatmap, gammas[label], self.config), self.config.min_area
+            )
+            if not found:
+                continue
+            if not image_set:
+                self.predictor.set_image(rgb)
+                image_set = True
+            masks, ious = self.predict(found)
+            for mask in components(masks.any(0), self.config.min_area):
+                iou = max(ious[i] for i in range(len(found)) if (masks[i] & mask).any())
+                instances.append(Instance(label, mask, mask_box(mask), iou))
+        return self._resolve(instances, heatmaps)
+
+    def predict(self, found: list[Region]) -> tuple[np.ndarray, list[float]]:
+        """One batched SAM call for all regions of a class.
+
+        Returns:
+            (R, H, W) bool masks, the candidate per region with the highest
+            IoU to the region, and SAM's predicted IoU of each.
+        """
+        size = self.predictor.original_size
+        transform = self.predictor.transform
+        boxes = torch.tensor([r.box for r in found], dtype=torch.float, device=self.device)
+        points = torch.tensor([[r.point] for r in found], dtype=torch.float, device=self.device)
+        labels = torch.ones(points.shape[:2], dtype=torch.int, device=self.device)
+        masks, iou_predictions, _ = self.predictor.predict_torch(
+            point_coords=transform.apply_coords_torch(points, size),
+            point_labels=labels,
+            boxes=transform.apply_boxes_torch(boxes, size),
+            multimask_output=self.config.multimask,
+        )
+        targets = torch.from_numpy(np.stack([r.mask for r in found])).to(self.device)
+        best = select_candidates(masks, targets)
+        rows = torch.arange(len(found), device=self.device)
+        chosen = masks[rows, best].cpu().numpy()
+        return chosen, iou_predictions[rows, best].clamp(0, 1).float().cpu().tolist()
+
+    def _resolve(
+        self, instances: list[Instance], heatmaps: Mapping[str, np.ndarray]
+    ) -> list[Instance]:
+        """Gives each pixel claimed by several classes to the class with the
+        highest heatmap value there, then scores the instances."""
+        labels = sorted({i.label for i in instances})
+        if len(labels) > 1:
+            stack = np.stack([heatmaps[name] for name in labels])
+            claimed = np.zeros_like(stack, dtype=bool)
+            for inst in instances:
+                claimed[labels.index(inst.label)] |= inst.mask
+            owner = np.where(claimed, stack, -1.0).argmax(0)
+            for inst in instances:
+                inst.mask = inst.mask & (owner == labels.index(inst.label))
+        kept = []
+        for inst in instances:
+            if inst.mask.sum() < self.config.min_area:
+                continue
+            inst.box = mask_box(inst.mask)
+            inst.score = float(heatmaps[inst.label][inst.mask].mean() * inst.score)
+            kept.append(inst)
+        return kept
+
+
+def select_candidates(candidates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Index of the candidate with the highest IoU to each target.
+
+    Args:
+        candidates: (R, C, H, W) bool SAM masks.
+        targets: (R, H, W) bool binarised regions.
+
+    Returns:
+        (R,) long indices into C.
+    """
+    targets = targets[:, None]
+    inter = (candidates & targets).flatten(2).sum(-1).float()
+    union = (candidates | targets).flatten(2).sum(-1).float()
+    return (inter / union.clamp_min(1)).argmax(1)
