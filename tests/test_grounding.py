@@ -1,0 +1,106 @@
+"""Eqs. 4 and 9, batching, seeding and input handling of the heatmap stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffuprompter_plugin.grounding import (
+    TextGrounder,
+    aggregate_pyramid,
+    normalize,
+    prompt_name,
+    working_size,
+)
+
+
+def _grounder(prompter, **changes) -> TextGrounder:
+    g = prompter.grounder
+    return TextGrounder(g.sd, g.config.replace(**changes), g.device, g.dtype)
+
+
+def test_eq4_divides_each_resolution_by_its_max_then_averages():
+    fine = torch.tensor([[[1.0, 2.0, 0.0, 0.0]] * 4])  # (1, 4, 4), max 2
+    coarse = torch.tensor([[[0.0, 4.0], [4.0, 8.0]]])  # (1, 2, 2), max 8
+    # bilinear 2 -> 4 (align_corners=False) samples at -0.25, 0.25, 0.75, 1.25
+    w = np.array([[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    coarse_up = w @ coarse[0].numpy() @ w.T
+    mean = (fine[0].numpy() / 2 + coarse_up / coarse_up.max()) / 2
+    expected = (mean - mean.min()) / (mean.max() - mean.min())
+    got = aggregate_pyramid([fine, coarse], (4, 4), "minmax")
+    np.testing.assert_allclose(got[0].numpy(), expected, atol=1e-6)
+    raw = aggregate_pyramid([fine, coarse], (4, 4), "none")
+    np.testing.assert_allclose(raw[0].numpy(), mean, atol=1e-6)
+
+
+def test_eq9_heatmap_is_the_normalised_mean_of_loop_maps(prompter, rgb):
+    g = _grounder(prompter, loops=5, loop_batch_size=1)
+    latent = g.encode(rgb)
+    with torch.no_grad():
+        loops = torch.cat(list(g.loop_maps(latent, "ship")))
+        heat = g.latent_heatmap(latent, "ship")
+    assert loops.shape == (5, 8, 8)
+    assert torch.allclose(loops.amax(dim=(1, 2)), torch.ones(5))
+    torch.testing.assert_close(heat, normalize(loops.mean(0), "minmax"))
+
+
+def test_batched_loops_equal_one_at_a_time(prompter, rgb):
+    batched = _grounder(prompter, loops=6, loop_batch_size=6).heatmaps(rgb, ["bridge"])
+    single = _grounder(prompter, loops=6, loop_batch_size=1).heatmaps(rgb, ["bridge"])
+    np.testing.assert_allclose(batched["bridge"], single["bridge"], atol=1e-5)
+
+
+def test_same_seed_same_output_other_seed_differs(prompter, rgb):
+    a = _grounder(prompter, seed=3).heatmaps(rgb, ["harbor"])["harbor"]
+    b = _grounder(prompter, seed=3).heatmaps(rgb, ["harbor"])["harbor"]
+    c = _grounder(prompter, seed=4).heatmaps(rgb, ["harbor"])["harbor"]
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_more_loops_lower_variance_across_seeds(prompter, rgb):
+    def spread(loops: int) -> float:
+        maps = []
+        for seed in range(6):
+            g = _grounder(
+                prompter, loops=loops, loop_batch_size=loops, seed=seed, normalization="none"
+            )
+            latent = g.encode(rgb)
+            with torch.no_grad():
+                maps.append(torch.cat(list(g.loop_maps(latent, "vehicle"))).mean(0))
+        return torch.stack(maps).std(0).mean().item()
+
+    one, sixteen = spread(1), spread(16)
+    assert sixteen < one / 2  # Eq. 8: std falls as 1 / sqrt(L) (here 1/4)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((40, 70), 128, np.uint8),
+        np.full((70, 40, 4), 200, np.uint8),
+        (np.arange(50 * 60 * 3) % 4096).astype(np.uint16).reshape(50, 60, 3),
+        np.random.default_rng(1).random((33, 33, 1)).astype(np.float32),
+    ],
+    ids=["gray", "rgba-tall", "uint16", "float-1ch"],
+)
+def test_heatmap_matches_input_size_and_range(prompter, image):
+    heat = prompter.heatmap(image, "tennis court")
+    assert heat.shape == image.shape[:2]
+    assert heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() <= 1
+
+
+def test_working_size_keeps_aspect_in_multiples_of_64():
+    assert working_size(512, 512, 512) == (512, 512)
+    assert working_size(600, 800, 512) == (384, 512)
+    assert working_size(1000, 100, 512) == (512, 64)
+    assert working_size(48, 64, 64) == (64, 64)
+
+
+def test_prompt_name_spaces_underscores():
+    assert prompt_name("Storage_Tank") == "storage tank"
+    assert prompt_name(" ground-track  field ") == "ground track field"
+    with pytest.raises(ValueError, match="Invalid class name"):
+        prompt_name("__")

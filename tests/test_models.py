@@ -1,0 +1,96 @@
+"""Model loading: local folders, built objects, SAM download and clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from diffuprompter_plugin import models
+from diffuprompter_plugin.errors import ModelUnavailableError
+from diffuprompter_plugin.models import (
+    default_dtype,
+    download_sam_checkpoint,
+    load_sam,
+    load_stable_diffusion,
+    resolve_device,
+)
+
+
+def test_device_and_dtype_defaults():
+    assert resolve_device("cpu").type == "cpu"
+    assert default_dtype(torch.device("cpu")) == torch.float32
+    assert default_dtype(torch.device("cuda")) == torch.float16
+
+
+def test_sd_folder_loads_with_ddpm_schedule(tiny_models):
+    sd = load_stable_diffusion(tiny_models[0], torch.device("cpu"), torch.float32)
+    assert type(sd.scheduler).__name__ == "DDPMScheduler"
+    assert sd.scheduler.config.beta_schedule == "scaled_linear"
+    assert round(float(sd.scheduler.alphas_cumprod[40]), 3) == 0.962  # method.md table
+
+
+def test_built_pipeline_and_sam_objects_are_accepted(tiny_models, prompter):
+    sd = prompter.grounder.sd
+    pipe = SimpleNamespace(
+        vae=sd.vae,
+        unet=sd.unet,
+        tokenizer=sd.tokenizer,
+        text_encoder=sd.text_encoder,
+        scheduler=sd.scheduler,
+    )
+    loaded = load_stable_diffusion(pipe, torch.device("cpu"), torch.float32)
+    assert loaded.unet is sd.unet
+    sam = prompter.prompter.predictor.model
+    assert load_sam(sam, device="cpu") is sam
+    with pytest.raises(TypeError, match="lacks"):
+        load_stable_diffusion(SimpleNamespace(vae=1), torch.device("cpu"), torch.float32)
+
+
+def test_missing_sd_weights_say_what_to_download(tmp_path):
+    with pytest.raises(ModelUnavailableError, match=r"(?s)'vae' from .*empty.*sd_model=PATH"):
+        load_stable_diffusion(tmp_path / "empty", torch.device("cpu"), torch.float32)
+
+
+def test_missing_sam_checkpoint_and_unknown_type(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="nope.pth' does not exist"):
+        load_sam("vit_b", tmp_path / "nope.pth", device="cpu")
+    with pytest.raises(ValueError, match="Unknown SAM model 'vit_x'"):
+        load_sam("vit_x", device="cpu")
+    (tmp_path / "custom").mkdir()
+    with pytest.raises(ModelUnavailableError, match="has no sam_config.json"):
+        load_sam(tmp_path / "custom", device="cpu")
+
+
+def _fake_release(tmp_path, monkeypatch, payload: bytes, sha: str):
+    source = tmp_path / "sam_vit_b_01ec64.pth"
+    source.write_bytes(payload)
+    monkeypatch.setitem(models.SAM_CHECKPOINTS, "vit_b", (source.as_uri(), sha))
+    return tmp_path / "cache"
+
+
+def test_sam_download_is_verified_and_cached(tmp_path, monkeypatch):
+    payload = b"weights" * 1000
+    cache = _fake_release(tmp_path, monkeypatch, payload, hashlib.sha256(payload).hexdigest())
+    path = download_sam_checkpoint("vit_b", cache)
+    assert path == cache / "sam_vit_b_01ec64.pth"
+    assert path.read_bytes() == payload
+    assert download_sam_checkpoint("vit_b", cache) == path  # cached: no second fetch
+    assert list(cache.iterdir()) == [path]
+
+
+def test_corrupt_sam_download_leaves_nothing(tmp_path, monkeypatch):
+    cache = _fake_release(tmp_path, monkeypatch, b"truncated", "0" * 64)
+    with pytest.raises(ModelUnavailableError, match="Checksum mismatch"):
+        download_sam_checkpoint("vit_b", cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_unreachable_sam_download_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(
+        models.SAM_CHECKPOINTS, "vit_b", ((tmp_path / "absent.pth").as_uri(), "0" * 64)
+    )
+    with pytest.raises(ModelUnavailableError, match="(?s)Cannot download.*sam_checkpoint=PATH"):
+        download_sam_checkpoint("vit_b", tmp_path / "cache")

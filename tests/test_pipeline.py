@@ -1,0 +1,53 @@
+"""The public surface: DiffuPrompter.from_pretrained, heatmap and annotate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffuprompter_plugin import DiffuPrompterConfig
+
+
+def test_annotate_returns_heatmaps_and_consistent_instances(prompter, rgb):
+    result = prompter.annotate(rgb, ["storage tank", "airplane"], thresholds=0.3)
+    assert set(result.heatmaps) == {"storage tank", "airplane"}
+    for heat in result.heatmaps.values():
+        assert heat.shape == (48, 64) and heat.dtype == np.float32
+    assert result.instances
+    for inst in result.instances:
+        assert inst.label in result.heatmaps
+        assert inst.mask.shape == (48, 64)
+    masks = np.stack([i.mask for i in result.instances]).sum(0)
+    assert masks.max() == 1  # no pixel belongs to two instances
+
+
+def test_annotate_is_deterministic(prompter, rgb):
+    a = prompter.annotate(rgb, ["ship"], thresholds=0.3)
+    b = prompter.annotate(rgb, ["ship"], thresholds=0.3)
+    np.testing.assert_array_equal(a.heatmaps["ship"], b.heatmaps["ship"])
+    assert [(i.box, i.score) for i in a.instances] == [(i.box, i.score) for i in b.instances]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ([], "class_names is empty"),
+        ("ship", "not the string"),
+        (["ship", "ship"], "Duplicate"),
+        (["ship", " "], "Invalid class names"),
+    ],
+)
+def test_bad_class_lists_get_clear_errors(prompter, rgb, names, message):
+    with pytest.raises(ValueError, match=message):
+        prompter.annotate(rgb, names)
+
+
+def test_config_validates_and_round_trips():
+    config = DiffuPrompterConfig(loops=8, threshold=0.3)
+    assert DiffuPrompterConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="threshold=1.5"):
+        DiffuPrompterConfig(threshold=1.5)
+    with pytest.raises(ValueError, match="timestep=1000"):
+        DiffuPrompterConfig(timestep=1000)
+    with pytest.raises(ValueError, match="Unknown DiffuPrompterConfig settings"):
+        DiffuPrompterConfig.from_dict({"loopz": 3})
