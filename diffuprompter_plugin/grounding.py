@@ -132,7 +132,7 @@ class TextGrounder:
         """VAE latent (1, 4, h/8, w/8) of an RGB uint8 image at the working size,
         from the posterior mode (deterministic) times the scaling factor."""
         size = working_size(*rgb.shape[:2], self.config.resolution)
-        pixels = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
+        pixels = torch.tensor(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
         pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False)
         pixels = pixels.clamp(-1, 1).to(self.device, self.dtype)
         latent = self.sd.vae.encode(pixels).latent_dist.mode()

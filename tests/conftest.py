@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
+import os
+import tempfile
 
-from diffuprompter_plugin.config import DiffuPrompterConfig
-from diffuprompter_plugin.tiny import write_tiny_models
+_FO_HOME = tempfile.mkdtemp(prefix="diffuprompter-tests-")
+for _key, _value in {
+    "FIFTYONE_DATABASE_DIR": f"{_FO_HOME}/db",
+    "FIFTYONE_DEFAULT_DATASET_DIR": f"{_FO_HOME}/datasets",
+    "FIFTYONE_PLUGINS_DIR": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "FIFTYONE_DATABASE_VALIDATION": "false",
+    "FIFTYONE_DO_NOT_TRACK": "true",
+    "FIFTYONE_SHOW_PROGRESS_BARS": "false",
+}.items():
+    os.environ.setdefault(_key, _value)  # before anything imports fiftyone
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from diffuprompter_plugin.config import DiffuPrompterConfig  # noqa: E402
+from diffuprompter_plugin.tiny import write_tiny_models  # noqa: E402
 
 TINY_CONFIG = DiffuPrompterConfig(loops=4, loop_batch_size=2, resolution=64, crf=False)
 
@@ -40,3 +54,49 @@ def rgb() -> np.ndarray:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+class StubModel:
+    """Engine stand-in for FiftyOne-layer tests: reads the image like the
+    engine does, returns a ramp heatmap and one 8 x 8 instance per class."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.config = DiffuPrompterConfig()
+        self.calls: list[str] = []
+        self.fail_after = fail_after
+
+    def annotate(self, image, class_names):
+        from diffuprompter_plugin.image import to_rgb_uint8
+        from diffuprompter_plugin.pipeline import Annotation
+        from diffuprompter_plugin.segmentation import Instance
+
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise KeyboardInterrupt("worker killed")
+        self.calls.append(str(image))
+        height, width = to_rgb_uint8(image).shape[:2]
+        ramp = np.linspace(0, 1, height * width, dtype=np.float32).reshape(height, width)
+        instances = []
+        for k, name in enumerate(class_names):
+            mask = np.zeros((height, width), bool)
+            mask[k * 8 : k * 8 + 8, 0:8] = True
+            instances.append(Instance(name, mask, (0, k * 8, 8, k * 8 + 8), 0.5))
+        return Annotation({n: ramp for n in class_names}, instances)
+
+
+@pytest.fixture
+def image_dataset(tmp_path):
+    """A persistent dataset of four 40 x 56 images with ground-truth classes."""
+    import fiftyone as fo
+    from PIL import Image
+
+    dataset = fo.Dataset(persistent=True)
+    rng = np.random.default_rng(0)
+    labels = ["ship", "storage tank", "ship", "harbor"]
+    samples = []
+    for i, label in enumerate(labels):
+        path = tmp_path / f"scene_{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(path)
+        samples.append(fo.Sample(filepath=str(path), ground_truth=fo.Classification(label=label)))
+    dataset.add_samples(samples)
+    yield dataset
+    dataset.delete()

@@ -1,0 +1,69 @@
+"""Conversions between engine outputs and FiftyOne labels and files."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+import cv2
+import fiftyone as fo
+import numpy as np
+
+HEATMAP_SCALE = 65535
+"""Heatmaps are stored as 16-bit PNGs: a step of 1.5e-5, enough to re-threshold."""
+
+
+def class_slug(class_name: str) -> str:
+    """A field- and file-safe name for a class: ``Storage Tank`` -> ``storage_tank``."""
+    slug = re.sub(r"\W+", "_", class_name.strip().lower()).strip("_")
+    if not slug:
+        raise ValueError(f"Invalid class name {class_name!r}")
+    return slug
+
+
+def write_heatmap(heatmap: np.ndarray, path: str) -> fo.Heatmap:
+    """Writes a [0, 1] heatmap as a 16-bit PNG and returns its label."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = np.round(np.clip(heatmap, 0, 1) * HEATMAP_SCALE).astype(np.uint16)
+    if not cv2.imwrite(path, data):
+        raise OSError(f"Cannot write heatmap '{path}'")
+    return fo.Heatmap(map_path=path, range=[0, HEATMAP_SCALE])
+
+
+def read_heatmap(label: fo.Heatmap) -> np.ndarray:
+    """The float32 [0, 1] heatmap of a stored label."""
+    data = label.get_map()
+    if data is None:
+        raise ValueError(f"Heatmap file '{label.map_path}' cannot be read")
+    return (data.astype(np.float32) / HEATMAP_SCALE).clip(0, 1)
+
+
+def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections:
+    """``fo.Detections`` with instance masks cropped to relative boxes."""
+    detections = []
+    for inst in instances:
+        x0, y0, x1, y1 = inst.box
+        detections.append(
+            fo.Detection(
+                label=inst.label,
+                bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
+                mask=inst.mask[y0:y1, x0:x1].copy(),
+                confidence=float(inst.score),
+            )
+        )
+    return fo.Detections(detections=detections)
+
+
+def sample_classes(sample: fo.Sample, class_field: str) -> list[str]:
+    """Class names of a sample's Classification or Classifications field."""
+    label = sample[class_field]
+    if label is None:
+        return []
+    if isinstance(label, fo.Classifications):
+        return list(dict.fromkeys(c.label for c in label.classifications if c.label))
+    if isinstance(label, fo.Classification):
+        return [label.label] if label.label else []
+    raise ValueError(
+        f"Field '{class_field}' holds {type(label).__name__}; expected Classification(s)"
+    )

@@ -1,0 +1,187 @@
+"""The FiftyOne brain method: fields, files, resume, failures, run management."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from diffuprompter_plugin.brain import (
+    PseudoLabelsResults,
+    compute_pseudo_labels,
+    rethreshold_pseudo_labels,
+)
+from diffuprompter_plugin.labels import HEATMAP_SCALE, read_heatmap
+from tests.conftest import TINY_CONFIG, StubModel
+
+
+def test_class_field_run_writes_heatmaps_and_instances(image_dataset):
+    model = StubModel()
+    results = compute_pseudo_labels(image_dataset, "dp", class_field="ground_truth", model=model)
+    assert results.processed == 4 and results.failures == {}
+    assert results.per_class == {"ship": 2, "storage tank": 1, "harbor": 1}
+    sample = image_dataset.first()
+    heat = sample["dp_heatmap_ship"]
+    assert heat.map_path.endswith(f"{sample.id}.png") and os.path.isfile(heat.map_path)
+    ramp = np.linspace(0, 1, 40 * 56, dtype=np.float32).reshape(40, 56)
+    assert np.abs(read_heatmap(heat) - ramp).max() <= 0.5 / HEATMAP_SCALE + 1e-7
+    (det,) = sample.dp_instances.detections
+    assert det.label == "ship" and det.confidence == 0.5
+    assert det.bounding_box == pytest.approx([0, 0, 8 / 56, 8 / 40])
+    assert det.mask.shape == (8, 8) and det.mask.all()
+    assert image_dataset.count("dp_heatmap_storage_tank") == 1  # only its own class
+
+
+def test_fixed_classes_apply_to_every_sample(image_dataset):
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship", "bridge"], model=StubModel())
+    assert image_dataset.count("dp_heatmap_bridge") == 4
+    assert image_dataset.count_values("dp_instances.detections.label") == {
+        "ship": 4,
+        "bridge": 4,
+    }
+
+
+def test_failed_sample_is_recorded_and_run_goes_on(image_dataset):
+    import fiftyone as fo
+
+    image_dataset.add_sample(
+        fo.Sample(filepath="/nonexistent/lost.png", ground_truth=fo.Classification(label="ship"))
+    )
+    results = compute_pseudo_labels(
+        image_dataset, "dp", class_field="ground_truth", model=StubModel()
+    )
+    assert results.processed == 4
+    ((sample_id, error),) = results.failures.items()
+    assert "lost.png" in error and "InputImageError" in error
+    assert image_dataset[sample_id]["dp_instances_error"] == error
+    assert image_dataset.load_brain_results("dp").summary()["failed"] == 1
+
+
+def test_killed_run_resumes_without_recomputing_or_duplicating(image_dataset):
+    with pytest.raises(KeyboardInterrupt):
+        compute_pseudo_labels(
+            image_dataset,
+            "dp",
+            class_field="ground_truth",
+            model=StubModel(fail_after=2),
+            batch_size=1,
+        )
+    assert image_dataset.count("dp_instances") == 2
+    second = StubModel()
+    results = compute_pseudo_labels(
+        image_dataset, "dp", class_field="ground_truth", model=second, batch_size=1
+    )
+    assert len(second.calls) == 2  # only the two unfinished samples
+    assert results.processed == 4 and results.instances == 4
+    assert all(len(d.detections) == 1 for d in image_dataset.values("dp_instances"))
+    third = StubModel()
+    compute_pseudo_labels(image_dataset, "dp", class_field="ground_truth", model=third)
+    assert third.calls == []  # idempotent
+
+
+def test_resume_with_other_settings_is_refused(image_dataset, tiny_models):
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
+    with pytest.raises(ValueError, match="exists with different"):
+        compute_pseudo_labels(image_dataset, "dp", classes=["harbor"], model=StubModel())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"brain_key": "dp"}, "exactly one of classes"),
+        ({"brain_key": "1bad", "classes": ["ship"]}, "Invalid brain_key"),
+        ({"brain_key": "dp", "classes": ["ship"], "pred_field": "a-b"}, "Invalid field name"),
+        ({"brain_key": "dp", "class_field": "nope"}, "Class field 'nope' does not exist"),
+        ({"brain_key": "dp", "class_field": "filepath"}, "must be a Classification"),
+        ({"brain_key": "dp", "classes": []}, "class_names is empty"),
+        ({"brain_key": "dp", "classes": ["ship"], "pred_field": "ground_truth"}, "already exist"),
+    ],
+)
+def test_bad_arguments_fail_before_writing(image_dataset, kwargs, message):
+    fields = set(image_dataset.get_field_schema())
+    with pytest.raises(ValueError, match=message):
+        compute_pseudo_labels(image_dataset, model=StubModel(), **kwargs)
+    assert set(image_dataset.get_field_schema()) == fields
+    assert image_dataset.list_brain_runs() == []
+
+
+def test_list_rename_delete_brain_run(image_dataset):
+    compute_pseudo_labels(image_dataset, "dp", class_field="ground_truth", model=StubModel())
+    assert image_dataset.list_brain_runs(method="diffuprompter") == ["dp"]
+    heatmap_dir = image_dataset.get_brain_info("dp").config.heatmap_dir
+    assert len(os.listdir(heatmap_dir)) == 3
+    image_dataset.rename_brain_run("dp", "dp_v2")
+    assert image_dataset.list_brain_runs() == ["dp_v2"]
+    assert isinstance(image_dataset.load_brain_results("dp_v2"), PseudoLabelsResults)
+    image_dataset.delete_brain_run("dp_v2")
+    assert image_dataset.list_brain_runs() == []
+    assert not any(f.startswith("dp_") for f in image_dataset.get_field_schema())
+    assert not os.path.exists(heatmap_dir)
+
+
+def test_brain_classes_load_in_another_process(image_dataset):
+    compute_pseudo_labels(image_dataset, "dp", class_field="ground_truth", model=StubModel())
+    code = (
+        "import fiftyone as fo, sys; ds = fo.load_dataset(sys.argv[1]); "
+        "r = ds.load_brain_results('dp'); print(type(r).__module__, type(r).__name__, "
+        "r.processed)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, image_dataset.name],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert out.stdout.split() == ["diffuprompter_plugin.brain", "PseudoLabelsResults", "4"]
+
+
+def test_real_tiny_models_then_rethreshold(image_dataset, tiny_models, tmp_path):
+    from diffuprompter_plugin import SamPrompter
+
+    sd, sam = tiny_models
+    config = TINY_CONFIG.replace(threshold=0.3)
+    results = compute_pseudo_labels(
+        image_dataset,
+        "dp",
+        classes=["ship", "harbor"],
+        sd_model=sd,
+        sam_model=sam,
+        device="cpu",
+        config=config,
+        smoke=True,
+    )
+    assert results.processed == 4 and results.config.smoke
+    assert results.config.models["sd_model"] == sd
+    assert image_dataset.count("dp_instances.detections") == results.instances > 0
+
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"thresholds": {"ship": 0.25, "harbor": 0.6}}))
+    summary = rethreshold_pseudo_labels(
+        image_dataset, "dp", "dp_rt", thresholds=str(path), device="cpu"
+    )
+    assert summary["samples"] == 4
+    prompter = SamPrompter.from_pretrained(sam, device="cpu", config=config)
+    for sample in image_dataset:
+        heatmaps = {n: read_heatmap(sample[f"dp_heatmap_{n}"]) for n in ("ship", "harbor")}
+        expected = prompter.segment(sample.filepath, heatmaps, {"ship": 0.25, "harbor": 0.6})
+        got = sample.dp_rt.detections
+        assert [(d.label, d.mask.sum()) for d in got] == [(i.label, i.area) for i in expected]
+
+
+def test_rethreshold_bad_input(image_dataset, tmp_path):
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
+    with pytest.raises(ValueError, match="No DiffuPrompter brain run 'other'"):
+        rethreshold_pseudo_labels(image_dataset, "other", "x")
+    with pytest.raises(ValueError, match="belongs to brain run"):
+        rethreshold_pseudo_labels(image_dataset, "dp", "dp_instances", prompter=object())
+    with pytest.raises(ValueError, match="must be a number in"):
+        rethreshold_pseudo_labels(image_dataset, "dp", "x", thresholds={"ship": 2})
+    bad = tmp_path / "t.json"
+    bad.write_text("{oops")
+    with pytest.raises(ValueError, match="t.json"):
+        rethreshold_pseudo_labels(image_dataset, "dp", "x", thresholds=str(bad))
