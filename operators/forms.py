@@ -1,0 +1,126 @@
+"""Form pieces and execution helpers shared by the operators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from diffuprompter_plugin.config import DiffuPrompterConfig
+
+DEFAULTS = DiffuPrompterConfig()
+
+METHOD_INPUTS = (
+    # name, kind, min, max, label, description
+    ("timestep", "int", 0, 999, "Timestep t", "Raw diffusion timestep index (paper: 40)"),
+    ("loops", "int", 1, 1000, "Loops L", "Noise draws averaged by LSAD (paper: 50)"),
+    ("loop_batch_size", "int", 1, 1000, "Loop batch size", "Draws per U-Net call"),
+    ("threshold", "float", 0.01, 0.99, "Threshold γ", "Binarisation threshold (paper: 0.4)"),
+    ("resolution", "int", 64, 2048, "Resolution", "Longest side SD sees, in pixels"),
+)
+
+
+def identifier_input(
+    inputs: types.Object,
+    name: str,
+    label: str,
+    value: Any,
+    default: str,
+    taken: set[str] = frozenset(),
+    taken_reason: str = "already exists",
+) -> bool:
+    """Adds a required identifier field; marks it invalid (with the reason)
+    when it is not a Python identifier or is in ``taken``. Returns validity."""
+    prop = inputs.str(name, label=label, default=default, required=True)
+    if value is None:
+        return True
+    error = None
+    if not isinstance(value, str) or not value.isidentifier():
+        error = f"'{value}' is not a valid name: use letters, digits and _"
+    elif value in taken:
+        error = f"'{value}' {taken_reason}"
+    if error:
+        prop.invalid = True
+        prop.error_message = error
+    return error is None
+
+
+def method_inputs(inputs: types.Object) -> None:
+    """Adds the method settings with the paper's defaults and bounds."""
+    for name, kind, low, high, label, description in METHOD_INPUTS:
+        add = inputs.int if kind == "int" else inputs.float
+        add(
+            name,
+            label=label,
+            description=description,
+            default=getattr(DEFAULTS, name),
+            min=low,
+            max=high,
+        )
+    inputs.bool("crf", label="DenseCRF refinement", default=DEFAULTS.crf)
+
+
+def method_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The method settings present in ``params`` (missing ones keep defaults)."""
+    names = [spec[0] for spec in METHOD_INPUTS] + ["crf"]
+    return {n: params[n] for n in names if params.get(n) is not None}
+
+
+def model_inputs(inputs: types.Object, with_sd: bool = True) -> None:
+    """Model locations: hub ids, registry types or local paths on the worker."""
+    if with_sd:
+        inputs.str(
+            "sd_model",
+            label="Stable Diffusion",
+            description="Hub id or a diffusers folder on the machine that runs the job",
+            default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        )
+    inputs.str(
+        "sam_model",
+        label="SAM",
+        description="vit_h, vit_l, vit_b, or a folder with sam_config.json and sam.pth",
+        default="vit_h",
+    )
+    inputs.str(
+        "sam_checkpoint",
+        label="SAM checkpoint",
+        description="Optional .pth path; empty downloads Meta's checkpoint",
+    )
+    inputs.enum("device", ["auto", "cuda", "cpu"], label="Device", default="auto")
+
+
+def device_param(params: dict[str, Any]) -> str | None:
+    """The device parameter, None for automatic choice."""
+    device = params.get("device") or "auto"
+    return None if device == "auto" else device
+
+
+def progress_reporter(ctx: Any, label: str) -> Any:
+    """A FiftyOne progress callback that reports to ``ctx.set_progress``."""
+
+    def report(pb: Any) -> None:
+        ctx.set_progress(
+            progress=pb.progress, label=f"{label}: {pb.complete}/{pb.total} samples"
+        )
+
+    return fo.report_progress(report, dt=2.0)
+
+
+def reload_app(ctx: Any) -> None:
+    """Reloads the App's dataset after an immediate run."""
+    if not ctx.delegated:
+        ctx.trigger("reload_dataset")
+
+
+def execute_from_sdk(
+    operator: foo.Operator, samples: Any, params: dict[str, Any], delegate: bool
+) -> Any:
+    """Runs ``operator`` on a collection from Python, queued when ``delegate``."""
+    params = {k: v for k, v in params.items() if v is not None}
+    return foo.execute_operator(
+        operator.uri,
+        ctx={"view": samples.view(), "params": params},
+        request_delegation=delegate,
+    )
