@@ -101,9 +101,7 @@ def progress_reporter(ctx: Any, label: str) -> Any:
     """A FiftyOne progress callback that reports to ``ctx.set_progress``."""
 
     def report(pb: Any) -> None:
-        ctx.set_progress(
-            progress=pb.progress, label=f"{label}: {pb.complete}/{pb.total} samples"
-        )
+        ctx.set_progress(progress=pb.progress, label=f"{label}: {pb.complete}/{pb.total} samples")
 
     return fo.report_progress(report, dt=2.0)
 

@@ -34,7 +34,9 @@ class RunDiffuPrompter(foo.Operator):
 
         class_fields = sorted(
             name
-            for name, field in dataset.get_field_schema(embedded_doc_type=CLASS_LABEL_TYPES).items()
+            for name, field in dataset.get_field_schema(
+                embedded_doc_type=CLASS_LABEL_TYPES
+            ).items()
         )
         source = types.RadioGroup()
         source.add_choice("field", label="From a Classification field")

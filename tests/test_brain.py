@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import TINY_CONFIG, StubModel
 
 from diffuprompter_plugin.brain import (
     PseudoLabelsResults,
@@ -16,7 +17,6 @@ from diffuprompter_plugin.brain import (
     rethreshold_pseudo_labels,
 )
 from diffuprompter_plugin.labels import HEATMAP_SCALE, read_heatmap
-from tests.conftest import TINY_CONFIG, StubModel
 
 
 def test_class_field_run_writes_heatmaps_and_instances(image_dataset):

@@ -1,0 +1,37 @@
+"""Test helpers importable from every test module (pytest pythonpath)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from diffuprompter_plugin.config import DiffuPrompterConfig
+
+TINY_CONFIG = DiffuPrompterConfig(loops=4, loop_batch_size=2, resolution=64, crf=False)
+"""Settings for the tiny models: 64 px working size, 4 loops, no CRF."""
+
+
+class StubModel:
+    """Engine stand-in for FiftyOne-layer tests: reads the image like the
+    engine does, returns a ramp heatmap and one 8 x 8 instance per class."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.config = DiffuPrompterConfig()
+        self.calls: list[str] = []
+        self.fail_after = fail_after
+
+    def annotate(self, image, class_names):
+        from diffuprompter_plugin.image import to_rgb_uint8
+        from diffuprompter_plugin.pipeline import Annotation
+        from diffuprompter_plugin.segmentation import Instance
+
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise KeyboardInterrupt("worker killed")
+        self.calls.append(str(image))
+        height, width = to_rgb_uint8(image).shape[:2]
+        ramp = np.linspace(0, 1, height * width, dtype=np.float32).reshape(height, width)
+        instances = []
+        for k, name in enumerate(class_names):
+            mask = np.zeros((height, width), bool)
+            mask[k * 8 : k * 8 + 8, 0:8] = True
+            instances.append(Instance(name, mask, (0, k * 8, 8, k * 8 + 8), 0.5))
+        return Annotation({n: ramp for n in class_names}, instances)
