@@ -4,6 +4,7 @@ FiftyOne re-imports this file on every operator lookup, so it imports only
 the light operator modules; torch and the models load inside ``execute``.
 """
 
-from .operators import register
+if __package__:  # FiftyOne imports this file as a package; pytest's collector does not
+    from .operators import register
 
-__all__ = ["register"]
+    __all__ = ["register"]
