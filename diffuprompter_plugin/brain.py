@@ -203,17 +203,19 @@ def compute_pseudo_labels(
         sd_model, sam_model, sam_checkpoint, config, model, output_dir, smoke,
     )  # fmt: skip
     method = run_config.build()
-    if brain_key in samples.list_brain_runs():
+    resuming = brain_key in samples.list_brain_runs()
+    if resuming:
         _check_resumable(samples, brain_key, run_config)
+        pending = samples.exists(run_config.pred_field, False).values("id")
     else:
         _check_new_fields(samples, run_config)
+        pending = samples.values("id")
+    if pending and model is None:
+        model = _load_model(run_config, device)  # fails before anything is written
+    if not resuming:
         method.register_run(samples, brain_key, overwrite=False)
-
     _declare_fields(samples, run_config)
-    pending = samples.exists(run_config.pred_field, False).values("id")
     if pending:
-        if model is None:
-            model = _load_model(run_config, device)
         _annotate_samples(samples, pending, model, run_config, batch_size, progress)
     results = _collect_results(samples, brain_key, run_config, method)
     method.save_run_results(samples, brain_key, results)

@@ -185,3 +185,15 @@ def test_rethreshold_bad_input(image_dataset, tmp_path):
     bad.write_text("{oops")
     with pytest.raises(ValueError, match="t.json"):
         rethreshold_pseudo_labels(image_dataset, "dp", "x", thresholds=str(bad))
+
+
+def test_missing_weights_leave_nothing_written(image_dataset, tmp_path):
+    from diffuprompter_plugin.errors import ModelUnavailableError
+
+    fields = set(image_dataset.get_field_schema())
+    with pytest.raises(ModelUnavailableError, match="sd_model=PATH"):
+        compute_pseudo_labels(
+            image_dataset, "dp", classes=["ship"], sd_model=str(tmp_path / "absent"), device="cpu"
+        )
+    assert image_dataset.list_brain_runs() == []
+    assert set(image_dataset.get_field_schema()) == fields

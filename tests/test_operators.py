@@ -1,0 +1,128 @@
+"""The plugin's operators: loading, forms and validation, immediate and
+delegated execution with a real ``fiftyone delegated launch`` worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fiftyone.operators as foo
+import pytest
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionError, ExecutionRunState
+
+PLUGIN = "@diffuprompter/diffuprompter"
+RUN = f"{PLUGIN}/run_diffuprompter"
+RETHRESHOLD = f"{PLUGIN}/rethreshold_pseudo_labels"
+
+
+def _tiny_settings(tiny_models):
+    sd, sam = tiny_models
+    return dict(sd_model=sd, sam_model=sam, device="cpu", loops=2, loop_batch_size=2,
+                resolution=64, crf=False, threshold=0.3)  # fmt: skip
+
+
+def test_plugin_registers_operators_without_heavy_imports():
+    code = (
+        "import sys, fiftyone.operators as foo\n"
+        "from fiftyone.operators.registry import OperatorRegistry\n"
+        "print(OperatorRegistry().list_errors())\n"
+        f"print(sorted(o.uri for o in foo.list_operators() if o.uri.startswith('{PLUGIN}')))\n"
+        "print([m for m in ('torch', 'diffusers', 'segment_anything') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=os.environ.copy()).stdout.splitlines()  # fmt: skip
+    assert out == ["[]", str(sorted([RETHRESHOLD, RUN])), "[]"]
+
+
+def test_immediate_run_and_rethreshold_from_sdk(image_dataset, tiny_models):
+    result = foo.get_operator(RUN)(image_dataset, "dp", class_field="ground_truth",
+                                   **_tiny_settings(tiny_models))  # fmt: skip
+    assert result.result["processed"] == 4 and result.result["failed"] == 0
+    assert image_dataset.count("dp_instances") == 4
+    assert image_dataset.count("dp_heatmap_ship") == 2
+    config = image_dataset.get_brain_info("dp").config
+    assert config.settings["loops"] == 2 and config.settings["resolution"] == 64
+
+    out = foo.get_operator(RETHRESHOLD)(image_dataset, "dp", "dp_strict",
+                                        thresholds={"ship": 0.5, "harbor": 0.6,
+                                                    "storage tank": 0.7},
+                                        device="cpu")  # fmt: skip
+    assert out.result["samples"] == 4
+    assert image_dataset.count("dp_strict") == 4
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"brain_key": "2fast"}, "brain_key"),
+        ({"loops": 0}, "loops"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"pred_field": "ground_truth"}, "pred_field"),
+    ],
+)
+def test_invalid_form_values_are_rejected(image_dataset, tiny_models, changes, reason):
+    kwargs = dict(brain_key="dp", class_field="ground_truth", **_tiny_settings(tiny_models))
+    kwargs.update(changes)
+    with pytest.raises(ExecutionError, match=reason):
+        foo.get_operator(RUN)(image_dataset, **kwargs)
+    assert image_dataset.list_brain_runs() == []
+
+
+def test_taken_brain_key_needs_resume(image_dataset, tiny_models):
+    settings = _tiny_settings(tiny_models)
+    foo.get_operator(RUN)(image_dataset, "dp", classes=["ship"], **settings)
+    with pytest.raises(ExecutionError, match="is taken"):
+        foo.get_operator(RUN)(image_dataset, "dp", classes=["ship"], **settings)
+    resumed = foo.get_operator(RUN)(image_dataset, "dp", classes=["ship"], resume=True,
+                                    **settings)  # fmt: skip
+    assert resumed.result["processed"] == 4
+
+
+def _wait_terminal(service, ids, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        docs = [service.get(i) for i in ids]
+        if all(d.run_state in (ExecutionRunState.COMPLETED, ExecutionRunState.FAILED)
+               for d in docs):  # fmt: skip
+            return docs
+        time.sleep(1)
+    raise TimeoutError(f"delegated runs not finished: {[d.run_state for d in docs]}")
+
+
+@pytest.mark.slow
+def test_delegated_runs_with_a_real_worker(image_dataset, tiny_models, tmp_path):
+    settings = _tiny_settings(tiny_models)
+    good = foo.get_operator(RUN)(image_dataset, "dp", class_field="ground_truth",
+                                 delegate=True, **settings)  # fmt: skip
+    missing = {**settings, "sd_model": str(tmp_path / "nope")}
+    bad = foo.get_operator(RUN)(image_dataset, "dp_bad", classes=["ship"], pred_field="bad",
+                                heatmap_field="bad_heatmap", delegate=True, **missing)  # fmt: skip
+    ids = [good.result["id"], bad.result["id"]]
+    service = DelegatedOperationService()
+    assert [service.get(i).run_state for i in ids] == [ExecutionRunState.QUEUED] * 2
+
+    cli = Path(sys.executable).with_name("fiftyone")
+    with open(tmp_path / "worker.log", "w") as log:
+        worker = subprocess.Popen([str(cli), "delegated", "launch"], stdout=log,
+                                  stderr=subprocess.STDOUT, env=os.environ.copy(),
+                                  start_new_session=True)  # fmt: skip
+        try:
+            done, failed = _wait_terminal(service, ids, timeout=240)
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(30)
+    assert done.run_state == ExecutionRunState.COMPLETED, done.result.error
+    assert done.result.result["processed"] == 4
+    assert done.status.progress == 1.0
+    image_dataset.reload()
+    assert image_dataset.count("dp_instances") == 4
+    assert failed.run_state == ExecutionRunState.FAILED
+    assert "Cannot load the Stable Diffusion" in failed.result.error
+    assert "nope" in failed.result.error
+    assert "dp_bad" not in image_dataset.list_brain_runs()  # nothing half-written
+    assert not image_dataset.has_sample_field("bad")
