@@ -1,9 +1,16 @@
 """The plugin's operators: forms, validation, delegation and progress only."""
 
+from .importers import ImportClassificationCollection, ImportIsaid, ImportNwpuVhr10
 from .rethreshold import RethresholdPseudoLabels
 from .run_diffuprompter import RunDiffuPrompter
 
-OPERATORS = (RunDiffuPrompter, RethresholdPseudoLabels)
+OPERATORS = (
+    RunDiffuPrompter,
+    RethresholdPseudoLabels,
+    ImportClassificationCollection,
+    ImportIsaid,
+    ImportNwpuVhr10,
+)
 
 
 def register(plugin) -> None:

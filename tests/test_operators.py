@@ -18,6 +18,7 @@ from fiftyone.operators.executor import ExecutionError, ExecutionRunState
 PLUGIN = "@diffuprompter/diffuprompter"
 RUN = f"{PLUGIN}/run_diffuprompter"
 RETHRESHOLD = f"{PLUGIN}/rethreshold_pseudo_labels"
+IMPORTS = [f"{PLUGIN}/import_{n}" for n in ("classification_collection", "isaid", "nwpu_vhr10")]
 
 
 def _tiny_settings(tiny_models):
@@ -36,7 +37,7 @@ def test_plugin_registers_operators_without_heavy_imports():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=os.environ.copy()).stdout.splitlines()  # fmt: skip
-    assert out == ["[]", str(sorted([RETHRESHOLD, RUN])), "[]"]
+    assert out == ["[]", str(sorted([RETHRESHOLD, RUN, *IMPORTS])), "[]"]
 
 
 def test_immediate_run_and_rethreshold_from_sdk(image_dataset, tiny_models):
@@ -126,3 +127,27 @@ def test_delegated_runs_with_a_real_worker(image_dataset, tiny_models, tmp_path)
     assert "nope" in failed.result.error
     assert "dp_bad" not in image_dataset.list_brain_runs()  # nothing half-written
     assert not image_dataset.has_sample_field("bad")
+
+
+def test_import_operator_from_sdk(tmp_path):
+    import fiftyone as fo
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "PatternNet"
+    (root / "images" / "tennis_court").mkdir(parents=True)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(
+        root / "images" / "tennis_court" / "tennis_court001.jpg"
+    )
+    name = f"op-import-{os.urandom(3).hex()}"
+    operator = foo.get_operator(IMPORTS[0])
+    try:
+        result = operator(root, dataset_name=name)
+        assert result.result["added"] == 1
+        assert fo.load_dataset(name).first().ground_truth.label == "tennis court"
+        with pytest.raises(ExecutionError, match="missing_folder' does not exist"):
+            operator(tmp_path / "missing_folder", dataset_name=f"{name}-2")
+        assert not fo.dataset_exists(f"{name}-2")
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)

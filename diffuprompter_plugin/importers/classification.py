@@ -1,0 +1,139 @@
+"""Import of the remote-sensing scene-classification collections."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import fiftyone as fo
+import fiftyone.core.utils as fou
+
+from .categories import COLLECTIONS, Collection, find_collection, normalize
+from .common import ImportReport, add_in_batches, image_metadata, is_image, staged_import
+from .dlr import import_dlr_munich
+
+DLR = normalize("DLR Munich")
+
+
+def detect_collection(root: Path) -> Collection:
+    """The collection a root folder belongs to, by its own or a parent's name.
+
+    Raises:
+        ValueError: the layout is not recognised.
+    """
+    for folder in (root, *root.parents):
+        collection = find_collection(folder.name)
+        if collection is not None:
+            return collection
+    known = ", ".join(sorted(COLLECTIONS))
+    raise ValueError(
+        f"Cannot tell which collection '{root}' is: name it with collection= "
+        f"(one of {known}, DLR Munich) or keep the collection's own folder name"
+    )
+
+
+def class_folders(root: Path, collection: Collection) -> list[Path]:
+    """The class folders of a collection root, following its layout.
+
+    Raises:
+        ValueError: the expected folders are missing.
+    """
+    base = root / collection.image_dir if collection.image_dir else root
+    if not base.is_dir():
+        base = root  # the user pointed at the image folder itself
+    folders = sorted(p for p in base.iterdir() if p.is_dir())
+    if not folders:
+        raise ValueError(
+            f"'{base}' has no class folders; {collection.name} keeps images in "
+            f"<root>/{collection.image_dir + '/' if collection.image_dir else ''}<class>/"
+        )
+    return folders
+
+
+def import_classification_collection(
+    root: str | os.PathLike,
+    name: str,
+    collection: str | None = None,
+    include_candidates: bool = False,
+    tile_size: int = 512,
+    progress: bool | Callable | None = None,
+) -> ImportReport:
+    """Imports a scene-classification collection's target-category images.
+
+    Each sample gets ``ground_truth`` (a Classification with the paper's
+    category), ``source_collection``, ``source_class`` and ``mapping``
+    (``direct`` or ``candidate``). Folders of other classes are skipped.
+    Images already in the dataset (same file) are skipped, so several roots
+    merge without duplicates and re-imports add nothing. Unreadable images
+    are listed in the report's ``skipped``. Nothing is written if it fails.
+
+    Args:
+        root: the collection's folder, e.g. ``.../NWPU-RESISC45``.
+        name: the dataset to create or add to (persistent).
+        collection: the collection's name when its folder was renamed.
+        include_candidates: also import scene-level candidate classes
+            (parking lot -> vehicle, overpass -> bridge, ...).
+        tile_size: tile side for DLR Munich frames (recognised by their
+            ``.samp`` files or ``collection="DLR Munich"``), which are tiled
+            by :func:`~diffuprompter_plugin.importers.dlr.import_dlr_munich`.
+        progress: FiftyOne progress option.
+
+    Raises:
+        ValueError: unknown collection or layout.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"Collection folder '{root}' does not exist")
+    if normalize(collection or "") == DLR or any(root.glob("*.samp")):
+        return import_dlr_munich(root, name, tile_size=tile_size, progress=progress)
+    found = find_collection(collection) if collection else detect_collection(root)
+    if found is None:
+        raise ValueError(f"Unknown collection '{collection}': use one of {sorted(COLLECTIONS)}")
+    folders = class_folders(root, found)
+    report = ImportReport(name)
+    with staged_import(name) as (staging, known):
+        samples = _samples(found, folders, include_candidates, known, report, progress)
+        report.added = add_in_batches(staging, samples)
+    return report
+
+
+def _samples(
+    collection: Collection,
+    folders: list[Path],
+    include_candidates: bool,
+    known: set[str],
+    report: ImportReport,
+    progress: bool | Callable | None,
+) -> Iterator[fo.Sample]:
+    mapped = []
+    for folder in folders:
+        category, candidate = collection.category(folder.name, include_candidates)
+        if category is not None:
+            mapped.append((folder, category, "candidate" if candidate else "direct"))
+    paths = [
+        (os.path.join(folder, f), folder.name, category, mapping)
+        for folder, category, mapping in mapped
+        for f in sorted(os.listdir(folder))
+        if is_image(f)
+    ]
+    with fou.ProgressBar(total=len(paths), progress=progress) as pb:
+        for path, source_class, category, mapping in paths:
+            pb.update()
+            path = os.path.abspath(path)
+            if path in known:
+                report.existing += 1
+                continue
+            try:
+                metadata = image_metadata(path)
+            except OSError as e:
+                report.skipped.append((path, str(e)))
+                continue
+            yield fo.Sample(
+                filepath=path,
+                metadata=metadata,
+                ground_truth=fo.Classification(label=category),
+                source_collection=collection.name,
+                source_class=source_class,
+                mapping=mapping,
+            )

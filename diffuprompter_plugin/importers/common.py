@@ -1,0 +1,137 @@
+"""What every importer shares: atomic commits, reports, image headers, tiling."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import fiftyone as fo
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file; the message names the file (and line)."""
+
+
+@dataclass
+class ImportReport:
+    """What an import did.
+
+    Attributes:
+        dataset: the dataset name.
+        added: samples added.
+        existing: samples skipped because their file was already imported.
+        skipped: ``(path, reason)`` of files that were not imported.
+    """
+
+    dataset: str
+    added: int = 0
+    existing: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form, for logs and operator outputs."""
+        return {
+            "dataset": self.dataset,
+            "added": self.added,
+            "existing": self.existing,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
+
+
+def is_image(path: str) -> bool:
+    """Whether a file name has an image extension (any case)."""
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def image_metadata(path: str) -> fo.ImageMetadata:
+    """Size and channels from the file header (no decoding).
+
+    Raises:
+        OSError: the file is missing or not an image.
+    """
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            channels = len(img.getbands())
+    except UnidentifiedImageError as e:
+        raise OSError(f"not a readable image: {e}") from e
+    return fo.ImageMetadata(
+        width=width, height=height, num_channels=channels, size_bytes=os.path.getsize(path)
+    )
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decodes an image with its own bit depth and channels (BGR for colour).
+
+    Raises:
+        OSError: the image cannot be decoded.
+    """
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise OSError(f"cannot decode image '{path}'")
+    return image
+
+
+@contextlib.contextmanager
+def staged_import(name: str) -> Iterator[tuple[fo.Dataset, set[str]]]:
+    """Yields a staging dataset and the file paths already in dataset ``name``.
+
+    On success the staged samples are added to ``name`` (created persistent if
+    absent); on any error the staging dataset is deleted and ``name`` is left
+    exactly as it was.
+    """
+    exists = fo.dataset_exists(name)
+    known = set(fo.load_dataset(name).values("filepath")) if exists else set()
+    staging = fo.Dataset(f"{name}-import-{uuid.uuid4().hex[:8]}")
+    try:
+        yield staging, known
+    except BaseException:
+        staging.delete()
+        raise
+    if exists:
+        fo.load_dataset(name).add_collection(staging)
+        staging.delete()
+    else:
+        staging.name = name
+        staging.persistent = True
+
+
+def add_in_batches(dataset: fo.Dataset, samples: Iterable[fo.Sample], batch: int = 512) -> int:
+    """Adds samples from an iterator in batches; returns how many."""
+    count, buffer = 0, []
+    for sample in samples:
+        buffer.append(sample)
+        if len(buffer) == batch:
+            dataset.add_samples(buffer, progress=False)
+            count, buffer = count + len(buffer), []
+    if buffer:
+        dataset.add_samples(buffer, progress=False)
+    return count + len(buffer)
+
+
+def windows(width: int, height: int, size: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Patch windows (x0, y0, x1, y1) covering an image: stride ``size -
+    overlap``; a window that would overrun an edge is shifted back inside (the
+    iSAID devkit rule), so no padding is needed. A side shorter than ``size``
+    gives one window of that side's length."""
+    if not 0 <= overlap < size:
+        raise ValueError(f"overlap {overlap} must be in [0, patch size {size})")
+
+    def starts(length: int) -> list[int]:
+        if length <= size:
+            return [0]
+        return sorted({min(s, length - size) for s in range(0, length, size - overlap)})
+
+    return [
+        (x, y, min(x + size, width), min(y + size, height))
+        for y in starts(height)
+        for x in starts(width)
+    ]

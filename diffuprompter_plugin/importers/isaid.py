@@ -1,0 +1,197 @@
+"""Import of iSAID ground truth as patched instance-segmentation samples."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import fiftyone as fo
+import fiftyone.core.utils as fou
+import numpy as np
+
+from .common import (
+    AnnotationError,
+    ImportReport,
+    add_in_batches,
+    read_image,
+    staged_import,
+    windows,
+)
+
+
+def load_coco(path: Path) -> tuple[dict, dict[int, str], dict[int, list]]:
+    """Reads a COCO-style JSON: (images by id, category names by id,
+    annotations by image id). Ids are resolved through the file's own
+    ``categories``, never a fixed table.
+
+    Raises:
+        AnnotationError: unreadable JSON or missing keys, naming the file.
+    """
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        images = {im["id"]: im for im in data["images"]}
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        by_image = defaultdict(list)
+        for ann in data["annotations"]:
+            if ann["category_id"] not in names:
+                raise AnnotationError(
+                    f"{path}: annotation {ann.get('id')} has unknown category_id "
+                    f"{ann['category_id']}"
+                )
+            by_image[ann["image_id"]].append(ann)
+    except (OSError, json.JSONDecodeError) as e:
+        raise AnnotationError(f"Cannot read annotation file '{path}': {e}") from e
+    except (KeyError, TypeError) as e:
+        raise AnnotationError(f"'{path}' is not COCO instance JSON: missing {e}") from e
+    return images, names, by_image
+
+
+def polygons(ann: dict, path: Path) -> list[np.ndarray]:
+    """The annotation's polygons as N x 2 float arrays.
+
+    Raises:
+        AnnotationError: not a list of flat, even-length, >= 3-point polygons.
+    """
+    segmentation = ann.get("segmentation")
+    if not isinstance(segmentation, list) or not segmentation:
+        raise AnnotationError(f"{path}: annotation {ann.get('id')} has no polygon segmentation")
+    shapes = []
+    for poly in segmentation:
+        if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+            raise AnnotationError(f"{path}: annotation {ann.get('id')} has a malformed polygon")
+        shapes.append(np.asarray(poly, dtype=np.float64).reshape(-1, 2))
+    return shapes
+
+
+def rasterize(shapes: list[np.ndarray], window: tuple[int, int, int, int]) -> np.ndarray:
+    """Bool mask of the polygons inside a window (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = window
+    canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(canvas, [np.round(s - (x0, y0)).astype(np.int32) for s in shapes], 1)
+    return canvas.astype(bool)
+
+
+def instance_detections(
+    anns: list[dict], names: dict[int, str], path: Path, window, min_area: int
+) -> list[fo.Detection]:
+    """The instances of one window, clipped to it; fragments under
+    ``min_area`` pixels are dropped."""
+    x0, y0, x1, y1 = window
+    width, height = x1 - x0, y1 - y0
+    detections = []
+    for ann in anns:
+        bx, by, bw, bh = ann["bbox"]
+        if bx >= x1 or by >= y1 or bx + bw <= x0 or by + bh <= y0:
+            continue
+        mask = rasterize(polygons(ann, path), window)
+        area = int(mask.sum())
+        if area < min_area:
+            continue
+        ys, xs = np.nonzero(mask)
+        left, top, right, bottom = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        detections.append(
+            fo.Detection(
+                label=names[ann["category_id"]],
+                bounding_box=[
+                    left / width,
+                    top / height,
+                    (right - left) / width,
+                    (bottom - top) / height,
+                ],
+                mask=mask[top:bottom, left:right],
+                iscrowd=int(ann.get("iscrowd", 0)),
+                area=area,
+                source_id=ann.get("id"),
+            )  # fmt: skip
+        )
+    return detections
+
+
+def import_isaid(
+    root: str | os.PathLike,
+    split: str,
+    name: str | None = None,
+    annotations: str | os.PathLike | None = None,
+    image_dir: str | os.PathLike | None = None,
+    patch_dir: str | os.PathLike | None = None,
+    patch_size: int = 512,
+    overlap: int = 0,
+    min_area: int = 10,
+    keep_empty: bool = True,
+    progress: bool | Callable | None = None,
+) -> ImportReport:
+    """Imports an iSAID split as ``patch_size`` patches with instance masks.
+
+    Layout: ``<root>/<split>/Annotations/iSAID_<split>.json`` and the DOTA
+    images in ``<root>/<split>/images/`` (both overridable). Patches step by
+    ``patch_size - overlap``; edge patches are shifted inside the image as in
+    the official devkit, and images smaller than a patch stay whole. Each
+    patch sample has ``gt_masks`` (labels are iSAID's own category names),
+    ``source_image``, ``offset`` [x, y], ``source_size`` [w, h] and ``split``.
+    Missing or unreadable images are reported in ``skipped``.
+
+    Raises:
+        AnnotationError: malformed JSON or polygons (nothing is written).
+    """
+    root = Path(root)
+    annotations = Path(annotations or root / split / "Annotations" / f"iSAID_{split}.json")
+    image_dir = Path(image_dir or root / split / "images")
+    name = name or f"isaid-{split}"
+    patch_dir = Path(patch_dir or os.path.join(fo.config.default_dataset_dir, "__patches__", name))
+    images, names, by_image = load_coco(annotations)
+    settings = dict(split=split, size=patch_size, overlap=overlap, min_area=min_area,
+                    keep_empty=keep_empty, path=annotations)  # fmt: skip
+    report = ImportReport(name)
+    with staged_import(name) as (staging, known):
+        patches = _patches(images, names, by_image, image_dir, patch_dir, settings, known,
+                           report, progress)  # fmt: skip
+        report.added = add_in_batches(staging, patches)
+    return report
+
+
+def _patches(images, names, by_image, image_dir, patch_dir, s, known, report, progress
+             ) -> Iterator[fo.Sample]:  # fmt: skip
+    patch_dir.mkdir(parents=True, exist_ok=True)
+    with fou.ProgressBar(total=len(images), progress=progress) as pb:
+        for image_id, info in images.items():
+            pb.update()
+            source = image_dir / info["file_name"]
+            try:
+                image = read_image(str(source))
+            except OSError as e:
+                report.skipped.append((str(source), str(e)))
+                continue
+            height, width = image.shape[:2]
+            for window in windows(width, height, s["size"], s["overlap"]):
+                x0, y0, x1, y1 = window
+                path = str(patch_dir / f"{source.stem}_{x0}_{y0}_{x1 - x0}x{y1 - y0}.png")
+                if path in known:
+                    report.existing += 1
+                    continue
+                detections = instance_detections(
+                    by_image.get(image_id, []), names, s["path"], window, s["min_area"]
+                )
+                if not detections and not s["keep_empty"]:
+                    continue
+                if not os.path.exists(path):
+                    cv2.imwrite(path, image[y0:y1, x0:x1])
+                yield _patch_sample(path, window, source, width, height, s["split"], detections)
+
+
+def _patch_sample(path, window, source, width, height, split, detections: list[Any]):
+    x0, y0, x1, y1 = window
+    return fo.Sample(
+        filepath=path,
+        metadata=fo.ImageMetadata(width=x1 - x0, height=y1 - y0),
+        gt_masks=fo.Detections(detections=detections),
+        source_image=str(source),
+        offset=[x0, y0],
+        source_size=[width, height],
+        split=split,
+    )

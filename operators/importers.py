@@ -1,0 +1,139 @@
+"""Operators: import classification collections, iSAID and NWPU VHR-10."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from diffuprompter_plugin.importers.categories import COLLECTIONS
+
+from . import forms
+
+
+class ImportOperator(foo.Operator):
+    """Shared form (folder, dataset name) and execution of the importers."""
+
+    operator_name = ""
+    operator_label = ""
+    default_dataset = ""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name=self.operator_name,
+            label=self.operator_label,
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx: Any) -> types.Property:
+        inputs = types.Object()
+        inputs.str(
+            "root",
+            label="Folder",
+            description="Path on the machine that runs the import",
+            required=True,
+            view=types.FileExplorerView(choose_dir=True),
+        )
+        inputs.str("dataset_name", label="Dataset", default=self.default_dataset, required=True)
+        self.extra_inputs(inputs)
+        return types.Property(inputs, view=types.View(label=self.operator_label))
+
+    def extra_inputs(self, inputs: types.Object) -> None:
+        """Importer-specific form fields."""
+
+    def run(self, ctx: Any, root: str, name: str, progress: Any) -> Any:
+        """Calls the importer; returns its ImportReport."""
+        raise NotImplementedError
+
+    def execute(self, ctx: Any) -> dict[str, Any]:
+        root = ctx.params["root"]
+        if isinstance(root, dict):  # FileExplorerView returns {"absolute_path": ...}
+            root = root.get("absolute_path")
+        name = ctx.params.get("dataset_name") or self.default_dataset
+        report = self.run(ctx, root, name, forms.progress_reporter(ctx, "Import"))
+        if not ctx.delegated:
+            ctx.ops.open_dataset(name)
+        return report.to_dict()
+
+    def resolve_output(self, ctx: Any) -> types.Property:
+        outputs = types.Object()
+        outputs.str("dataset", label="Dataset")
+        outputs.int("added", label="Samples added")
+        outputs.int("existing", label="Already imported")
+        outputs.list("skipped", types.Object(), label="Skipped files", view=types.JSONView())
+        return types.Property(outputs, view=types.View(label="Import finished"))
+
+    def __call__(self, root: str, dataset_name: str | None = None, delegate: bool = False,
+                 **params: Any) -> Any:  # fmt: skip
+        """Runs the import from Python; ``params`` are the form's extra fields."""
+        params = {"root": str(root), "dataset_name": dataset_name, **params}
+        params = {k: v for k, v in params.items() if v is not None}
+        return foo.execute_operator(self.uri, params=params, request_delegation=delegate)
+
+
+class ImportClassificationCollection(ImportOperator):
+    operator_name = "import_classification_collection"
+    operator_label = "DiffuPrompter: import a scene-classification collection"
+    default_dataset = "rs-classification"
+
+    def extra_inputs(self, inputs: types.Object) -> None:
+        choices = ["auto", *sorted(COLLECTIONS), "DLR Munich"]
+        inputs.enum("collection", choices, label="Collection", default="auto",
+                    description="auto: recognise it by its folder name")  # fmt: skip
+        inputs.bool("include_candidates", label="Include candidate classes", default=False,
+                    description="e.g. parking lot -> vehicle, overpass -> bridge")  # fmt: skip
+        inputs.int("tile_size", label="DLR tile size", default=512, min=64, max=4096)
+
+    def run(self, ctx, root, name, progress):
+        from diffuprompter_plugin.importers import import_classification_collection
+
+        collection = ctx.params.get("collection", "auto")
+        return import_classification_collection(
+            root, name, collection=None if collection == "auto" else collection,
+            include_candidates=bool(ctx.params.get("include_candidates")),
+            tile_size=ctx.params.get("tile_size", 512), progress=progress,
+        )  # fmt: skip
+
+
+class ImportIsaid(ImportOperator):
+    operator_name = "import_isaid"
+    operator_label = "DiffuPrompter: import iSAID ground truth"
+    default_dataset = "isaid-val"
+
+    def extra_inputs(self, inputs: types.Object) -> None:
+        inputs.enum("split", ["train", "val"], label="Split", default="val")
+        inputs.int("patch_size", label="Patch size", default=512, min=64, max=4096)
+        inputs.int("overlap", label="Patch overlap", default=0, min=0, max=4000)
+        inputs.int("min_area", label="Min instance area (px)", default=10, min=1)
+
+    def run(self, ctx, root, name, progress):
+        from diffuprompter_plugin.importers import import_isaid
+
+        p = ctx.params
+        return import_isaid(
+            root, p.get("split", "val"), name=name, patch_size=p.get("patch_size", 512),
+            overlap=p.get("overlap", 0), min_area=p.get("min_area", 10), progress=progress,
+        )  # fmt: skip
+
+
+class ImportNwpuVhr10(ImportOperator):
+    operator_name = "import_nwpu_vhr10"
+    operator_label = "DiffuPrompter: import NWPU VHR-10"
+    default_dataset = "nwpu-vhr10"
+
+    def extra_inputs(self, inputs: types.Object) -> None:
+        inputs.str(
+            "coco_json",
+            label="Instance-mask COCO JSON",
+            description="Optional; default <folder>/annotations.json when present",
+        )
+
+    def run(self, ctx, root, name, progress):
+        from diffuprompter_plugin.importers import import_nwpu_vhr10
+
+        coco_json = ctx.params.get("coco_json") or None
+        return import_nwpu_vhr10(root, name, coco_json=coco_json, progress=progress)

@@ -1,0 +1,254 @@
+"""Importers, on fixtures generated in each collection's on-disk layout."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffuprompter_plugin.importers import (
+    AnnotationError,
+    import_classification_collection,
+    import_dlr_munich,
+    import_isaid,
+    import_nwpu_vhr10,
+)
+from diffuprompter_plugin.importers.common import windows
+
+
+def _image(path, size=(40, 30), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(path)))
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def dataset_name():
+    name = f"import-test-{os.urandom(4).hex()}"
+    yield name
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+
+
+def test_windows_shift_edge_patches_inside():
+    assert windows(1000, 600, 512, 0) == [(0, 0, 512, 512), (488, 0, 1000, 512),
+                                          (0, 88, 512, 600), (488, 88, 1000, 600)]  # fmt: skip
+    assert windows(300, 200, 512, 0) == [(0, 0, 300, 200)]
+    assert [w[0] for w in windows(1200, 512, 512, 128)] == [0, 384, 688]
+    with pytest.raises(ValueError, match="overlap 512"):
+        windows(1000, 1000, 512, 512)
+
+
+def test_uc_merced_layout_maps_folders_and_keeps_sources(tmp_path, dataset_name):
+    root = tmp_path / "UCMerced_LandUse"
+    _image(root / "Images" / "storagetanks" / "storagetanks00.tif", (256, 249))
+    _image(root / "Images" / "storagetanks" / "storagetanks01.tif", (247, 247))
+    _image(root / "Images" / "airplane" / "airplane00.tif")
+    _image(root / "Images" / "parkinglot" / "parkinglot00.tif")
+    _image(root / "Images" / "forest" / "forest00.tif")
+    report = import_classification_collection(root, dataset_name)
+    assert (report.added, report.skipped) == (3, [])
+    ds = fo.load_dataset(dataset_name)
+    assert ds.persistent
+    assert ds.count_values("ground_truth.label") == {"storage tank": 2, "airplane": 1}
+    assert set(ds.distinct("source_class")) == {"storagetanks", "airplane"}
+    assert ds.distinct("source_collection") == ["UC Merced"]
+    assert sorted(ds.values("metadata.width")) == [40, 247, 256]
+
+
+def test_candidates_are_opt_in(tmp_path, dataset_name):
+    root = tmp_path / "NWPU-RESISC45"
+    _image(root / "parking_lot" / "parking_lot_001.jpg")
+    _image(root / "ship" / "ship_001.jpg")
+    import_classification_collection(root, dataset_name, include_candidates=True)
+    ds = fo.load_dataset(dataset_name)
+    assert dict(zip(ds.values("source_class"), ds.values("mapping"), strict=True)) == {
+        "parking_lot": "candidate",
+        "ship": "direct",
+    }
+    assert ds.count_values("ground_truth.label") == {"vehicle": 1, "ship": 1}
+
+
+def test_mixed_case_folders_merge_and_reimport_is_idempotent(tmp_path, dataset_name):
+    aid = tmp_path / "AID"
+    _image(aid / "StorageTanks" / "storagetanks_1.jpg", (61, 45))
+    _image(aid / "Playground" / "playground_1.png")
+    clrs = tmp_path / "CLRS"
+    _image(clrs / "storage-tank" / "storage-tank_1_Level2_0.84m.tif")
+    _image(clrs / "Port" / "port_7_Level1_1.2m.tif")
+    assert import_classification_collection(aid, dataset_name).added == 2
+    assert import_classification_collection(clrs, dataset_name).added == 2
+    again = import_classification_collection(aid, dataset_name)
+    assert (again.added, again.existing) == (0, 2)
+    ds = fo.load_dataset(dataset_name)
+    assert len(ds) == 4
+    assert ds.count_values("ground_truth.label") == {
+        "storage tank": 2,
+        "ground track field": 1,
+        "harbor": 1,
+    }
+    assert ds.count_values("source_collection") == {"AID": 2, "CLRS": 2}
+
+
+def test_renamed_root_needs_collection_name(tmp_path, dataset_name):
+    root = tmp_path / "my_download"
+    _image(root / "images" / "swimming_pool" / "swimming_pool001.jpg")
+    with pytest.raises(ValueError, match="Cannot tell which collection"):
+        import_classification_collection(root, dataset_name)
+    report = import_classification_collection(root, dataset_name, collection="PatternNet")
+    assert report.added == 1
+    assert fo.load_dataset(dataset_name).first().ground_truth.label == "swimming pool"
+
+
+def test_unreadable_image_is_reported_not_fatal(tmp_path, dataset_name):
+    root = tmp_path / "OPTIMAL-31"
+    _image(root / "Images" / "roundabout" / "roundabout_1.jpg")
+    bad = root / "Images" / "roundabout" / "roundabout_2.jpg"
+    bad.write_bytes(b"\x00broken")
+    report = import_classification_collection(root, dataset_name)
+    assert report.added == 1
+    assert len(report.skipped) == 1 and report.skipped[0][0].endswith("roundabout_2.jpg")
+
+
+def test_unknown_collection_and_missing_folder(tmp_path, dataset_name):
+    with pytest.raises(ValueError, match="does not exist"):
+        import_classification_collection(tmp_path / "nope", dataset_name)
+    (tmp_path / "RSSCN7").mkdir()
+    with pytest.raises(ValueError, match="Unknown collection 'Foo'"):
+        import_classification_collection(tmp_path / "RSSCN7", dataset_name, collection="Foo")
+    with pytest.raises(ValueError, match="has no class folders"):
+        import_classification_collection(tmp_path / "RSSCN7", dataset_name)
+    assert not fo.dataset_exists(dataset_name)
+
+
+def _isaid_fixture(root, category_ids):
+    """Two DOTA-style images; category ids as in a released JSON."""
+    _image(root / "val" / "images" / "P0001.png", (700, 300))
+    _image(root / "val" / "images" / "P0002.png", (100, 80))
+    cats = [{"id": i, "name": n} for n, i in category_ids.items()]
+    square = [10, 10, 30, 10, 30, 30, 10, 30]  # 20 x 20 at (10, 10)
+    straddle = [500, 100, 540, 100, 540, 120, 500, 120]  # crosses x = 512
+    sliver = [186, 200, 188, 200, 188, 201, 186, 201]  # 3 x 2 px once filled
+    anns = [
+        {"id": 1, "image_id": 0, "category_id": category_ids["plane"],
+         "segmentation": [square], "bbox": [10, 10, 20, 20], "iscrowd": 0, "area": 400},
+        {"id": 2, "image_id": 0, "category_id": category_ids["Small_Vehicle"],
+         "segmentation": [straddle], "bbox": [500, 100, 40, 20], "iscrowd": 0, "area": 800},
+        {"id": 3, "image_id": 0, "category_id": category_ids["ship"],
+         "segmentation": [sliver], "bbox": [186, 200, 4, 2], "iscrowd": 0, "area": 8},
+    ]  # fmt: skip
+    data = {
+        "images": [{"id": 0, "file_name": "P0001.png", "width": 700, "height": 300},
+                   {"id": 1, "file_name": "P0002.png", "width": 100, "height": 80},
+                   {"id": 2, "file_name": "P0003.png", "width": 10, "height": 10}],
+        "annotations": anns,
+        "categories": cats,
+    }  # fmt: skip
+    path = root / "val" / "Annotations" / "iSAID_val.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_isaid_patches_clip_instances_by_category_name(tmp_path, dataset_name):
+    ids = {"storage_tank": 1, "Small_Vehicle": 3, "plane": 4, "ship": 5}  # train-JSON order
+    _isaid_fixture(tmp_path / "iSAID", ids)
+    report = import_isaid(tmp_path / "iSAID", "val", name=dataset_name,
+                          patch_dir=tmp_path / "patches")  # fmt: skip
+    assert report.added == 3  # P0001: 2 patches (edge shifted), P0002 whole
+    assert [p for p, _ in report.skipped] == [str(tmp_path / "iSAID/val/images/P0003.png")]
+    ds = fo.load_dataset(dataset_name)
+    offsets = sorted(tuple(o) for o in ds.values("offset"))
+    assert offsets == [(0, 0), (0, 0), (188, 0)]
+    first = ds.match(fo.ViewField("offset") == [0, 0]).match(
+        fo.ViewField("source_size") == [700, 300]).first()  # fmt: skip
+    assert first.metadata.width == 512 and first.metadata.height == 300
+    dets = {d.label: d for d in first.gt_masks.detections}
+    assert set(dets) == {"plane", "Small_Vehicle"}  # the 8-px ship sliver is dropped
+    assert dets["plane"].area == 441  # cv2 fills polygon vertices inclusively: 21 x 21
+    assert dets["Small_Vehicle"].mask.shape == (21, 12)  # clipped at x = 512
+    shifted = ds.match(fo.ViewField("offset") == [188, 0]).first()
+    (vehicle,) = shifted.gt_masks.detections
+    assert vehicle.area == 41 * 21 and vehicle.bounding_box[0] == pytest.approx(312 / 512)
+    assert os.path.isfile(shifted.filepath)
+    assert shifted.source_image.endswith("P0001.png")
+
+
+def test_isaid_bad_json_names_the_file(tmp_path, dataset_name):
+    path = _isaid_fixture(tmp_path / "iSAID", {"plane": 1, "Small_Vehicle": 2, "ship": 3})
+    data = json.loads(path.read_text())
+    data["annotations"][0]["segmentation"] = [[1, 2, 3]]
+    path.write_text(json.dumps(data))
+    with pytest.raises(AnnotationError, match="iSAID_val.json: annotation 1 has a malformed"):
+        import_isaid(tmp_path / "iSAID", "val", name=dataset_name)
+    path.write_text("{not json")
+    with pytest.raises(AnnotationError, match="iSAID_val.json"):
+        import_isaid(tmp_path / "iSAID", "val", name=dataset_name)
+    assert not fo.dataset_exists(dataset_name)
+
+
+def _nwpu_fixture(root, lines):
+    _image(root / "positive image set" / "001.jpg", (100, 80))
+    _image(root / "positive image set" / "002.jpg", (60, 50))
+    _image(root / "negative image set" / "001.jpg", (70, 70))
+    (root / "ground truth").mkdir(parents=True)
+    (root / "ground truth" / "001.txt").write_text(lines)
+    (root / "ground truth" / "002.txt").write_text("(1,2),(11,12),10\n\n")
+
+
+def test_nwpu_boxes_masks_and_negatives(tmp_path, dataset_name):
+    root = tmp_path / "NWPU VHR-10 dataset"
+    _nwpu_fixture(root, "(10,20),(30,40),1\n( 5, 6),(15, 16),3  \n\n")
+    coco = {
+        "images": [{"id": 0, "file_name": "001.jpg", "width": 100, "height": 80}],
+        "annotations": [{"id": 7, "image_id": 0, "category_id": 3, "iscrowd": 0,
+                         "segmentation": [[5, 6, 14, 6, 14, 15, 5, 15]],
+                         "bbox": [5, 6, 9, 9], "area": 81}],
+        "categories": [{"id": 3, "name": "storage_tank"}],
+    }  # fmt: skip
+    (root / "annotations.json").write_text(json.dumps(coco))
+    report = import_nwpu_vhr10(root, dataset_name)
+    assert report.added == 3
+    ds = fo.load_dataset(dataset_name)
+    assert sorted(ds.values("nwpu_id")) == ["negative/001", "positive/001", "positive/002"]
+    assert ds.count_sample_tags() == {"positive": 2, "negative": 1}
+    pos = ds.match(fo.ViewField("nwpu_id") == "positive/001").first()
+    assert [d.label for d in pos.gt_boxes.detections] == ["airplane", "storage tank"]
+    assert pos.gt_boxes.detections[0].bounding_box == pytest.approx([0.1, 0.25, 0.2, 0.25])
+    (mask,) = pos.gt_masks.detections
+    assert (mask.label, mask.area) == ("storage tank", 100)
+    neg = ds.match_tags("negative").first()
+    assert neg.gt_boxes.detections == [] and neg.gt_masks.detections == []
+
+
+def test_nwpu_malformed_line_names_file_and_line(tmp_path, dataset_name):
+    root = tmp_path / "NWPU VHR-10 dataset"
+    _nwpu_fixture(root, "(10,20),(30,40),1\n(10,20),(30),2\n")
+    with pytest.raises(AnnotationError, match=r"001.txt:2: malformed box line"):
+        import_nwpu_vhr10(root, dataset_name)
+    assert not fo.dataset_exists(dataset_name)
+
+
+def test_dlr_frames_are_tiled_around_vehicles(tmp_path, dataset_name):
+    root = tmp_path / "MunichDatasetVehicleDetection-2015-old"
+    _image(root / "2012-04-26-Muenchen-Tunnel_4K0G0010.JPG", (200, 100))
+    (root / "2012-04-26-Muenchen-Tunnel_4K0G0010_pkw.samp").write_text(
+        "# format: id type center.x center.y size.width size.height angle\n"
+        "@ header\n1 1 30 30 6 3 0\n2 1 150 90 6 3 90\n"
+    )
+    _image(root / "2012-04-26-Muenchen-Tunnel_4K0G0020.JPG", (200, 120))
+    report = import_dlr_munich(root, dataset_name, tile_dir=tmp_path / "tiles", tile_size=100)
+    assert report.added == 2  # one tile per vehicle
+    assert [p for p, _ in report.skipped] == [
+        str(root / "2012-04-26-Muenchen-Tunnel_4K0G0020.JPG")
+    ]
+    ds = fo.load_dataset(dataset_name)
+    assert ds.distinct("ground_truth.label") == ["vehicle"]
+    tile = ds.match(fo.ViewField("offset") == [0, 0]).first()
+    (poly,) = tile.gt_vehicles.polylines
+    assert np.allclose(poly.points[0], [[0.24, 0.27], [0.36, 0.27], [0.36, 0.33], [0.24, 0.33]])
