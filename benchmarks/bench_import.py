@@ -1,0 +1,55 @@
+"""Import throughput of a scene-classification collection (NWPU-RESISC45 layout,
+256 x 256 JPEGs), and the process's peak memory.
+
+    .venv/bin/python benchmarks/bench_import.py [--images 31500]
+
+Uses a throw-away database, dataset dir and image folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+
+HOME = tempfile.mkdtemp(prefix="diffuprompter-bench-")
+os.environ.update(
+    FIFTYONE_DATABASE_DIR=f"{HOME}/db",
+    FIFTYONE_DEFAULT_DATASET_DIR=f"{HOME}/datasets",
+    FIFTYONE_DATABASE_VALIDATION="false",
+    FIFTYONE_DO_NOT_TRACK="true",
+)
+
+import fiftyone as fo  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from diffuprompter_plugin.importers import import_classification_collection  # noqa: E402
+
+CLASSES = ("airplane", "ship", "storage_tank", "harbor", "bridge", "forest", "beach")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=3500)
+    args = parser.parse_args()
+    root = os.path.join(HOME, "NWPU-RESISC45")
+    tile = Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), np.uint8))
+    for i in range(args.images):
+        folder = os.path.join(root, CLASSES[i % len(CLASSES)])
+        os.makedirs(folder, exist_ok=True)
+        tile.save(os.path.join(folder, f"{CLASSES[i % len(CLASSES)]}_{i:05d}.jpg"))
+    start = time.perf_counter()
+    report = import_classification_collection(root, "bench", progress=False)
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    print(f"{args.images} files scanned, {report.added} imported "
+          f"({len(CLASSES) - 2} of {len(CLASSES)} classes map): {elapsed:.1f} s, "
+          f"{args.images / elapsed:.0f} files/s, peak RSS {peak:.0f} MiB")  # fmt: skip
+    fo.delete_dataset("bench")
+
+
+if __name__ == "__main__":
+    main()
