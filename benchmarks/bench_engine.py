@@ -131,8 +131,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, CUDA: {torch.cuda.is_available()}, "
-          f"threads: {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, CUDA: {torch.cuda.is_available()}, "
+        f"threads: {torch.get_num_threads()}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         sd, sam = write_tiny_models(folder)
         run("tiny models, CPU, 64 px", str(sd), str(sam), "cpu", 64, 50, args.repeats, True)

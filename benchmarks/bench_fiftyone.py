@@ -67,14 +67,20 @@ def main() -> None:
     )
     start = time.perf_counter()
     results = compute_pseudo_labels(
-        dataset, "bench", class_field="ground_truth", model=StubModel(),
-        batch_size=args.batch_size, progress=False,
-    )  # fmt: skip
+        dataset,
+        "bench",
+        class_field="ground_truth",
+        model=StubModel(),
+        batch_size=args.batch_size,
+        progress=False,
+    )
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    print(f"{results.processed} samples, {results.instances} instances, "
-          f"batch {args.batch_size}: {elapsed:.1f} s, "
-          f"{results.processed / elapsed:.1f} samples/s, peak RSS {peak:.0f} MiB")  # fmt: skip
+    print(
+        f"{results.processed} samples, {results.instances} instances, "
+        f"batch {args.batch_size}: {elapsed:.1f} s, "
+        f"{results.processed / elapsed:.1f} samples/s, peak RSS {peak:.0f} MiB"
+    )
     dataset.delete()
 
 

@@ -45,9 +45,11 @@ def main() -> None:
     report = import_classification_collection(root, "bench", progress=False)
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    print(f"{args.images} files scanned, {report.added} imported "
-          f"({len(CLASSES) - 2} of {len(CLASSES)} classes map): {elapsed:.1f} s, "
-          f"{args.images / elapsed:.0f} files/s, peak RSS {peak:.0f} MiB")  # fmt: skip
+    print(
+        f"{args.images} files scanned, {report.added} imported "
+        f"({len(CLASSES) - 2} of {len(CLASSES)} classes map): {elapsed:.1f} s, "
+        f"{args.images / elapsed:.0f} files/s, peak RSS {peak:.0f} MiB"
+    )
     fo.delete_dataset("bench")
 
 

@@ -199,9 +199,20 @@ def compute_pseudo_labels(
         the run's :class:`PseudoLabelsResults`.
     """
     run_config = _build_config(
-        samples, brain_key, classes, class_field, pred_field, heatmap_field,
-        sd_model, sam_model, sam_checkpoint, config, model, output_dir, smoke,
-    )  # fmt: skip
+        samples,
+        brain_key,
+        classes,
+        class_field,
+        pred_field,
+        heatmap_field,
+        sd_model,
+        sam_model,
+        sam_checkpoint,
+        config,
+        model,
+        output_dir,
+        smoke,
+    )
     method = run_config.build()
     resuming = brain_key in samples.list_brain_runs()
     if resuming:
@@ -225,9 +236,20 @@ def compute_pseudo_labels(
 
 
 def _build_config(
-    samples, brain_key, classes, class_field, pred_field, heatmap_field,
-    sd_model, sam_model, sam_checkpoint, config, model, output_dir, smoke,
-) -> PseudoLabelsConfig:  # fmt: skip
+    samples,
+    brain_key,
+    classes,
+    class_field,
+    pred_field,
+    heatmap_field,
+    sd_model,
+    sam_model,
+    sam_checkpoint,
+    config,
+    model,
+    output_dir,
+    smoke,
+) -> PseudoLabelsConfig:
     from .models import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL
 
     if (classes is None) == (class_field is None):

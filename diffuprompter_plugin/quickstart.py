@@ -90,13 +90,22 @@ def main(argv: list[str] | None = None) -> int:
         sd, sam = write_tiny_models(cache_dir() / "tiny-models")
         images = args.images or synthetic_images(cache_dir() / "smoke-images")
         name = f"{args.dataset}-smoke"
-        kwargs = dict(sd_model=str(sd), sam_model=str(sam), config=SMOKE_CONFIG, smoke=True,
-                      pred_field="smoke_instances", heatmap_field="smoke_heatmap")  # fmt: skip
+        kwargs = dict(
+            sd_model=str(sd),
+            sam_model=str(sam),
+            config=SMOKE_CONFIG,
+            smoke=True,
+            pred_field="smoke_instances",
+            heatmap_field="smoke_heatmap",
+        )
     else:
         images, name = args.images, args.dataset
-        kwargs = dict(sd_model=args.sd_model, sam_model=args.sam_model,
-                      sam_checkpoint=args.sam_checkpoint,
-                      config=DiffuPrompterConfig(loops=args.loops))  # fmt: skip
+        kwargs = dict(
+            sd_model=args.sd_model,
+            sam_model=args.sam_model,
+            sam_checkpoint=args.sam_checkpoint,
+            config=DiffuPrompterConfig(loops=args.loops),
+        )
 
     dataset = load_images(images, name)
     if args.smoke:
@@ -114,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the images have no class subfolders: give --classes")
     try:
         results = compute_pseudo_labels(
-            dataset, "smoke" if args.smoke else "diffuprompter", device=args.device,
-            **source, **kwargs,
-        )  # fmt: skip
+            dataset,
+            "smoke" if args.smoke else "diffuprompter",
+            device=args.device,
+            **source,
+            **kwargs,
+        )
     except ModelUnavailableError as e:
         print(
             f"\nModel weights are missing.\n{e}\nThen rerun with --sd-model PATH and/or "

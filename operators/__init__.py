@@ -1,5 +1,6 @@
 """The plugin's operators: forms, validation, delegation and progress only."""
 
+from .evaluation import EvaluatePseudoLabels
 from .importers import ImportClassificationCollection, ImportIsaid, ImportNwpuVhr10
 from .rethreshold import RethresholdPseudoLabels
 from .run_diffuprompter import RunDiffuPrompter
@@ -10,6 +11,7 @@ OPERATORS = (
     ImportClassificationCollection,
     ImportIsaid,
     ImportNwpuVhr10,
+    EvaluatePseudoLabels,
 )
 
 

@@ -67,8 +67,9 @@ class ImportOperator(foo.Operator):
         outputs.list("skipped", types.Object(), label="Skipped files", view=types.JSONView())
         return types.Property(outputs, view=types.View(label="Import finished"))
 
-    def __call__(self, root: str, dataset_name: str | None = None, delegate: bool = False,
-                 **params: Any) -> Any:  # fmt: skip
+    def __call__(
+        self, root: str, dataset_name: str | None = None, delegate: bool = False, **params: Any
+    ) -> Any:
         """Runs the import from Python; ``params`` are the form's extra fields."""
         params = {"root": str(root), "dataset_name": dataset_name, **params}
         params = {k: v for k, v in params.items() if v is not None}
@@ -82,10 +83,19 @@ class ImportClassificationCollection(ImportOperator):
 
     def extra_inputs(self, inputs: types.Object) -> None:
         choices = ["auto", *sorted(COLLECTIONS), "DLR Munich"]
-        inputs.enum("collection", choices, label="Collection", default="auto",
-                    description="auto: recognise it by its folder name")  # fmt: skip
-        inputs.bool("include_candidates", label="Include candidate classes", default=False,
-                    description="e.g. parking lot -> vehicle, overpass -> bridge")  # fmt: skip
+        inputs.enum(
+            "collection",
+            choices,
+            label="Collection",
+            default="auto",
+            description="auto: recognise it by its folder name",
+        )
+        inputs.bool(
+            "include_candidates",
+            label="Include candidate classes",
+            default=False,
+            description="e.g. parking lot -> vehicle, overpass -> bridge",
+        )
         inputs.int("tile_size", label="DLR tile size", default=512, min=64, max=4096)
 
     def run(self, ctx, root, name, progress):
@@ -93,10 +103,13 @@ class ImportClassificationCollection(ImportOperator):
 
         collection = ctx.params.get("collection", "auto")
         return import_classification_collection(
-            root, name, collection=None if collection == "auto" else collection,
+            root,
+            name,
+            collection=None if collection == "auto" else collection,
             include_candidates=bool(ctx.params.get("include_candidates")),
-            tile_size=ctx.params.get("tile_size", 512), progress=progress,
-        )  # fmt: skip
+            tile_size=ctx.params.get("tile_size", 512),
+            progress=progress,
+        )
 
 
 class ImportIsaid(ImportOperator):
@@ -115,9 +128,14 @@ class ImportIsaid(ImportOperator):
 
         p = ctx.params
         return import_isaid(
-            root, p.get("split", "val"), name=name, patch_size=p.get("patch_size", 512),
-            overlap=p.get("overlap", 0), min_area=p.get("min_area", 10), progress=progress,
-        )  # fmt: skip
+            root,
+            p.get("split", "val"),
+            name=name,
+            patch_size=p.get("patch_size", 512),
+            overlap=p.get("overlap", 0),
+            min_area=p.get("min_area", 10),
+            progress=progress,
+        )
 
 
 class ImportNwpuVhr10(ImportOperator):

@@ -37,9 +37,13 @@ class RethresholdPseudoLabels(foo.Operator):
         config = ctx.dataset.get_brain_info(brain_key).config
         fields = set(ctx.dataset.get_field_schema(flat=True))
         forms.identifier_input(
-            inputs, "out_field", "Output field", params.get("out_field"),
-            "dp_rethresholded", taken=fields,
-        )  # fmt: skip
+            inputs,
+            "out_field",
+            "Output field",
+            params.get("out_field"),
+            "dp_rethresholded",
+            taken=fields,
+        )
         mode = types.RadioGroup()
         mode.add_choice("single", label="One threshold for all classes")
         mode.add_choice("per_class", label="A threshold per class")
@@ -47,12 +51,22 @@ class RethresholdPseudoLabels(foo.Operator):
         inputs.enum("mode", mode.values(), label="Thresholds", default="single", view=mode)
         chosen = params.get("mode", "single")
         if chosen == "single":
-            inputs.float("threshold", label="Threshold γ", default=config.settings["threshold"],
-                         min=0.01, max=0.99)  # fmt: skip
+            inputs.float(
+                "threshold",
+                label="Threshold γ",
+                default=config.settings["threshold"],
+                min=0.01,
+                max=0.99,
+            )
         elif chosen == "per_class":
             for i, name in enumerate(config.heatmap_fields):
-                inputs.float(f"class_{i}", label=f"γ for {name}",
-                             default=config.settings["threshold"], min=0.01, max=0.99)  # fmt: skip
+                inputs.float(
+                    f"class_{i}",
+                    label=f"γ for {name}",
+                    default=config.settings["threshold"],
+                    min=0.01,
+                    max=0.99,
+                )
         else:
             inputs.str("thresholds_path", label="Thresholds JSON path", required=True)
         forms.model_inputs(inputs, with_sd=False)
@@ -107,8 +121,13 @@ class RethresholdPseudoLabels(foo.Operator):
     ) -> Any:
         """Runs the operator from Python; ``thresholds`` is a number, a
         ``{class: gamma}`` dict or a JSON file path."""
-        params = dict(brain_key=brain_key, out_field=out_field, sam_model=sam_model,
-                      sam_checkpoint=sam_checkpoint, device=device)  # fmt: skip
+        params = dict(
+            brain_key=brain_key,
+            out_field=out_field,
+            sam_model=sam_model,
+            sam_checkpoint=sam_checkpoint,
+            device=device,
+        )
         if isinstance(thresholds, dict):
             config = sample_collection.get_brain_info(brain_key).config
             params["mode"] = "per_class"

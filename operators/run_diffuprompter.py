@@ -81,22 +81,34 @@ class RunDiffuPrompter(foo.Operator):
             default=False,
         )
         forms.identifier_input(
-            inputs, "brain_key", "Brain key", params.get("brain_key"), "diffuprompter",
+            inputs,
+            "brain_key",
+            "Brain key",
+            params.get("brain_key"),
+            "diffuprompter",
             taken=set() if resume else runs,
             taken_reason="is taken: tick 'Resume' or choose another key",
-        )  # fmt: skip
+        )
         if resume and params.get("brain_key") not in runs:
             prop = inputs.view("resume_missing", types.Warning(label="No run with this key"))
             prop.invalid = True
         fields = set() if resume else set(dataset.get_field_schema(flat=True))
         forms.identifier_input(
-            inputs, "pred_field", "Instance field", params.get("pred_field"),
-            "dp_instances", taken=fields,
-        )  # fmt: skip
+            inputs,
+            "pred_field",
+            "Instance field",
+            params.get("pred_field"),
+            "dp_instances",
+            taken=fields,
+        )
         forms.identifier_input(
-            inputs, "heatmap_field", "Heatmap field prefix", params.get("heatmap_field"),
-            "dp_heatmap", taken=fields,
-        )  # fmt: skip
+            inputs,
+            "heatmap_field",
+            "Heatmap field prefix",
+            params.get("heatmap_field"),
+            "dp_heatmap",
+            taken=fields,
+        )
         forms.model_inputs(inputs)
         forms.method_inputs(inputs)
         return types.Property(inputs, view=types.View(label="DiffuPrompter"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from diffuprompter_plugin.config import DiffuPrompterConfig
+from diffuprompter_plugin.segmentation import SamPrompter
 
 TINY_CONFIG = DiffuPrompterConfig(loops=4, loop_batch_size=2, resolution=64, crf=False)
 """Settings for the tiny models: 64 px working size, 4 loops, no CRF."""
@@ -35,3 +36,14 @@ class StubModel:
             mask[k * 8 : k * 8 + 8, 0:8] = True
             instances.append(Instance(name, mask, (0, k * 8, 8, k * 8 + 8), 0.5))
         return Annotation({n: ramp for n in class_names}, instances)
+
+
+class EchoPrompter(SamPrompter):
+    """SAM replaced by an oracle that returns each region's own mask."""
+
+    def __init__(self, config):
+        self.config = config
+        self.predictor = type("P", (), {"set_image": lambda self, rgb: None})()
+
+    def predict(self, found):
+        return np.stack([r.mask for r in found]), [0.8] * len(found)

@@ -36,8 +36,12 @@ def dataset_name():
 
 
 def test_windows_shift_edge_patches_inside():
-    assert windows(1000, 600, 512, 0) == [(0, 0, 512, 512), (488, 0, 1000, 512),
-                                          (0, 88, 512, 600), (488, 88, 1000, 600)]  # fmt: skip
+    assert windows(1000, 600, 512, 0) == [
+        (0, 0, 512, 512),
+        (488, 0, 1000, 512),
+        (0, 88, 512, 600),
+        (488, 88, 1000, 600),
+    ]
     assert windows(300, 200, 512, 0) == [(0, 0, 300, 200)]
     assert [w[0] for w in windows(1200, 512, 512, 128)] == [0, 384, 688]
     with pytest.raises(ValueError, match="overlap 512"):
@@ -135,20 +139,43 @@ def _isaid_fixture(root, category_ids):
     straddle = [500, 100, 540, 100, 540, 120, 500, 120]  # crosses x = 512
     sliver = [186, 200, 188, 200, 188, 201, 186, 201]  # 3 x 2 px once filled
     anns = [
-        {"id": 1, "image_id": 0, "category_id": category_ids["plane"],
-         "segmentation": [square], "bbox": [10, 10, 20, 20], "iscrowd": 0, "area": 400},
-        {"id": 2, "image_id": 0, "category_id": category_ids["Small_Vehicle"],
-         "segmentation": [straddle], "bbox": [500, 100, 40, 20], "iscrowd": 0, "area": 800},
-        {"id": 3, "image_id": 0, "category_id": category_ids["ship"],
-         "segmentation": [sliver], "bbox": [186, 200, 4, 2], "iscrowd": 0, "area": 8},
-    ]  # fmt: skip
+        {
+            "id": 1,
+            "image_id": 0,
+            "category_id": category_ids["plane"],
+            "segmentation": [square],
+            "bbox": [10, 10, 20, 20],
+            "iscrowd": 0,
+            "area": 400,
+        },
+        {
+            "id": 2,
+            "image_id": 0,
+            "category_id": category_ids["Small_Vehicle"],
+            "segmentation": [straddle],
+            "bbox": [500, 100, 40, 20],
+            "iscrowd": 0,
+            "area": 800,
+        },
+        {
+            "id": 3,
+            "image_id": 0,
+            "category_id": category_ids["ship"],
+            "segmentation": [sliver],
+            "bbox": [186, 200, 4, 2],
+            "iscrowd": 0,
+            "area": 8,
+        },
+    ]
     data = {
-        "images": [{"id": 0, "file_name": "P0001.png", "width": 700, "height": 300},
-                   {"id": 1, "file_name": "P0002.png", "width": 100, "height": 80},
-                   {"id": 2, "file_name": "P0003.png", "width": 10, "height": 10}],
+        "images": [
+            {"id": 0, "file_name": "P0001.png", "width": 700, "height": 300},
+            {"id": 1, "file_name": "P0002.png", "width": 100, "height": 80},
+            {"id": 2, "file_name": "P0003.png", "width": 10, "height": 10},
+        ],
         "annotations": anns,
         "categories": cats,
-    }  # fmt: skip
+    }
     path = root / "val" / "Annotations" / "iSAID_val.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(data))
@@ -158,15 +185,19 @@ def _isaid_fixture(root, category_ids):
 def test_isaid_patches_clip_instances_by_category_name(tmp_path, dataset_name):
     ids = {"storage_tank": 1, "Small_Vehicle": 3, "plane": 4, "ship": 5}  # train-JSON order
     _isaid_fixture(tmp_path / "iSAID", ids)
-    report = import_isaid(tmp_path / "iSAID", "val", name=dataset_name,
-                          patch_dir=tmp_path / "patches")  # fmt: skip
+    report = import_isaid(
+        tmp_path / "iSAID", "val", name=dataset_name, patch_dir=tmp_path / "patches"
+    )
     assert report.added == 3  # P0001: 2 patches (edge shifted), P0002 whole
     assert [p for p, _ in report.skipped] == [str(tmp_path / "iSAID/val/images/P0003.png")]
     ds = fo.load_dataset(dataset_name)
     offsets = sorted(tuple(o) for o in ds.values("offset"))
     assert offsets == [(0, 0), (0, 0), (188, 0)]
-    first = ds.match(fo.ViewField("offset") == [0, 0]).match(
-        fo.ViewField("source_size") == [700, 300]).first()  # fmt: skip
+    first = (
+        ds.match(fo.ViewField("offset") == [0, 0])
+        .match(fo.ViewField("source_size") == [700, 300])
+        .first()
+    )
     assert first.metadata.width == 512 and first.metadata.height == 300
     dets = {d.label: d for d in first.gt_masks.detections}
     assert set(dets) == {"plane", "Small_Vehicle"}  # the 8-px ship sliver is dropped
@@ -206,11 +237,19 @@ def test_nwpu_boxes_masks_and_negatives(tmp_path, dataset_name):
     _nwpu_fixture(root, "(10,20),(30,40),1\n( 5, 6),(15, 16),3  \n\n")
     coco = {
         "images": [{"id": 0, "file_name": "001.jpg", "width": 100, "height": 80}],
-        "annotations": [{"id": 7, "image_id": 0, "category_id": 3, "iscrowd": 0,
-                         "segmentation": [[5, 6, 14, 6, 14, 15, 5, 15]],
-                         "bbox": [5, 6, 9, 9], "area": 81}],
+        "annotations": [
+            {
+                "id": 7,
+                "image_id": 0,
+                "category_id": 3,
+                "iscrowd": 0,
+                "segmentation": [[5, 6, 14, 6, 14, 15, 5, 15]],
+                "bbox": [5, 6, 9, 9],
+                "area": 81,
+            }
+        ],
         "categories": [{"id": 3, "name": "storage_tank"}],
-    }  # fmt: skip
+    }
     (root / "annotations.json").write_text(json.dumps(coco))
     report = import_nwpu_vhr10(root, dataset_name)
     assert report.added == 3

@@ -19,12 +19,21 @@ PLUGIN = "@diffuprompter/diffuprompter"
 RUN = f"{PLUGIN}/run_diffuprompter"
 RETHRESHOLD = f"{PLUGIN}/rethreshold_pseudo_labels"
 IMPORTS = [f"{PLUGIN}/import_{n}" for n in ("classification_collection", "isaid", "nwpu_vhr10")]
+EVALUATE = f"{PLUGIN}/evaluate_pseudo_labels"
 
 
 def _tiny_settings(tiny_models):
     sd, sam = tiny_models
-    return dict(sd_model=sd, sam_model=sam, device="cpu", loops=2, loop_batch_size=2,
-                resolution=64, crf=False, threshold=0.3)  # fmt: skip
+    return dict(
+        sd_model=sd,
+        sam_model=sam,
+        device="cpu",
+        loops=2,
+        loop_batch_size=2,
+        resolution=64,
+        crf=False,
+        threshold=0.3,
+    )
 
 
 def test_plugin_registers_operators_without_heavy_imports():
@@ -35,24 +44,33 @@ def test_plugin_registers_operators_without_heavy_imports():
         f"print(sorted(o.uri for o in foo.list_operators() if o.uri.startswith('{PLUGIN}')))\n"
         "print([m for m in ('torch', 'diffusers', 'segment_anything') if m in sys.modules])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=os.environ.copy()).stdout.splitlines()  # fmt: skip
-    assert out == ["[]", str(sorted([RETHRESHOLD, RUN, *IMPORTS])), "[]"]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ.copy(),
+    ).stdout.splitlines()
+    assert out == ["[]", str(sorted([RETHRESHOLD, RUN, *IMPORTS, EVALUATE])), "[]"]
 
 
 def test_immediate_run_and_rethreshold_from_sdk(image_dataset, tiny_models):
-    result = foo.get_operator(RUN)(image_dataset, "dp", class_field="ground_truth",
-                                   **_tiny_settings(tiny_models))  # fmt: skip
+    result = foo.get_operator(RUN)(
+        image_dataset, "dp", class_field="ground_truth", **_tiny_settings(tiny_models)
+    )
     assert result.result["processed"] == 4 and result.result["failed"] == 0
     assert image_dataset.count("dp_instances") == 4
     assert image_dataset.count("dp_heatmap_ship") == 2
     config = image_dataset.get_brain_info("dp").config
     assert config.settings["loops"] == 2 and config.settings["resolution"] == 64
 
-    out = foo.get_operator(RETHRESHOLD)(image_dataset, "dp", "dp_strict",
-                                        thresholds={"ship": 0.5, "harbor": 0.6,
-                                                    "storage tank": 0.7},
-                                        device="cpu")  # fmt: skip
+    out = foo.get_operator(RETHRESHOLD)(
+        image_dataset,
+        "dp",
+        "dp_strict",
+        thresholds={"ship": 0.5, "harbor": 0.6, "storage tank": 0.7},
+        device="cpu",
+    )
     assert out.result["samples"] == 4
     assert image_dataset.count("dp_strict") == 4
 
@@ -79,8 +97,7 @@ def test_taken_brain_key_needs_resume(image_dataset, tiny_models):
     foo.get_operator(RUN)(image_dataset, "dp", classes=["ship"], **settings)
     with pytest.raises(ExecutionError, match="is taken"):
         foo.get_operator(RUN)(image_dataset, "dp", classes=["ship"], **settings)
-    resumed = foo.get_operator(RUN)(image_dataset, "dp", classes=["ship"], resume=True,
-                                    **settings)  # fmt: skip
+    resumed = foo.get_operator(RUN)(image_dataset, "dp", classes=["ship"], resume=True, **settings)
     assert resumed.result["processed"] == 4
 
 
@@ -88,8 +105,9 @@ def _wait_terminal(service, ids, timeout):
     deadline = time.time() + timeout
     while time.time() < deadline:
         docs = [service.get(i) for i in ids]
-        if all(d.run_state in (ExecutionRunState.COMPLETED, ExecutionRunState.FAILED)
-               for d in docs):  # fmt: skip
+        if all(
+            d.run_state in (ExecutionRunState.COMPLETED, ExecutionRunState.FAILED) for d in docs
+        ):
             return docs
         time.sleep(1)
     raise TimeoutError(f"delegated runs not finished: {[d.run_state for d in docs]}")
@@ -98,20 +116,32 @@ def _wait_terminal(service, ids, timeout):
 @pytest.mark.slow
 def test_delegated_runs_with_a_real_worker(image_dataset, tiny_models, tmp_path):
     settings = _tiny_settings(tiny_models)
-    good = foo.get_operator(RUN)(image_dataset, "dp", class_field="ground_truth",
-                                 delegate=True, **settings)  # fmt: skip
+    good = foo.get_operator(RUN)(
+        image_dataset, "dp", class_field="ground_truth", delegate=True, **settings
+    )
     missing = {**settings, "sd_model": str(tmp_path / "nope")}
-    bad = foo.get_operator(RUN)(image_dataset, "dp_bad", classes=["ship"], pred_field="bad",
-                                heatmap_field="bad_heatmap", delegate=True, **missing)  # fmt: skip
+    bad = foo.get_operator(RUN)(
+        image_dataset,
+        "dp_bad",
+        classes=["ship"],
+        pred_field="bad",
+        heatmap_field="bad_heatmap",
+        delegate=True,
+        **missing,
+    )
     ids = [good.result["id"], bad.result["id"]]
     service = DelegatedOperationService()
     assert [service.get(i).run_state for i in ids] == [ExecutionRunState.QUEUED] * 2
 
     cli = Path(sys.executable).with_name("fiftyone")
     with open(tmp_path / "worker.log", "w") as log:
-        worker = subprocess.Popen([str(cli), "delegated", "launch"], stdout=log,
-                                  stderr=subprocess.STDOUT, env=os.environ.copy(),
-                                  start_new_session=True)  # fmt: skip
+        worker = subprocess.Popen(
+            [str(cli), "delegated", "launch"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+            start_new_session=True,
+        )
         try:
             done, failed = _wait_terminal(service, ids, timeout=240)
         finally:

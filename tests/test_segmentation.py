@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import EchoPrompter
 
 from diffuprompter_plugin.config import DiffuPrompterConfig
-from diffuprompter_plugin.segmentation import SamPrompter, select_candidates
+from diffuprompter_plugin.segmentation import select_candidates
 
 
 def test_select_candidates_picks_highest_iou_with_region():
@@ -22,17 +23,6 @@ def test_select_candidates_picks_highest_iou_with_region():
     cands[1, 1, 0:10, 0:4] = True  # 0.8
     cands[1, 2, 0:10, 0:6] = True  # 50/60
     assert select_candidates(cands, target).tolist() == [1, 2]
-
-
-class EchoPrompter(SamPrompter):
-    """SAM replaced by an oracle that returns each region's own mask."""
-
-    def __init__(self, config):
-        self.config = config
-        self.predictor = type("P", (), {"set_image": lambda self, rgb: None})()
-
-    def predict(self, found):
-        return np.stack([r.mask for r in found]), [0.8] * len(found)
 
 
 def test_union_is_split_into_instances_with_documented_scores():

@@ -52,7 +52,7 @@ def parse_samp(path: Path) -> list[np.ndarray]:
                     center + axis_u + axis_v,
                     center - axis_u + axis_v,
                 ]
-            )  # fmt: skip
+            )
         )
     return boxes
 
@@ -117,10 +117,14 @@ def _tiles(frames, tile_dir, size, overlap, known, report, progress) -> Iterator
                 cv2.imwrite(path, image[y0:y1, x0:x1])
                 w, h = x1 - x0, y1 - y0
                 polylines = [
-                    fo.Polyline(label="vehicle", closed=True, filled=True,
-                                points=[((b - (x0, y0)) / (w, h)).clip(0, 1).tolist()])
+                    fo.Polyline(
+                        label="vehicle",
+                        closed=True,
+                        filled=True,
+                        points=[((b - (x0, y0)) / (w, h)).clip(0, 1).tolist()],
+                    )
                     for b in inside
-                ]  # fmt: skip
+                ]
                 yield fo.Sample(
                     filepath=path,
                     metadata=fo.ImageMetadata(width=w, height=h),

@@ -108,7 +108,7 @@ def instance_detections(
                 iscrowd=int(ann.get("iscrowd", 0)),
                 area=area,
                 source_id=ann.get("id"),
-            )  # fmt: skip
+            )
         )
     return detections
 
@@ -145,18 +145,26 @@ def import_isaid(
     name = name or f"isaid-{split}"
     patch_dir = Path(patch_dir or os.path.join(fo.config.default_dataset_dir, "__patches__", name))
     images, names, by_image = load_coco(annotations)
-    settings = dict(split=split, size=patch_size, overlap=overlap, min_area=min_area,
-                    keep_empty=keep_empty, path=annotations)  # fmt: skip
+    settings = dict(
+        split=split,
+        size=patch_size,
+        overlap=overlap,
+        min_area=min_area,
+        keep_empty=keep_empty,
+        path=annotations,
+    )
     report = ImportReport(name)
     with staged_import(name) as (staging, known):
-        patches = _patches(images, names, by_image, image_dir, patch_dir, settings, known,
-                           report, progress)  # fmt: skip
+        patches = _patches(
+            images, names, by_image, image_dir, patch_dir, settings, known, report, progress
+        )
         report.added = add_in_batches(staging, patches)
     return report
 
 
-def _patches(images, names, by_image, image_dir, patch_dir, s, known, report, progress
-             ) -> Iterator[fo.Sample]:  # fmt: skip
+def _patches(
+    images, names, by_image, image_dir, patch_dir, s, known, report, progress
+) -> Iterator[fo.Sample]:
     patch_dir.mkdir(parents=True, exist_ok=True)
     with fou.ProgressBar(total=len(images), progress=progress) as pb:
         for image_id, info in images.items():

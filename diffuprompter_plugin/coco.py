@@ -1,0 +1,129 @@
+"""COCO instance-segmentation JSON from FiftyOne masks, and pycocotools metrics.
+
+Masks are rebuilt at full image size and run-length encoded, so areas are
+true pixel counts and pycocotools' small/medium/large ranges apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import fiftyone as fo
+import numpy as np
+from pycocotools import mask as mask_utils
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
+
+
+def full_mask(detection: fo.Detection, width: int, height: int) -> np.ndarray:
+    """The detection's instance mask placed on a ``height x width`` canvas."""
+    mask = detection.get_mask()
+    if mask is None:
+        raise ValueError(f"Detection {detection.id} ({detection.label}) has no mask")
+    x, y, _, _ = detection.bounding_box
+    x0, y0 = int(round(x * width)), int(round(y * height))
+    canvas = np.zeros((height, width), dtype=bool)
+    crop = mask.astype(bool)[: height - y0, : width - x0]
+    canvas[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
+    return canvas
+
+
+def encode(mask: np.ndarray) -> dict[str, Any]:
+    """COCO RLE of a bool mask, with ``counts`` as a JSON-safe string."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def to_coco(
+    samples: Any, field: str, categories: Sequence[str], scores: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """COCO ``images``, ``annotations`` and ``categories`` of a Detections
+    field; labels outside ``categories`` are left out.
+
+    Raises:
+        ValueError: a sample lacks metadata, or (with ``scores``) a detection
+            lacks its confidence.
+    """
+    category_ids = {name: i + 1 for i, name in enumerate(categories)}
+    images, annotations = [], []
+    for image_id, (filepath, metadata, labels) in enumerate(
+        zip(*samples.values(["filepath", "metadata", field]), strict=True), start=1
+    ):
+        if metadata is None or not metadata.width:
+            raise ValueError(f"Sample '{filepath}' has no metadata: run compute_metadata()")
+        width, height = metadata.width, metadata.height
+        images.append({"id": image_id, "file_name": filepath, "width": width, "height": height})
+        for det in labels.detections if labels is not None else []:
+            if det.label not in category_ids:
+                continue
+            rle = encode(full_mask(det, width, height))
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": category_ids[det.label],
+                "segmentation": rle,
+                "area": int(mask_utils.area(rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "iscrowd": int(getattr(det, "iscrowd", None) or 0),
+            }
+            if scores:
+                if det.confidence is None:
+                    raise ValueError(
+                        f"Prediction {det.id} ({det.label}) in field '{field}' of "
+                        f"'{filepath}' has no confidence"
+                    )
+                ann["score"] = float(det.confidence)
+            annotations.append(ann)
+    cats = [{"id": i, "name": name} for name, i in category_ids.items()]
+    return {"images": images, "annotations": annotations, "categories": cats}
+
+
+def coco_metrics(
+    samples: Any, pred_field: str, gt_field: str, categories: Sequence[str]
+) -> dict[str, Any]:
+    """pycocotools ``segm`` metrics: AP, AP50, AP75, AP_S, AP_M, AP_L, and
+    AP per class (-1 where a class has no ground truth)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO()
+    gt.dataset = to_coco(samples, gt_field, categories, scores=False)
+    gt.createIndex()
+    detections = to_coco(samples, pred_field, categories, scores=True)["annotations"]
+    if not detections:  # nothing predicted: AP 0 where there is ground truth
+        present = {a["category_id"] for a in gt.dataset["annotations"]}
+        per_class = {n: 0.0 if i + 1 in present else -1.0 for i, n in enumerate(categories)}
+        return {**dict.fromkeys(METRIC_NAMES, 0.0), "per_class": per_class}
+    evaluator = COCOeval(gt, gt.loadRes(detections), iouType="segm")
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics = dict(zip(METRIC_NAMES, map(float, evaluator.stats[:6]), strict=True))
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # T x R x K, all areas, 100 dets
+    per_class = {}
+    for k, name in enumerate(categories):
+        values = precision[:, :, k]
+        per_class[name] = float(values[values > -1].mean()) if (values > -1).any() else -1.0
+    metrics["per_class"] = per_class
+    return metrics
+
+
+def export_coco(samples: Any, pred_field: str, path: str | os.PathLike) -> dict[str, int]:
+    """Writes a Detections field as COCO instance-segmentation JSON (RLE,
+    true pixel areas, ``score`` from confidence), for training elsewhere.
+
+    Returns:
+        counts of images, annotations and categories written.
+    """
+    categories = sorted(samples.distinct(f"{pred_field}.detections.label"))
+    data = to_coco(samples, pred_field, categories, scores=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return {k: len(v) for k, v in data.items()}

@@ -1,0 +1,128 @@
+"""Operator: evaluate pseudo-labels against ground truth (mask AP)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from . import forms
+
+METRICS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AP (FiftyOne)")
+
+
+class EvaluatePseudoLabels(foo.Operator):
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="evaluate_pseudo_labels",
+            label="DiffuPrompter: evaluate pseudo-labels",
+            description="Mask AP, AP50, AP75, AP_S/M/L per class (FiftyOne + pycocotools)",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx: Any) -> types.Property:
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        fields = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Detections))
+        if not fields:
+            prop = inputs.view("no_fields", types.Warning(label="No Detections fields"))
+            prop.invalid = True
+            return types.Property(inputs, view=types.View(label="Evaluate"))
+        inputs.enum("pred_field", fields, label="Pseudo-labels", required=True, default=fields[0])
+        inputs.enum("gt_field", fields, label="Ground truth", required=True, default=fields[-1])
+        forms.identifier_input(
+            inputs,
+            "eval_key",
+            "Evaluation key",
+            ctx.params.get("eval_key"),
+            "dp_eval",
+            taken=set(ctx.dataset.list_evaluations()),
+        )
+        inputs.str(
+            "class_map",
+            label="Class map (JSON, optional)",
+            description='{"ground-truth name": "pseudo-label name"}; defaults map '
+            "plane, small/large vehicle and playground",
+        )
+        return types.Property(inputs, view=types.View(label="Evaluate pseudo-labels"))
+
+    def execute(self, ctx: Any) -> dict[str, Any]:
+        from diffuprompter_plugin.evaluation import (
+            evaluate_pseudo_labels,
+            pr_curves,
+            report_rows,
+            save_pr_curves,
+        )
+
+        params = ctx.params
+        text = params.get("class_map") or ""
+        try:
+            class_map = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"class_map is not valid JSON: {e}") from e
+        view = ctx.target_view()
+        eval_key = params.get("eval_key", "dp_eval")
+        report = evaluate_pseudo_labels(
+            view,
+            params["pred_field"],
+            params["gt_field"],
+            eval_key,
+            class_map=class_map,
+            progress=forms.progress_reporter(ctx, "Evaluate"),
+        )
+        folder = os.path.join(fo.config.default_dataset_dir, "__diffuprompter__", ctx.dataset.name)
+        html = save_pr_curves(view, eval_key, os.path.join(folder, f"{eval_key}_pr.html"))
+        forms.reload_app(ctx)
+        return {
+            "table": report_rows(report),
+            "pr_curves": pr_curves(view, eval_key),
+            "pr_curves_file": html,
+            "unmatched_gt_classes": report["unmatched_gt_classes"],
+            "agree": report["agree"],
+            "report": report,
+        }
+
+    def resolve_output(self, ctx: Any) -> types.Property:
+        outputs = types.Object()
+        table = types.TableView()
+        table.add_column("class", label="Class")
+        for metric in METRICS:
+            table.add_column(metric, label=metric)
+        outputs.list("table", types.Object(), label="Mask AP", view=table)
+        outputs.list(
+            "pr_curves",
+            types.Object(),
+            label="PR curves (IoU 0.5)",
+            view=types.PlotlyView(
+                layout={"xaxis": {"title": "recall"}, "yaxis": {"title": "precision"}}
+            ),
+        )
+        outputs.str("pr_curves_file", label="PR curves saved to")
+        outputs.list("unmatched_gt_classes", types.String(), label="GT classes not labelled")
+        outputs.bool("agree", label="FiftyOne and pycocotools agree on AP/AP50/AP75")
+        return types.Property(outputs, view=types.View(label="Evaluation"))
+
+    def __call__(
+        self,
+        sample_collection: Any,
+        pred_field: str,
+        gt_field: str,
+        eval_key: str,
+        class_map: dict[str, str] | None = None,
+        delegate: bool = False,
+    ) -> Any:
+        """Runs the evaluation from Python."""
+        params = dict(
+            pred_field=pred_field,
+            gt_field=gt_field,
+            eval_key=eval_key,
+            class_map=json.dumps(class_map) if class_map else None,
+        )
+        return forms.execute_from_sdk(self, sample_collection, params, delegate)

@@ -1,0 +1,295 @@
+"""Evaluation: known answers, pycocotools parity, class maps, calibration, export."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from helpers import EchoPrompter
+from PIL import Image
+from pycocotools.coco import COCO
+
+from diffuprompter_plugin.brain import compute_pseudo_labels, rethreshold_pseudo_labels
+from diffuprompter_plugin.coco import export_coco, full_mask
+from diffuprompter_plugin.config import DiffuPrompterConfig
+from diffuprompter_plugin.evaluation import (
+    calibrate_thresholds,
+    evaluate_pseudo_labels,
+    resolve_class_map,
+)
+
+
+def _rect(shape, x, y, w, h):
+    mask = np.zeros(shape, bool)
+    mask[y : y + h, x : x + w] = True
+    return mask
+
+
+def _dataset(tmp_path, scenes, size=(64, 48)):
+    """scenes: list of (gt [(label, mask)], pred [(label, mask, score)])."""
+    dataset = fo.Dataset()
+    for i, (gt, pred) in enumerate(scenes):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(path)
+        dataset.add_sample(
+            fo.Sample(
+                filepath=str(path),
+                metadata=fo.ImageMetadata(width=size[0], height=size[1]),
+                gt=fo.Detections(detections=[fo.Detection.from_mask(m, label=lb) for lb, m in gt]),
+                pred=fo.Detections(
+                    detections=[
+                        fo.Detection.from_mask(m, label=lb, confidence=s) for lb, m, s in pred
+                    ]
+                ),
+            )
+        )
+    return dataset
+
+
+def _metric(report, name):
+    """(pycocotools, FiftyOne) values of a metric, rounded to 1e-9."""
+    return round(report["pycocotools"][name], 9), round(report["fiftyone"][name], 9)
+
+
+def test_perfect_predictions_score_one(tmp_path):
+    shape = (48, 64)
+    scenes = [
+        (
+            [("ship", _rect(shape, 5, 5, 10, 8)), ("harbor", _rect(shape, 30, 10, 20, 20))],
+            [
+                ("ship", _rect(shape, 5, 5, 10, 8), 0.9),
+                ("harbor", _rect(shape, 30, 10, 20, 20), 0.8),
+            ],
+        )
+    ]
+    report = evaluate_pseudo_labels(_dataset(tmp_path, scenes), "pred", "gt", "perfect")
+    for name in ("AP", "AP50", "AP75"):
+        assert _metric(report, name) == (1.0, 1.0)
+    for tool in ("pycocotools", "fiftyone"):
+        assert report[tool]["per_class"] == pytest.approx({"harbor": 1.0, "ship": 1.0})
+    assert report["agree"]
+
+
+@pytest.mark.parametrize(
+    ("width", "shift", "ap", "ap75"),
+    [
+        (30, 10, 0.1, 0.0),  # IoU 20/40 = 0.50: matches at 0.50 only
+        (28, 4, 0.6, 1.0),
+    ],  # IoU 24/32 = 0.75: matches at 0.50 ... 0.75
+)
+def test_iou_exactly_on_thresholds(tmp_path, width, shift, ap, ap75):
+    shape = (48, 64)
+    scenes = [
+        (
+            [("ship", _rect(shape, 2, 10, width, 6))],
+            [("ship", _rect(shape, 2 + shift, 10, width, 6), 0.9)],
+        )
+    ]
+    report = evaluate_pseudo_labels(_dataset(tmp_path, scenes), "pred", "gt", "shifted")
+    assert _metric(report, "AP50") == (1.0, 1.0)
+    assert _metric(report, "AP75") == (ap75, ap75)
+    assert _metric(report, "AP") == (ap, ap)
+
+
+def test_small_medium_large_ranges(tmp_path):
+    shape = (120, 120)
+    small, medium, large = (
+        _rect(shape, 0, 0, 20, 20),
+        _rect(shape, 0, 0, 50, 50),
+        _rect(shape, 0, 0, 100, 100),
+    )
+    scenes = [
+        ([("ship", small)], [("ship", small, 0.9)]),
+        ([("ship", medium)], []),
+        ([("ship", large)], [("ship", large, 0.8)]),
+    ]
+    report = evaluate_pseudo_labels(_dataset(tmp_path, scenes, (120, 120)), "pred", "gt", "sml")
+    coco = report["pycocotools"]
+    assert (coco["AP_S"], coco["AP_M"], coco["AP_L"]) == pytest.approx((1.0, 0.0, 1.0))
+
+
+def test_parity_with_pycocotools_on_random_sets(tmp_path):
+    rng = np.random.default_rng(7)
+    shape = (48, 64)
+    scenes = []
+    for _ in range(12):
+        gt, pred = [], []
+        for _ in range(rng.integers(1, 4)):
+            label = str(rng.choice(["ship", "storage tank"]))
+            x, y, w, h = (
+                rng.integers(0, 40),
+                rng.integers(0, 30),
+                rng.integers(4, 20),
+                rng.integers(4, 16),
+            )
+            gt.append((label, _rect(shape, x, y, w, h)))
+            if rng.random() < 0.8:
+                dx, dy = rng.integers(-3, 4, 2)
+                box = _rect(shape, max(0, x + dx), max(0, y + dy), w, h)
+                pred.append((label, box, float(rng.random())))
+        for _ in range(rng.integers(0, 3)):
+            x, y = rng.integers(0, 50), rng.integers(0, 35)
+            pred.append(("ship", _rect(shape, x, y, 8, 8), float(rng.random())))
+        scenes.append((gt, pred))
+    report = evaluate_pseudo_labels(_dataset(tmp_path, scenes), "pred", "gt", "random")
+    assert 0.1 < report["pycocotools"]["AP"] < 0.95
+    assert report["agree"]
+    for name in ("AP", "AP50", "AP75"):
+        fo_value, coco_value = report["fiftyone"][name], report["pycocotools"][name]
+        assert fo_value == pytest.approx(coco_value, abs=1e-9)
+    for name, value in report["fiftyone"]["per_class"].items():
+        assert value == pytest.approx(report["pycocotools"]["per_class"][name], abs=1e-9)
+
+
+def test_stored_evaluation_run_maps_ground_truth_names(tmp_path):
+    shape = (48, 64)
+    scenes = [
+        (
+            [
+                ("plane", _rect(shape, 1, 1, 9, 9)),
+                ("Small_Vehicle", _rect(shape, 20, 1, 5, 5)),
+                ("Large_Vehicle", _rect(shape, 30, 1, 9, 5)),
+                ("Helicopter", _rect(shape, 1, 30, 9, 9)),
+            ],
+            [
+                ("airplane", _rect(shape, 1, 1, 9, 9), 0.9),
+                ("vehicle", _rect(shape, 20, 1, 5, 5), 0.7),
+            ],
+        )
+    ]
+    dataset = _dataset(tmp_path, scenes)
+    report = evaluate_pseudo_labels(dataset, "pred", "gt", "mapped")
+    assert report["classes"] == ["airplane", "vehicle"]
+    assert report["unmatched_gt_classes"] == ["Helicopter"]
+    assert report["pycocotools"]["per_class"]["airplane"] == pytest.approx(1.0)
+    assert report["pycocotools"]["per_class"]["vehicle"] == pytest.approx(0.5, abs=0.01)
+    assert dataset.list_evaluations() == ["mapped"]
+    assert dataset.first()["mapped_tp"] == 2 and dataset.first()["mapped_fn"] == 1
+    view = dataset.load_evaluation_view("mapped")
+    assert set(view.distinct("gt.detections.label")) == {"airplane", "vehicle"}
+
+
+def test_class_map_cases():
+    mapping, unmatched = resolve_class_map(
+        ["Ground_Track_Field", "playground", "storage_tank", "Soccer_ball_field", "Bridge"]
+    )
+    assert mapping == {
+        "Ground_Track_Field": "ground track field",
+        "playground": "ground track field",
+        "storage_tank": "storage tank",
+        "Bridge": "bridge",
+    }
+    assert unmatched == ["Soccer_ball_field"]
+    mapping, unmatched = resolve_class_map(["Soccer_ball_field"], {"soccer ball field": "x"})
+    assert mapping == {"Soccer_ball_field": "x"} and unmatched == []
+    with pytest.raises(ValueError, match="class_map names ground-truth class 'tank'"):
+        resolve_class_map(["ship"], {"tank": "storage tank"})
+
+
+def test_bad_inputs_get_clear_errors(tmp_path):
+    shape = (48, 64)
+    scenes = [([("ship", _rect(shape, 5, 5, 10, 8))], [("ship", _rect(shape, 5, 5, 10, 8), 0.9)])]
+    dataset = _dataset(tmp_path, scenes)
+    dataset.first().pred.detections[0].confidence = None
+    sample = dataset.first()
+    sample.pred.detections[0].confidence = None
+    sample.save()
+    with pytest.raises(ValueError, match="1 predictions in 'pred' have no confidence"):
+        evaluate_pseudo_labels(dataset, "pred", "gt", "bad")
+    with pytest.raises(ValueError, match="Field 'nope' does not exist"):
+        evaluate_pseudo_labels(dataset, "nope", "gt", "bad")
+    dataset.add_sample_field("empty", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    with pytest.raises(ValueError, match="Prediction field 'empty' holds no objects"):
+        evaluate_pseudo_labels(dataset, "empty", "gt", "bad")
+    assert dataset.list_evaluations() == []
+
+
+def test_export_round_trips_through_pycocotools(tmp_path):
+    shape = (48, 64)
+    ring = _rect(shape, 10, 10, 20, 20) & ~_rect(shape, 15, 15, 10, 10)
+    scenes = [([], [("harbor", ring, 0.7), ("ship", _rect(shape, 40, 30, 6, 3), 0.4)])]
+    dataset = _dataset(tmp_path, scenes)
+    path = tmp_path / "export" / "pseudo.json"
+    assert export_coco(dataset, "pred", path) == {"images": 1, "annotations": 2, "categories": 2}
+    coco = COCO(str(path))
+    anns = coco.loadAnns(coco.getAnnIds())
+    by_name = {coco.cats[a["category_id"]]["name"]: a for a in anns}
+    assert by_name["harbor"]["area"] == ring.sum() == 300
+    np.testing.assert_array_equal(coco.annToMask(by_name["harbor"]).astype(bool), ring)
+    assert by_name["ship"]["score"] == 0.4
+    det = dataset.first().pred.detections[0]
+    np.testing.assert_array_equal(full_mask(det, 64, 48), ring)
+
+
+class SquareModel:
+    """Heatmap 0.6 on a 12 x 12 square, 0.35 on a ring around it, 0.1 elsewhere."""
+
+    config = DiffuPrompterConfig(crf=False, min_area=4)
+
+    def annotate(self, image, class_names):
+        from diffuprompter_plugin.pipeline import Annotation
+
+        heat = np.full((48, 64), 0.1, np.float32)
+        heat[6:30, 14:38] = 0.35
+        heat[12:24, 20:32] = 0.6
+        return Annotation({n: heat for n in class_names}, [])
+
+
+def test_calibration_picks_per_class_thresholds(tmp_path):
+    shape = (48, 64)
+    scenes = [([("ship", _rect(shape, 20, 12, 12, 12))], []) for _ in range(3)]
+    dataset = _dataset(tmp_path, scenes)
+    dataset.persistent = True
+    try:
+        compute_pseudo_labels(dataset, "dp", classes=["ship"], model=SquareModel())
+        out = tmp_path / "thresholds.json"
+        prompter = EchoPrompter(SquareModel.config)
+        report = calibrate_thresholds(
+            dataset, "dp", "gt", out, thresholds=(0.2, 0.4, 0.5), prompter=prompter
+        )
+        assert report["sweep"]["0.2"]["ship"] == 0.0  # the 24 x 24 ring blob: IoU 0.25
+        assert report["thresholds"] == {"ship": 0.4}
+        assert report["ap"] == pytest.approx({"ship": 1.0})
+        assert json.loads(out.read_text())["thresholds"] == {"ship": 0.4}
+        assert not dataset.has_sample_field("calibration_dp")
+        summary = rethreshold_pseudo_labels(
+            dataset, "dp", "calibrated", thresholds=str(out), prompter=prompter
+        )
+        assert summary["instances"] == 3
+    finally:
+        dataset.delete()
+
+
+def test_evaluation_leaves_no_metadata_gap(tmp_path):
+    shape = (48, 64)
+    scenes = [([("ship", _rect(shape, 5, 5, 10, 8))], [("ship", _rect(shape, 5, 5, 10, 8), 0.9)])]
+    dataset = _dataset(tmp_path, scenes)
+    sample = dataset.first()
+    sample.metadata = None
+    sample.save()
+    report = evaluate_pseudo_labels(dataset, "pred", "gt", "meta")
+    assert report["pycocotools"]["AP"] == pytest.approx(1.0)
+    assert dataset.first().metadata.width == 64
+    assert os.path.isfile(dataset.first().filepath)
+
+
+def test_evaluate_operator_reports_table_and_pr_curves(tmp_path):
+    import fiftyone.operators as foo
+
+    shape = (48, 64)
+    scenes = [([("ship", _rect(shape, 5, 5, 10, 8))], [("ship", _rect(shape, 5, 5, 10, 8), 0.9)])]
+    dataset = _dataset(tmp_path, scenes)
+    dataset.persistent = True
+    try:
+        op = foo.get_operator("@diffuprompter/diffuprompter/evaluate_pseudo_labels")
+        out = op(dataset, "pred", "gt", "op_eval").result
+        assert out["table"][0]["class"] == "all"
+        assert out["table"][0]["AP"] == pytest.approx(1.0)
+        assert [t["name"] for t in out["pr_curves"]] == ["ship"]
+        assert os.path.getsize(out["pr_curves_file"]) > 1000
+        assert dataset.list_evaluations() == ["op_eval"]
+    finally:
+        dataset.delete()
