@@ -19,14 +19,13 @@ import numpy as np
 import torch
 
 from diffuprompter_plugin import DiffuPrompter, DiffuPrompterConfig
-from diffuprompter_plugin.tiny import tiny_tokenizer, write_tiny_models
+from diffuprompter_plugin.tiny import clip_text_encoder, tiny_tokenizer, write_tiny_models
 
 
 def full_size_models() -> tuple[SimpleNamespace, object]:
     """SD v1.5-shaped VAE, U-Net and CLIP-L text encoder, and SAM ViT-H."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from segment_anything import sam_model_registry
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
     sd = SimpleNamespace(
@@ -39,19 +38,7 @@ def full_size_models() -> tuple[SimpleNamespace, object]:
             latent_channels=4,
             sample_size=512,
         ),
-        text_encoder=CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        ),
+        text_encoder=clip_text_encoder(tokenizer, hidden_size=768, layers=12, heads=12),
         tokenizer=tokenizer,
         scheduler=DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
     )

@@ -9,27 +9,21 @@ Uses a throw-away database and dataset dir.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import tempfile
 import time
 
-HOME = tempfile.mkdtemp(prefix="diffuprompter-bench-")
-os.environ.update(
-    FIFTYONE_DATABASE_DIR=f"{HOME}/db",
-    FIFTYONE_DEFAULT_DATASET_DIR=f"{HOME}/datasets",
-    FIFTYONE_DATABASE_VALIDATION="false",
-    FIFTYONE_DO_NOT_TRACK="true",
-)
+from throwaway import HOME  # sets FiftyOne's folders: must precede fiftyone
 
-import fiftyone as fo  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+# isort: split
 
-from diffuprompter_plugin import DiffuPrompterConfig  # noqa: E402
-from diffuprompter_plugin.brain import compute_pseudo_labels  # noqa: E402
-from diffuprompter_plugin.pipeline import Annotation  # noqa: E402
-from diffuprompter_plugin.segmentation import Instance  # noqa: E402
+import fiftyone as fo
+import numpy as np
+from PIL import Image
+
+from diffuprompter_plugin import DiffuPrompterConfig
+from diffuprompter_plugin.brain import compute_pseudo_labels
+from diffuprompter_plugin.pipeline import Annotation
+from diffuprompter_plugin.segmentation import Instance
 
 SIZE = 64
 

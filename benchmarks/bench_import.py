@@ -11,22 +11,17 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import tempfile
 import time
 
-HOME = tempfile.mkdtemp(prefix="diffuprompter-bench-")
-os.environ.update(
-    FIFTYONE_DATABASE_DIR=f"{HOME}/db",
-    FIFTYONE_DEFAULT_DATASET_DIR=f"{HOME}/datasets",
-    FIFTYONE_DATABASE_VALIDATION="false",
-    FIFTYONE_DO_NOT_TRACK="true",
-)
+from throwaway import HOME  # sets FiftyOne's folders: must precede fiftyone
 
-import fiftyone as fo  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+# isort: split
 
-from diffuprompter_plugin.importers import import_classification_collection  # noqa: E402
+import fiftyone as fo
+import numpy as np
+from PIL import Image
+
+from diffuprompter_plugin.importers import import_classification_collection
 
 CLASSES = ("airplane", "ship", "storage_tank", "harbor", "bridge", "forest", "beach")
 

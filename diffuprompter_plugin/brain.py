@@ -198,20 +198,21 @@ def compute_pseudo_labels(
     Returns:
         the run's :class:`PseudoLabelsResults`.
     """
-    run_config = _build_config(
-        samples,
-        brain_key,
-        classes,
-        class_field,
-        pred_field,
-        heatmap_field,
-        sd_model,
-        sam_model,
-        sam_checkpoint,
-        config,
-        model,
-        output_dir,
-        smoke,
+    names = _class_names(samples, classes, class_field)
+    for field in (brain_key, pred_field, heatmap_field):
+        if not isinstance(field, str) or not field.isidentifier():
+            raise ValueError(f"Invalid name {field!r}: use a Python identifier")
+    settings, models = _settings_and_models(config, model, sd_model, sam_model, sam_checkpoint)
+    run_config = PseudoLabelsConfig(
+        pred_field=pred_field,
+        heatmap_fields={n: f"{heatmap_field}_{class_slug(n)}" for n in names},
+        error_field=f"{pred_field}_error",
+        heatmap_dir=_heatmap_dir(samples, brain_key, output_dir),
+        classes=names if classes is not None else None,
+        class_field=class_field,
+        settings=settings.to_dict(),
+        models=models,
+        smoke=smoke,
     )
     method = run_config.build()
     resuming = brain_key in samples.list_brain_runs()
@@ -235,63 +236,34 @@ def compute_pseudo_labels(
     return results
 
 
-def _build_config(
-    samples,
-    brain_key,
-    classes,
-    class_field,
-    pred_field,
-    heatmap_field,
-    sd_model,
-    sam_model,
-    sam_checkpoint,
-    config,
-    model,
-    output_dir,
-    smoke,
-) -> PseudoLabelsConfig:
-    from .models import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL
-
+def _class_names(samples: Any, classes: Sequence[str] | None, class_field: str | None):
     if (classes is None) == (class_field is None):
         raise ValueError("Give exactly one of classes (a list) and class_field")
-    if not isinstance(brain_key, str) or not brain_key.isidentifier():
-        raise ValueError(f"Invalid brain_key {brain_key!r}: use a Python identifier")
     if classes is not None:
         from .pipeline import validate_class_names
 
-        names = validate_class_names(classes)
-    else:
-        names = _classes_in_field(samples, class_field)
-    for field in (pred_field, heatmap_field):
-        if not field.isidentifier():
-            raise ValueError(f"Invalid field name {field!r}: use a Python identifier")
-    if isinstance(config, DiffuPrompterConfig):
-        settings = config
-    else:
-        settings = DiffuPrompterConfig.from_dict(dict(config or {}))
+        return validate_class_names(classes)
+    return _classes_in_field(samples, class_field)
+
+
+def _settings_and_models(config, model, sd_model, sam_model, sam_checkpoint):
+    """The method settings and the record of which models label the run."""
+    from .models import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL
+
     if model is not None:
-        settings = model.config
-        models = {"sd_model": type(model).__name__, "sam_model": "prebuilt"}
-    else:
-        models = {
-            "sd_model": str(sd_model or DEFAULT_SD_MODEL),
-            "sam_model": str(sam_model or DEFAULT_SAM_MODEL),
-            "sam_checkpoint": str(sam_checkpoint) if sam_checkpoint else None,
-        }
+        return model.config, {"sd_model": type(model).__name__, "sam_model": "prebuilt"}
+    if not isinstance(config, DiffuPrompterConfig):
+        config = DiffuPrompterConfig.from_dict(dict(config or {}))
+    return config, {
+        "sd_model": str(sd_model or DEFAULT_SD_MODEL),
+        "sam_model": str(sam_model or DEFAULT_SAM_MODEL),
+        "sam_checkpoint": str(sam_checkpoint) if sam_checkpoint else None,
+    }
+
+
+def _heatmap_dir(samples: Any, brain_key: str, output_dir: str | None) -> str:
     root = output_dir or os.path.join(fo.config.default_dataset_dir, "__diffuprompter__")
-    return PseudoLabelsConfig(
-        pred_field=pred_field,
-        heatmap_fields={n: f"{heatmap_field}_{class_slug(n)}" for n in names},
-        error_field=f"{pred_field}_error",
-        heatmap_dir=os.path.abspath(
-            os.path.join(root, class_slug(samples._dataset.name), brain_key)
-        ),
-        classes=names if classes is not None else None,
-        class_field=class_field,
-        settings=settings.to_dict(),
-        models=models,
-        smoke=smoke,
-    )
+    return os.path.abspath(os.path.join(root, class_slug(samples._dataset.name), brain_key))
 
 
 def _classes_in_field(samples: Any, class_field: str) -> list[str]:

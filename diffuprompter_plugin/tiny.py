@@ -56,28 +56,35 @@ def tiny_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def write_tiny_stable_diffusion(folder: str | os.PathLike, seed: int = 0) -> Path:
-    """Writes a random-weight SD (VAE, 3-level U-Net, CLIP text encoder,
-    tokenizer, scheduler) in diffusers' folder layout and returns the folder."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+def clip_text_encoder(tokenizer, hidden_size: int, layers: int, heads: int):
+    """A random-weight CLIP text encoder matching ``tokenizer`` (77 positions,
+    MLP width 4 x hidden)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(seed)
-    folder = Path(folder)
-    tokenizer = tiny_tokenizer()
-    text_encoder = CLIPTextModel(
+    return CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            hidden_size=hidden_size,
+            intermediate_size=4 * hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
             max_position_embeddings=77,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
     )
+
+
+def write_tiny_stable_diffusion(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Writes a random-weight SD (VAE, 3-level U-Net, CLIP text encoder,
+    tokenizer, scheduler) in diffusers' folder layout and returns the folder."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    tokenizer = tiny_tokenizer()
+    text_encoder = clip_text_encoder(tokenizer, hidden_size=32, layers=2, heads=4)
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,

@@ -18,13 +18,11 @@ METRICS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AP (FiftyOne)")
 class EvaluatePseudoLabels(foo.Operator):
     @property
     def config(self) -> foo.OperatorConfig:
-        return foo.OperatorConfig(
-            name="evaluate_pseudo_labels",
-            label="DiffuPrompter: evaluate pseudo-labels",
-            description="Mask AP, AP50, AP75, AP_S/M/L per class (FiftyOne + pycocotools)",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return forms.operator_config(
+            "evaluate_pseudo_labels",
+            "DiffuPrompter: evaluate pseudo-labels",
+            "Mask AP, AP50, AP75, AP_S/M/L per class (FiftyOne + pycocotools)",
+            default_delegated=False,
         )
 
     def resolve_input(self, ctx: Any) -> types.Property:

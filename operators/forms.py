@@ -22,6 +22,21 @@ METHOD_INPUTS = (
 )
 
 
+def operator_config(
+    name: str, label: str, description: str = "", default_delegated: bool = True
+) -> foo.OperatorConfig:
+    """Config of a form-driven operator that may run delegated."""
+    return foo.OperatorConfig(
+        name=name,
+        label=label,
+        description=description,
+        dynamic=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=True,
+        default_choice_to_delegated=default_delegated,
+    )
+
+
 def identifier_input(
     inputs: types.Object,
     name: str,

@@ -21,12 +21,8 @@ class ImportOperator(foo.Operator):
 
     @property
     def config(self) -> foo.OperatorConfig:
-        return foo.OperatorConfig(
-            name=self.operator_name,
-            label=self.operator_label,
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+        return forms.operator_config(
+            self.operator_name, self.operator_label, default_delegated=False
         )
 
     def resolve_input(self, ctx: Any) -> types.Property:

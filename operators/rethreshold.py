@@ -13,14 +13,10 @@ from . import forms
 class RethresholdPseudoLabels(foo.Operator):
     @property
     def config(self) -> foo.OperatorConfig:
-        return foo.OperatorConfig(
-            name="rethreshold_pseudo_labels",
-            label="DiffuPrompter: re-threshold pseudo-labels",
-            description="New instances from stored heatmaps; no diffusion rerun",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
+        return forms.operator_config(
+            "rethreshold_pseudo_labels",
+            "DiffuPrompter: re-threshold pseudo-labels",
+            "New instances from stored heatmaps; no diffusion rerun",
         )
 
     def resolve_input(self, ctx: Any) -> types.Property:

@@ -16,14 +16,10 @@ CLASS_LABEL_TYPES = (fo.Classification, fo.Classifications)
 class RunDiffuPrompter(foo.Operator):
     @property
     def config(self) -> foo.OperatorConfig:
-        return foo.OperatorConfig(
-            name="run_diffuprompter",
-            label="DiffuPrompter: generate pseudo-labels",
-            description="Heatmaps and instance masks from Stable Diffusion + SAM",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
+        return forms.operator_config(
+            "run_diffuprompter",
+            "DiffuPrompter: generate pseudo-labels",
+            "Heatmaps and instance masks from Stable Diffusion + SAM",
         )
 
     def resolve_input(self, ctx: Any) -> types.Property:
