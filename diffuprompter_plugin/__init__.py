@@ -17,6 +17,11 @@ _EXPORTS = {
     "TextGrounder": "grounding",
     "ModelUnavailableError": "errors",
     "InputImageError": "errors",
+    "compute_pseudo_labels": "brain",
+    "rethreshold_pseudo_labels": "brain",
+    "evaluate_pseudo_labels": "evaluation",
+    "calibrate_thresholds": "evaluation",
+    "export_coco": "coco",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -107,6 +107,14 @@ class RunDiffuPrompter(foo.Operator):
         )
         forms.model_inputs(inputs)
         forms.method_inputs(inputs)
+        if not ctx.requesting_delegated_execution:
+            inputs.view(
+                "immediate_notice",
+                types.Notice(
+                    label="Run immediately only for a few images: immediate runs stop after "
+                    "FIFTYONE_OPERATOR_TIMEOUT (600 s by default). Schedule it for a GPU worker."
+                ),
+            )
         return types.Property(inputs, view=types.View(label="DiffuPrompter"))
 
     def execute(self, ctx: Any) -> dict[str, Any]:

@@ -51,3 +51,18 @@ def test_config_validates_and_round_trips():
         DiffuPrompterConfig(timestep=1000)
     with pytest.raises(ValueError, match="Unknown DiffuPrompterConfig settings"):
         DiffuPrompterConfig.from_dict({"loopz": 3})
+
+
+def test_package_exports_resolve_lazily():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, diffuprompter_plugin as dp\n"
+        "assert 'torch' not in sys.modules\n"
+        "from diffuprompter_plugin.brain import PseudoLabelsConfig\n"
+        "assert 'torch' not in sys.modules, 'brain classes must load without torch'\n"
+        "print(dp.DiffuPrompter.__name__, dp.compute_pseudo_labels.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["DiffuPrompter", "diffuprompter_plugin.brain"]
