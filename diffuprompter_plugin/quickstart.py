@@ -3,10 +3,13 @@
     python -m diffuprompter_plugin.quickstart IMAGES --classes "storage tank" ship
     python -m diffuprompter_plugin.quickstart --smoke        # no downloads
 
-IMAGES is a folder of images, or of class subfolders (each image then gets its
-folder's class). ``--smoke`` runs tiny random-weight models on synthetic
-images to prove the whole path works offline: its dataset, fields and tags say
-so, and its labels are meaningless.
+IMAGES is a scene-classification collection (UC Merced, NWPU-RESISC45, AID, ...:
+its folders are mapped onto the paper's 12 categories), a folder of class
+subfolders (each image gets its folder's name as class) or a flat folder of
+images (give --classes). Rerunning resumes an interrupted run. ``--smoke``
+runs tiny random-weight models on synthetic images to prove the whole path
+works offline: its dataset, fields and tags say so, and its labels are
+meaningless.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from PIL import Image
 from .brain import SMOKE_LABEL, compute_pseudo_labels
 from .config import DiffuPrompterConfig
 from .errors import ModelUnavailableError
+from .importers import import_classification_collection
 from .models import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, cache_dir
 
 SMOKE_TAG = "smoke-test"
@@ -44,20 +48,33 @@ def synthetic_images(folder: Path, count: int = 4) -> Path:
 
 
 def load_images(images: Path, name: str) -> fo.Dataset:
-    """A persistent dataset of the folder's images, overwriting ``name``.
+    """The persistent dataset ``name`` of the folder's images.
 
-    Class subfolders become a ``ground_truth`` Classification.
+    A recognised collection (UC Merced, NWPU-RESISC45, ...) goes through
+    :func:`import_classification_collection`, which maps its folders onto the
+    paper's categories; other class subfolders become ``ground_truth`` as
+    they are; a flat folder gives unlabelled samples. An existing dataset of
+    that name is reused, so an interrupted main job resumes where it stopped.
     """
+    if fo.dataset_exists(name):
+        print(f"Using the existing dataset '{name}' (delete it to re-import)")
+        return fo.load_dataset(name)
     if not images.is_dir():
         raise FileNotFoundError(f"Image folder '{images}' does not exist")
-    has_classes = any(p.is_dir() for p in images.iterdir())
-    dataset_type = (
-        fo.types.ImageClassificationDirectoryTree if has_classes else fo.types.ImageDirectory
-    )
-    dataset = fo.Dataset.from_dir(
-        dataset_dir=str(images), dataset_type=dataset_type, name=name, overwrite=True
-    )
-    dataset.persistent = True
+    try:
+        report = import_classification_collection(images, name)
+    except ValueError:  # not a known collection: a plain image folder
+        has_classes = any(p.is_dir() for p in images.iterdir())
+        dataset_type = (
+            fo.types.ImageClassificationDirectoryTree if has_classes else fo.types.ImageDirectory
+        )
+        dataset = fo.Dataset.from_dir(
+            dataset_dir=str(images), dataset_type=dataset_type, name=name
+        )
+        dataset.persistent = True
+    else:
+        print(f"Imported {report.added} images; skipped {len(report.skipped)}")
+        dataset = fo.load_dataset(name)
     if len(dataset) == 0:
         dataset.delete()
         raise ValueError(f"No images found in '{images}'")

@@ -74,3 +74,21 @@ def test_class_folders_give_each_image_its_class(cache, tmp_path):
     finally:
         if fo.dataset_exists(f"{name}-smoke"):
             fo.delete_dataset(f"{name}-smoke")
+
+
+def test_known_collection_is_mapped_and_rerun_resumes(cache, tmp_path):
+    root = tmp_path / "UCMerced_LandUse" / "Images"
+    synthetic_images(root / "storagetanks", count=2)
+    synthetic_images(root / "forest", count=1)
+    name = "qs-ucm"
+    try:
+        assert main([str(root.parent), "--smoke", "--no-app", "--dataset", name]) == 0
+        dataset = fo.load_dataset(f"{name}-smoke")
+        assert dataset.distinct("ground_truth.label") == ["storage tank"]
+        assert dataset.distinct("source_collection") == ["UC Merced"]
+        first = dataset.values("smoke_instances.detections.id")
+        assert main([str(root.parent), "--smoke", "--no-app", "--dataset", name]) == 0
+        assert dataset.values("smoke_instances.detections.id") == first  # nothing redone
+    finally:
+        if fo.dataset_exists(f"{name}-smoke"):
+            fo.delete_dataset(f"{name}-smoke")
