@@ -77,6 +77,18 @@ def measure(model: DiffuPrompter, image: np.ndarray, repeats: int) -> dict[str, 
     }
 
 
+def measure_stream(model: DiffuPrompter, images: list[np.ndarray], workers: int) -> float:
+    """Seconds per image of ``annotate_all`` with DenseCRF on, in ``workers``
+    processes beside the models (0: inline)."""
+    model.config = model.config.replace(crf=True, crf_workers=workers)
+    items = [(i, image, ["storage tank"]) for i, image in enumerate(images)]
+    list(model.annotate_all(items[:2]))  # warm-up (and worker start-up)
+    start = time.perf_counter()
+    results = list(model.annotate_all(items))
+    assert not any(isinstance(r, Exception) for _, r in results)
+    return (time.perf_counter() - start) / len(images)
+
+
 def row(name: str, figures: dict[str, float]) -> str:
     return (
         f"{name:<46} {figures['total_s']:>8.3f} s/img  heatmap {figures['heatmap_s']:.3f} s"
@@ -125,6 +137,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         sd, sam = write_tiny_models(folder)
         run("tiny models, CPU, 64 px", str(sd), str(sam), "cpu", 64, 50, args.repeats, True)
+        config = DiffuPrompterConfig(loops=4, resolution=512)
+        model = DiffuPrompter.from_pretrained(str(sd), str(sam), device="cpu", config=config)
+        rng = np.random.default_rng(0)
+        images = [(rng.random((512, 512, 3)) * 255).astype(np.uint8) for _ in range(8)]
+        inline, pooled = measure_stream(model, images, 0), measure_stream(model, images, 2)
+        print(
+            f"tiny models, CPU, 512 px, L=4, CRF on: {inline:.3f} s/img inline, "
+            f"{pooled:.3f} s/img with 2 CRF workers ({inline / pooled:.2f}x)",
+            flush=True,
+        )
     if torch.cuda.is_available():
         sd, sam = full_size_models()
         run("SD1.5 + SAM ViT-H, GPU fp16, 512 px", sd, sam, "cuda", 512, 50, args.repeats, True)

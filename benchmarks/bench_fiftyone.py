@@ -22,13 +22,13 @@ from PIL import Image
 
 from diffuprompter_plugin import DiffuPrompterConfig
 from diffuprompter_plugin.brain import compute_pseudo_labels
-from diffuprompter_plugin.pipeline import Annotation
+from diffuprompter_plugin.pipeline import Annotation, Annotator
 from diffuprompter_plugin.segmentation import Instance
 
 SIZE = 64
 
 
-class StubModel:
+class StubModel(Annotator):
     """Returns a fixed 64 x 64 heatmap and three instances per class."""
 
     config = DiffuPrompterConfig()
@@ -41,7 +41,7 @@ class StubModel:
             mask[k * 20 : k * 20 + 12, 4:20] = True
             self.masks.append((mask, (4, k * 20, 20, k * 20 + 12)))
 
-    def annotate(self, image, class_names):
+    def annotate(self, image, class_names, thresholds=None):
         instances = [Instance(n, m, b, 0.5) for n in class_names for m, b in self.masks]
         return Annotation({n: self.heatmap for n in class_names}, instances)
 

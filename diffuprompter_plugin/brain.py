@@ -18,15 +18,13 @@ import fiftyone as fo
 import fiftyone.core.brain as fob
 import fiftyone.core.utils as fou
 
-from .config import DiffuPrompterConfig
+from .config import RUNTIME_SETTINGS, DiffuPrompterConfig
 from .labels import class_slug, read_heatmap, sample_classes, to_detections, write_heatmap
 
 logger = logging.getLogger(__name__)
 
 METHOD = "diffuprompter"
 SMOKE_LABEL = "SMOKE TEST: tiny random-weight models, labels are meaningless"
-PER_SAMPLE_ERRORS = (OSError, ValueError, RuntimeError)
-"""Errors that fail one sample (unreadable image, bad class); the run goes on."""
 
 
 class PseudoLabelsConfig(fob.BrainMethodConfig):
@@ -310,8 +308,13 @@ def _check_resumable(samples: Any, brain_key: str, config: PseudoLabelsConfig) -
     existing = samples.get_brain_info(brain_key).config
     if getattr(existing, "method", None) != METHOD:
         raise ValueError(f"Brain key '{brain_key}' is taken by another kind of brain run")
-    keys = ("pred_field", "heatmap_fields", "settings", "models", "classes", "class_field")
+    keys = ("pred_field", "heatmap_fields", "models", "classes", "class_field")
     differs = [k for k in keys if getattr(existing, k, None) != getattr(config, k)]
+    differs += [
+        name
+        for name, value in config.settings.items()
+        if name not in RUNTIME_SETTINGS and existing.settings.get(name) != value
+    ]
     if differs:
         raise ValueError(
             f"Brain run '{brain_key}' exists with different {differs}; resume it with "
@@ -337,29 +340,36 @@ def _chunks(items: Sequence[str], size: int):
 
 
 def _annotate_samples(samples, ids, model, config, batch_size, progress) -> None:
+    """Annotates the samples ``ids`` in batches, saving each batch as it ends."""
     with fou.ProgressBar(total=len(ids), progress=progress) as pb:
         for chunk in _chunks(ids, batch_size):
-            view = samples.select(chunk)
-            for sample in view.iter_samples(autosave=True, batch_size=batch_size):
-                _annotate_sample(sample, model, config)
-                pb.update()
+            items = []
+            with samples.save_context(batch_size=batch_size) as saver:
+                for sample in samples.select(chunk):
+                    names = config.classes or sample_classes(sample, config.class_field)
+                    if names:
+                        items.append((sample, sample.filepath, names))
+                        continue
+                    _write(sample, ValueError(f"no class in field '{config.class_field}'"), config)
+                    saver.save(sample)
+                    pb.update()
+                for sample, result in model.annotate_all(items):
+                    _write(sample, result, config)
+                    saver.save(sample)
+                    pb.update()
 
 
-def _annotate_sample(sample: fo.Sample, model: Any, config: PseudoLabelsConfig) -> None:
-    try:
-        names = config.classes or sample_classes(sample, config.class_field)
-        if not names:
-            raise ValueError(f"no class in field '{config.class_field}'")
-        annotation = model.annotate(sample.filepath, names)
-    except PER_SAMPLE_ERRORS as e:
-        logger.warning("Sample %s (%s) failed: %s", sample.id, sample.filepath, e)
-        sample[config.error_field] = f"{type(e).__name__}: {e}"
+def _write(sample: fo.Sample, result: Any, config: PseudoLabelsConfig) -> None:
+    """Stores one sample's annotation, or its error."""
+    if isinstance(result, Exception):
+        logger.warning("Sample %s (%s) failed: %s", sample.id, sample.filepath, result)
+        sample[config.error_field] = f"{type(result).__name__}: {result}"
         return
-    height, width = next(iter(annotation.heatmaps.values())).shape
-    for name, heatmap in annotation.heatmaps.items():
+    height, width = next(iter(result.heatmaps.values())).shape
+    for name, heatmap in result.heatmaps.items():
         path = os.path.join(config.heatmap_dir, class_slug(name), f"{sample.id}.png")
         sample[config.heatmap_fields[name]] = write_heatmap(heatmap, path)
-    sample[config.pred_field] = to_detections(annotation.instances, width, height)
+    sample[config.pred_field] = to_detections(result.instances, width, height)
     sample[config.error_field] = None
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 NORMALIZATIONS = ("minmax", "none")
+RUNTIME_SETTINGS = ("loop_batch_size", "crf_workers")
+"""Settings that change speed and memory, never results."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class DiffuPrompterConfig:
         crf_gaussian_sxy, crf_gaussian_compat: smoothness kernel.
         crf_bilateral_sxy, crf_bilateral_srgb, crf_bilateral_compat:
             appearance kernel (pixels, RGB levels, weight).
+        crf_workers: DenseCRF processes in :meth:`DiffuPrompter.annotate_all`,
+            overlapping the CPU-bound CRF of one image with the GPU work on the
+            next ones; 0 runs the CRF inline.
         multimask: ask SAM for its three candidates (section 2.2.3).
         min_area: instances (and prompt regions) smaller than this many pixels
             are dropped.
@@ -54,6 +59,7 @@ class DiffuPrompterConfig:
     crf_bilateral_sxy: float = 80.0
     crf_bilateral_srgb: float = 13.0
     crf_bilateral_compat: float = 10.0
+    crf_workers: int = 0
     multimask: bool = True
     min_area: int = 16
     seed: int = 0
@@ -72,6 +78,7 @@ class DiffuPrompterConfig:
             ),
             ("resolution", self.resolution >= 64, "must be >= 64"),
             ("crf_iterations", self.crf_iterations >= 1, "must be >= 1"),
+            ("crf_workers", self.crf_workers >= 0, "must be >= 0"),
             ("min_area", self.min_area >= 1, "must be >= 1"),
         ]
         for name, ok, rule in checks:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,7 +25,14 @@ from .models import (
     load_stable_diffusion,
     resolve_device,
 )
-from .segmentation import Instance, SamPrompter, Thresholds
+from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
+
+ITEM_ERRORS = (OSError, ValueError, RuntimeError)
+"""Errors that fail one image in :meth:`Annotator.annotate_all` (unreadable
+file, bad input, out of memory) without stopping the others."""
+
+Item = tuple[Any, ImageLike, Sequence[str]]
+"""(key, image, class names): the key comes back with the image's result."""
 
 
 @dataclass
@@ -37,7 +48,37 @@ class Annotation:
     instances: list[Instance] = field(default_factory=list)
 
 
-class DiffuPrompter:
+def _guarded(step: Callable[[], Any]) -> Any:
+    """The step's result, or the exception of a failed image."""
+    try:
+        return step()
+    except ITEM_ERRORS as e:
+        return e
+
+
+class Annotator:
+    """What the FiftyOne layer needs of an annotator: ``config``,
+    :meth:`annotate` and :meth:`annotate_all`."""
+
+    config: DiffuPrompterConfig
+
+    def annotate(
+        self, image: ImageLike, class_names: Sequence[str], thresholds: Thresholds = None
+    ) -> Annotation:
+        """Heatmaps and instances of ``class_names`` in ``image``."""
+        raise NotImplementedError
+
+    def annotate_all(
+        self, items: Iterable[Item], thresholds: Thresholds = None
+    ) -> Iterator[tuple[Any, Annotation | Exception]]:
+        """Annotates many images; yields ``(key, result)`` in input order, the
+        result being the exception (see :data:`ITEM_ERRORS`) of an image that
+        failed, so that one bad file does not stop the rest."""
+        for key, image, names in items:
+            yield key, _guarded(partial(self.annotate, image, names, thresholds))
+
+
+class DiffuPrompter(Annotator):
     """Training-free instance annotation of remote-sensing images.
 
     Args:
@@ -112,6 +153,48 @@ class DiffuPrompter:
         rgb = to_rgb_uint8(image)
         heatmaps = self.grounder.heatmaps(rgb, names)
         return Annotation(heatmaps, self.prompter.segment(rgb, heatmaps, thresholds))
+
+    def annotate_all(
+        self, items: Iterable[Item], thresholds: Thresholds = None
+    ) -> Iterator[tuple[Any, Annotation | Exception]]:
+        """As :meth:`Annotator.annotate_all`. With ``config.crf_workers`` > 0,
+        the DenseCRF of each image runs in that many worker processes while
+        the models work on up to as many following images."""
+        workers = self.config.crf_workers if self.config.crf else 0
+        if workers == 0:
+            yield from super().annotate_all(items, thresholds)
+            return
+        context = multiprocessing.get_context("spawn")  # no CUDA state in workers
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            pending: deque = deque()
+            for key, image, names in items:
+                grounded = _guarded(partial(self._ground, image, names, thresholds, pool))
+                pending.append((key, grounded))
+                if len(pending) > workers:
+                    yield self._finish(*pending.popleft())
+            while pending:
+                yield self._finish(*pending.popleft())
+
+    def _ground(
+        self, image: ImageLike, names: Sequence[str], thresholds: Thresholds, pool: Any
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], Future]:
+        """Heatmaps of one image, and its CRF submitted to ``pool``."""
+        names = validate_class_names(names)
+        rgb = to_rgb_uint8(image)
+        heatmaps = self.grounder.heatmaps(rgb, names)
+        gammas = self.prompter.thresholds_for(names, thresholds)
+        return rgb, heatmaps, pool.submit(binary_maps, rgb, heatmaps, gammas, self.config)
+
+    def _finish(self, key: Any, grounded: Any) -> tuple[Any, Annotation | Exception]:
+        """The SAM stage of an image whose CRF was submitted by :meth:`_ground`."""
+        if isinstance(grounded, Exception):
+            return key, grounded
+        rgb, heatmaps, binaries = grounded
+
+        def prompt() -> Annotation:
+            return Annotation(heatmaps, self.prompter.prompt(rgb, heatmaps, binaries.result()))
+
+        return key, _guarded(prompt)
 
 
 def validate_class_names(class_names: Sequence[str]) -> list[str]:

@@ -98,14 +98,19 @@ class SamPrompter:
         """
         rgb = to_rgb_uint8(image)
         gammas = self.thresholds_for(list(heatmaps), thresholds)
+        return self.prompt(rgb, heatmaps, binary_maps(rgb, heatmaps, gammas, self.config))
+
+    def prompt(
+        self,
+        rgb: np.ndarray,
+        heatmaps: Mapping[str, np.ndarray],
+        binaries: Mapping[str, np.ndarray],
+    ) -> list[Instance]:
+        """The SAM stage of :meth:`segment`, from already binarised maps."""
         image_set = False
         instances = []
-        for label, heatmap in heatmaps.items():
-            if heatmap.shape != rgb.shape[:2]:
-                raise ValueError(f"Heatmap '{label}' is {heatmap.shape}, image is {rgb.shape[:2]}")
-            found = regions(
-                binary_map(rgb, heatmap, gammas[label], self.config), self.config.min_area
-            )
+        for label, binary in binaries.items():
+            found = regions(binary, self.config.min_area)
             if not found:
                 continue
             if not image_set:
@@ -163,6 +168,23 @@ class SamPrompter:
             inst.score = float(heatmaps[inst.label][inst.mask].mean() * inst.score)
             kept.append(inst)
         return kept
+
+
+def binary_maps(
+    rgb: np.ndarray,
+    heatmaps: Mapping[str, np.ndarray],
+    thresholds: Mapping[str, float],
+    config: DiffuPrompterConfig,
+) -> dict[str, np.ndarray]:
+    """Eq. 10 for every class: ``{class: H x W bool}``. A module-level
+    function, so DenseCRF can run in worker processes."""
+    for label, heatmap in heatmaps.items():
+        if heatmap.shape != rgb.shape[:2]:
+            raise ValueError(f"Heatmap '{label}' is {heatmap.shape}, image is {rgb.shape[:2]}")
+    return {
+        label: binary_map(rgb, heatmap, thresholds[label], config)
+        for label, heatmap in heatmaps.items()
+    }
 
 
 def select_candidates(candidates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

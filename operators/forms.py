@@ -19,6 +19,7 @@ METHOD_INPUTS = (
     ("loop_batch_size", "int", 1, 1000, "Loop batch size", "Draws per U-Net call"),
     ("threshold", "float", 0.01, 0.99, "Threshold γ", "Binarisation threshold (paper: 0.4)"),
     ("resolution", "int", 64, 2048, "Resolution", "Longest side SD sees, in pixels"),
+    ("crf_workers", "int", 0, 64, "CRF workers", "Processes running DenseCRF beside the GPU"),
 )
 
 

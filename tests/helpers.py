@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from diffuprompter_plugin.config import DiffuPrompterConfig
+from diffuprompter_plugin.pipeline import Annotator
 from diffuprompter_plugin.segmentation import SamPrompter
 
 TINY_CONFIG = DiffuPrompterConfig(loops=4, loop_batch_size=2, resolution=64, crf=False)
 """Settings for the tiny models: 64 px working size, 4 loops, no CRF."""
 
 
-class StubModel:
+class StubModel(Annotator):
     """Engine stand-in for FiftyOne-layer tests: reads the image like the
     engine does, returns a ramp heatmap and one 8 x 8 instance per class."""
 
@@ -20,7 +21,7 @@ class StubModel:
         self.calls: list[str] = []
         self.fail_after = fail_after
 
-    def annotate(self, image, class_names):
+    def annotate(self, image, class_names, thresholds=None):
         from diffuprompter_plugin.image import to_rgb_uint8
         from diffuprompter_plugin.pipeline import Annotation
         from diffuprompter_plugin.segmentation import Instance

@@ -197,3 +197,15 @@ def test_missing_weights_leave_nothing_written(image_dataset, tmp_path):
         )
     assert image_dataset.list_brain_runs() == []
     assert set(image_dataset.get_field_schema()) == fields
+
+
+def test_resume_may_change_runtime_settings_only(image_dataset):
+    from diffuprompter_plugin import DiffuPrompterConfig
+
+    model = StubModel()
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=model, config=None)
+    model.config = DiffuPrompterConfig(loop_batch_size=5, crf_workers=3)
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=model)
+    model.config = DiffuPrompterConfig(loops=10)
+    with pytest.raises(ValueError, match=r"different \['loops'\]"):
+        compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=model)

@@ -20,6 +20,7 @@ from diffuprompter_plugin.evaluation import (
     evaluate_pseudo_labels,
     resolve_class_map,
 )
+from diffuprompter_plugin.pipeline import Annotation, Annotator
 
 
 def _rect(shape, x, y, w, h):
@@ -224,14 +225,12 @@ def test_export_round_trips_through_pycocotools(tmp_path):
     np.testing.assert_array_equal(full_mask(det, 64, 48), ring)
 
 
-class SquareModel:
+class SquareModel(Annotator):
     """Heatmap 0.6 on a 12 x 12 square, 0.35 on a ring around it, 0.1 elsewhere."""
 
     config = DiffuPrompterConfig(crf=False, min_area=4)
 
-    def annotate(self, image, class_names):
-        from diffuprompter_plugin.pipeline import Annotation
-
+    def annotate(self, image, class_names, thresholds=None):
         heat = np.full((48, 64), 0.1, np.float32)
         heat[6:30, 14:38] = 0.35
         heat[12:24, 20:32] = 0.6

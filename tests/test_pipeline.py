@@ -66,3 +66,24 @@ def test_package_exports_resolve_lazily():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["DiffuPrompter", "diffuprompter_plugin.brain"]
+
+
+def test_annotate_all_overlaps_crf_and_matches_annotate(prompter, rgb, tmp_path):
+    from diffuprompter_plugin import DiffuPrompter, SamPrompter, TextGrounder
+
+    config = prompter.config.replace(crf=True, crf_workers=2, threshold=0.3)
+    g = prompter.grounder
+    sam = SamPrompter(prompter.prompter.predictor.model, config, g.device)
+    model = DiffuPrompter(TextGrounder(g.sd, config, g.device, g.dtype), sam, config)
+    images = [rgb, rgb[::-1].copy(), tmp_path / "missing.png", rgb[:, ::-1].copy()]
+    items = [(i, image, ["ship", "harbor"]) for i, image in enumerate(images)]
+    results = list(model.annotate_all(items))
+    assert [key for key, _ in results] == [0, 1, 2, 3]
+    assert "missing.png" in str(results[2][1])
+    for key in (0, 1, 3):
+        expected = model.annotate(images[key], ["ship", "harbor"])
+        got = results[key][1]
+        assert [(i.label, i.box) for i in got.instances] == [
+            (i.label, i.box) for i in expected.instances
+        ]
+        np.testing.assert_array_equal(got.heatmaps["ship"], expected.heatmaps["ship"])
