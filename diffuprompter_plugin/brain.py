@@ -18,7 +18,14 @@ import fiftyone as fo
 import fiftyone.core.brain as fob
 import fiftyone.core.utils as fou
 
-from .config import RUNTIME_SETTINGS, DiffuPrompterConfig
+from .config import (
+    DEFAULT_HEATMAP_FIELD,
+    DEFAULT_PRED_FIELD,
+    DEFAULT_SAM_MODEL,
+    DEFAULT_SD_MODEL,
+    RUNTIME_SETTINGS,
+    DiffuPrompterConfig,
+)
 from .labels import class_slug, read_heatmap, sample_classes, to_detections, write_heatmap
 
 logger = logging.getLogger(__name__)
@@ -156,8 +163,8 @@ def compute_pseudo_labels(
     brain_key: str,
     classes: Sequence[str] | None = None,
     class_field: str | None = None,
-    pred_field: str = "dp_instances",
-    heatmap_field: str = "dp_heatmap",
+    pred_field: str = DEFAULT_PRED_FIELD,
+    heatmap_field: str = DEFAULT_HEATMAP_FIELD,
     sd_model: Any = None,
     sam_model: Any = None,
     sam_checkpoint: str | None = None,
@@ -246,8 +253,6 @@ def _class_names(samples: Any, classes: Sequence[str] | None, class_field: str |
 
 def _settings_and_models(config, model, sd_model, sam_model, sam_checkpoint):
     """The method settings and the record of which models label the run."""
-    from .models import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL
-
     if model is not None:
         return model.config, {"sd_model": type(model).__name__, "sam_model": "prebuilt"}
     if not isinstance(config, DiffuPrompterConfig):

@@ -11,6 +11,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+"""SD v1.5: the 64/32/16/8 cross-attention pyramid at 512 px that the paper
+describes, 768-d CLIP text, no v-prediction (community mirror of the original
+runwayml release)."""
+DEFAULT_SAM_MODEL = "vit_h"
+DEFAULT_PRED_FIELD = "dp_instances"
+DEFAULT_HEATMAP_FIELD = "dp_heatmap"
+
 NORMALIZATIONS = ("minmax", "none")
 RUNTIME_SETTINGS = ("loop_batch_size", "crf_workers")
 """Settings that change speed and memory, never results."""

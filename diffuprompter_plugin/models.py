@@ -23,14 +23,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL
 from .errors import ModelUnavailableError
-
-DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-"""SD v1.5: the 64/32/16/8 cross-attention pyramid at 512 px that the paper
-describes, 768-d CLIP text, no v-prediction (community mirror of the original
-runwayml release)."""
-
-DEFAULT_SAM_MODEL = "vit_h"
 
 SAM_CHECKPOINTS: dict[str, tuple[str, str]] = {
     "vit_h": (

@@ -14,12 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DiffuPrompterConfig
+from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig
 from .grounding import TextGrounder
 from .image import ImageLike, to_rgb_uint8
 from .models import (
-    DEFAULT_SAM_MODEL,
-    DEFAULT_SD_MODEL,
     default_dtype,
     load_sam,
     load_stable_diffusion,

@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image
 
 from .brain import SMOKE_LABEL, compute_pseudo_labels
-from .config import DiffuPrompterConfig
+from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig
 from .errors import ModelUnavailableError
 from .importers import import_classification_collection
-from .models import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, cache_dir
+from .models import cache_dir
 
 SMOKE_TAG = "smoke-test"
 SMOKE_CONFIG = DiffuPrompterConfig(loops=4, loop_batch_size=4, resolution=64, crf=False)

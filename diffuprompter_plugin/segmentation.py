@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DiffuPrompterConfig
+from .config import DEFAULT_SAM_MODEL, DiffuPrompterConfig
 from .crf import binary_map
 from .image import ImageLike, to_rgb_uint8
-from .models import DEFAULT_SAM_MODEL, load_sam, resolve_device
+from .models import load_sam, resolve_device
 from .prompts import Box, Region, components, mask_box, regions
 
 

@@ -8,7 +8,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from diffuprompter_plugin.config import DiffuPrompterConfig
+from diffuprompter_plugin.config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig
 
 DEFAULTS = DiffuPrompterConfig()
 
@@ -91,13 +91,13 @@ def model_inputs(inputs: types.Object, with_sd: bool = True) -> None:
             "sd_model",
             label="Stable Diffusion",
             description="Hub id or a diffusers folder on the machine that runs the job",
-            default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            default=DEFAULT_SD_MODEL,
         )
     inputs.str(
         "sam_model",
         label="SAM",
         description="vit_h, vit_l, vit_b, or a folder with sam_config.json and sam.pth",
-        default="vit_h",
+        default=DEFAULT_SAM_MODEL,
     )
     inputs.str(
         "sam_checkpoint",

@@ -8,6 +8,8 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from diffuprompter_plugin.config import DEFAULT_HEATMAP_FIELD, DEFAULT_PRED_FIELD
+
 from . import forms
 
 CLASS_LABEL_TYPES = (fo.Classification, fo.Classifications)
@@ -94,7 +96,7 @@ class RunDiffuPrompter(foo.Operator):
             "pred_field",
             "Instance field",
             params.get("pred_field"),
-            "dp_instances",
+            DEFAULT_PRED_FIELD,
             taken=fields,
         )
         forms.identifier_input(
@@ -102,7 +104,7 @@ class RunDiffuPrompter(foo.Operator):
             "heatmap_field",
             "Heatmap field prefix",
             params.get("heatmap_field"),
-            "dp_heatmap",
+            DEFAULT_HEATMAP_FIELD,
             taken=fields,
         )
         forms.model_inputs(inputs)
@@ -127,8 +129,8 @@ class RunDiffuPrompter(foo.Operator):
             params["brain_key"],
             classes=params.get("classes") if by_field == "list" else None,
             class_field=params.get("class_field") if by_field == "field" else None,
-            pred_field=params.get("pred_field", "dp_instances"),
-            heatmap_field=params.get("heatmap_field", "dp_heatmap"),
+            pred_field=params.get("pred_field", DEFAULT_PRED_FIELD),
+            heatmap_field=params.get("heatmap_field", DEFAULT_HEATMAP_FIELD),
             sd_model=params.get("sd_model"),
             sam_model=params.get("sam_model"),
             sam_checkpoint=params.get("sam_checkpoint") or None,
@@ -155,8 +157,8 @@ class RunDiffuPrompter(foo.Operator):
         brain_key: str,
         classes: list[str] | None = None,
         class_field: str | None = None,
-        pred_field: str = "dp_instances",
-        heatmap_field: str = "dp_heatmap",
+        pred_field: str = DEFAULT_PRED_FIELD,
+        heatmap_field: str = DEFAULT_HEATMAP_FIELD,
         sd_model: str | None = None,
         sam_model: str | None = None,
         sam_checkpoint: str | None = None,
