@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.core.utils as fou
 
 from .categories import COLLECTIONS, Collection, find_collection, normalize
-from .common import ImportReport, add_in_batches, image_metadata, is_image, staged_import
+from .common import ImportReport, image_metadata, is_image, run_import
 from .dlr import import_dlr_munich
 
 DLR = normalize("DLR Munich")
@@ -91,20 +92,16 @@ def import_classification_collection(
     if found is None:
         raise ValueError(f"Unknown collection '{collection}': use one of {sorted(COLLECTIONS)}")
     folders = class_folders(root, found)
-    report = ImportReport(name)
-    with staged_import(name) as (staging, known):
-        samples = _samples(found, folders, include_candidates, known, report, progress)
-        report.added = add_in_batches(staging, samples)
-    return report
+    return run_import(name, partial(_samples, found, folders, include_candidates, progress))
 
 
 def _samples(
     collection: Collection,
     folders: list[Path],
     include_candidates: bool,
+    progress: bool | Callable | None,
     known: set[str],
     report: ImportReport,
-    progress: bool | Callable | None,
 ) -> Iterator[fo.Sample]:
     mapped = []
     for folder in folders:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import cv2
@@ -102,6 +102,22 @@ def staged_import(name: str) -> Iterator[tuple[fo.Dataset, set[str]]]:
     else:
         staging.name = name
         staging.persistent = True
+
+
+def run_import(
+    name: str, samples: Callable[[set[str], ImportReport], Iterable[fo.Sample]]
+) -> ImportReport:
+    """Imports into dataset ``name`` atomically (see :func:`staged_import`).
+
+    Args:
+        name: the dataset to create or add to.
+        samples: called with the file paths already in the dataset and the
+            report; yields the new samples and records skipped files.
+    """
+    report = ImportReport(name)
+    with staged_import(name) as (staging, known):
+        report.added = add_in_batches(staging, samples(known, report))
+    return report
 
 
 def add_in_batches(dataset: fo.Dataset, samples: Iterable[fo.Sample], batch: int = 512) -> int:

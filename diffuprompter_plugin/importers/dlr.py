@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -12,14 +13,7 @@ import fiftyone as fo
 import fiftyone.core.utils as fou
 import numpy as np
 
-from .common import (
-    AnnotationError,
-    ImportReport,
-    add_in_batches,
-    read_image,
-    staged_import,
-    windows,
-)
+from .common import AnnotationError, ImportReport, read_image, run_import, windows
 
 
 def parse_samp(path: Path) -> list[np.ndarray]:
@@ -78,14 +72,10 @@ def import_dlr_munich(
     if not frames:
         raise ValueError(f"'{root}' holds no DLR Munich frames (*.JPG)")
     tile_dir = Path(tile_dir or os.path.join(fo.config.default_dataset_dir, "__tiles__", name))
-    report = ImportReport(name)
-    with staged_import(name) as (staging, known):
-        tiles = _tiles(frames, tile_dir, tile_size, overlap, known, report, progress)
-        report.added = add_in_batches(staging, tiles)
-    return report
+    return run_import(name, partial(_tiles, frames, tile_dir, tile_size, overlap, progress))
 
 
-def _tiles(frames, tile_dir, size, overlap, known, report, progress) -> Iterator[fo.Sample]:
+def _tiles(frames, tile_dir, size, overlap, progress, known, report) -> Iterator[fo.Sample]:
     tile_dir.mkdir(parents=True, exist_ok=True)
     with fou.ProgressBar(total=len(frames), progress=progress) as pb:
         for frame in frames:

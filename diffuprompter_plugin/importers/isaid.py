@@ -6,6 +6,7 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,7 @@ import fiftyone as fo
 import fiftyone.core.utils as fou
 import numpy as np
 
-from .common import (
-    AnnotationError,
-    ImportReport,
-    add_in_batches,
-    read_image,
-    staged_import,
-    windows,
-)
+from .common import AnnotationError, ImportReport, read_image, run_import, windows
 
 
 def load_coco(path: Path) -> tuple[dict, dict[int, str], dict[int, list]]:
@@ -153,17 +147,13 @@ def import_isaid(
         keep_empty=keep_empty,
         path=annotations,
     )
-    report = ImportReport(name)
-    with staged_import(name) as (staging, known):
-        patches = _patches(
-            images, names, by_image, image_dir, patch_dir, settings, known, report, progress
-        )
-        report.added = add_in_batches(staging, patches)
-    return report
+    return run_import(
+        name, partial(_patches, images, names, by_image, image_dir, patch_dir, settings, progress)
+    )
 
 
 def _patches(
-    images, names, by_image, image_dir, patch_dir, s, known, report, progress
+    images, names, by_image, image_dir, patch_dir, s, progress, known, report
 ) -> Iterator[fo.Sample]:
     patch_dir.mkdir(parents=True, exist_ok=True)
     with fou.ProgressBar(total=len(images), progress=progress) as pb:

@@ -5,19 +5,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.core.utils as fou
 
-from .common import (
-    AnnotationError,
-    ImportReport,
-    add_in_batches,
-    image_metadata,
-    is_image,
-    staged_import,
-)
+from .common import AnnotationError, ImportReport, image_metadata, is_image, run_import
 from .isaid import instance_detections, load_coco
 
 NWPU_CLASSES = {
@@ -89,14 +83,10 @@ def import_nwpu_vhr10(
         raise ValueError(f"'{root}' is not NWPU VHR-10: no 'positive image set' folder")
     coco_json = Path(coco_json) if coco_json else root / "annotations.json"
     masks = load_coco(coco_json) if coco_json.is_file() else None
-    report = ImportReport(name)
-    with staged_import(name) as (staging, known):
-        samples = _samples(root, sets, masks, coco_json, known, report, progress)
-        report.added = add_in_batches(staging, samples)
-    return report
+    return run_import(name, partial(_samples, root, sets, masks, coco_json, progress))
 
 
-def _samples(root, sets, masks, coco_json, known, report, progress) -> Iterator[fo.Sample]:
+def _samples(root, sets, masks, coco_json, progress, known, report) -> Iterator[fo.Sample]:
     files = [
         (image_set, folder / f)
         for image_set, folder in sets.items()
