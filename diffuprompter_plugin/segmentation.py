@@ -119,6 +119,7 @@ class SamPrompter:
             masks, ious = self.predict(found)
             for mask in components(masks.any(0), self.config.min_area):
                 iou = max(ious[i] for i in range(len(found)) if (masks[i] & mask).any())
+                # score holds SAM's IoU until _resolve multiplies in the heatmap mean
                 instances.append(Instance(label, mask, mask_box(mask), iou))
         return self._resolve(instances, heatmaps)
 
