@@ -6,7 +6,7 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -147,10 +147,8 @@ class DiffuPrompter(Annotator):
             ValueError: empty or duplicate class names.
             InputImageError: the image cannot be used.
         """
-        names = validate_class_names(class_names)
-        rgb = to_rgb_uint8(image)
-        heatmaps = self.grounder.heatmaps(rgb, names)
-        return Annotation(heatmaps, self.prompter.segment(rgb, heatmaps, thresholds))
+        rgb, heatmaps, binaries = self._ground(image, class_names, thresholds, binary_maps)
+        return Annotation(heatmaps, self.prompter.prompt(rgb, heatmaps, binaries))
 
     def annotate_all(
         self, items: Iterable[Item], thresholds: Thresholds = None
@@ -166,7 +164,8 @@ class DiffuPrompter(Annotator):
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             pending: deque = deque()
             for key, image, names in items:
-                grounded = _guarded(partial(self._ground, image, names, thresholds, pool))
+                submit = partial(pool.submit, binary_maps)
+                grounded = _guarded(partial(self._ground, image, names, thresholds, submit))
                 pending.append((key, grounded))
                 if len(pending) > workers:
                     yield self._finish(*pending.popleft())
@@ -174,14 +173,19 @@ class DiffuPrompter(Annotator):
                 yield self._finish(*pending.popleft())
 
     def _ground(
-        self, image: ImageLike, names: Sequence[str], thresholds: Thresholds, pool: Any
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], Future]:
-        """Heatmaps of one image, and its CRF submitted to ``pool``."""
+        self,
+        image: ImageLike,
+        names: Sequence[str],
+        thresholds: Thresholds,
+        binarize: Callable[..., Any],
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], Any]:
+        """The RGB image, its heatmaps, and ``binarize(rgb, heatmaps, gammas,
+        config)``: :func:`binary_maps` itself, or its submission to a pool."""
         names = validate_class_names(names)
         rgb = to_rgb_uint8(image)
         heatmaps = self.grounder.heatmaps(rgb, names)
         gammas = self.prompter.thresholds_for(names, thresholds)
-        return rgb, heatmaps, pool.submit(binary_maps, rgb, heatmaps, gammas, self.config)
+        return rgb, heatmaps, binarize(rgb, heatmaps, gammas, self.config)
 
     def _finish(self, key: Any, grounded: Any) -> tuple[Any, Annotation | Exception]:
         """The SAM stage of an image whose CRF was submitted by :meth:`_ground`."""
