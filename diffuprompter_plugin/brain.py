@@ -81,6 +81,12 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
     def method(self) -> str:
         return METHOD
 
+    def field_types(self) -> dict[str, Any]:
+        """The run's sample fields and their label types (None: a string)."""
+        fields = {self.pred_field: fo.Detections, self.error_field: None}
+        fields.update(dict.fromkeys(self.heatmap_fields.values(), fo.Heatmap))
+        return fields
+
     def engine_config(self) -> DiffuPrompterConfig:
         """The method settings as the engine's config."""
         return DiffuPrompterConfig.from_dict(self.settings)
@@ -90,8 +96,7 @@ class PseudoLabels(fob.BrainMethod):
     """The brain method: knows the run's fields and files, and removes them."""
 
     def get_fields(self, samples: Any, brain_key: str) -> list[str]:
-        c = self.config
-        return [c.pred_field, c.error_field, *c.heatmap_fields.values()]
+        return list(self.config.field_types())
 
     def cleanup(self, samples: Any, brain_key: str) -> None:
         dataset = samples._dataset
@@ -287,20 +292,14 @@ def _classes_in_field(samples: Any, class_field: str) -> list[str]:
 
 
 def _check_new_fields(samples: Any, config: PseudoLabelsConfig) -> None:
-    taken = [
-        f
-        for f in (config.pred_field, config.error_field, *config.heatmap_fields.values())
-        if samples._dataset.has_sample_field(f)
-    ]
+    taken = [f for f in config.field_types() if samples._dataset.has_sample_field(f)]
     if taken:
         raise ValueError(f"Fields {taken} already exist; choose other field names or delete them")
 
 
 def _declare_fields(samples: Any, config: PseudoLabelsConfig) -> None:
     dataset = samples._dataset
-    fields = {config.pred_field: fo.Detections, config.error_field: None}
-    fields.update(dict.fromkeys(config.heatmap_fields.values(), fo.Heatmap))
-    for name, label_type in fields.items():
+    for name, label_type in config.field_types().items():
         if dataset.has_sample_field(name):
             continue
         if label_type is None:
