@@ -65,6 +65,12 @@ def mapped_view(samples: Any, gt_field: str, mapping: Mapping[str, str]) -> Any:
     ).map_labels(gt_field, dict(mapping))
 
 
+def _ensure_metadata(samples: Any) -> None:
+    """Computes image sizes where missing (COCO masks need them)."""
+    if samples.exists("metadata", False).count():
+        samples.compute_metadata()
+
+
 def _check_fields(samples: Any, pred_field: str, gt_field: str) -> list[str]:
     for field in (pred_field, gt_field):
         if not samples.has_field(field):
@@ -81,8 +87,7 @@ def _check_fields(samples: Any, pred_field: str, gt_field: str) -> list[str]:
             f"{missing} predictions in '{pred_field}' have no confidence; AP needs a score "
             "for every prediction"
         )
-    if samples.exists("metadata", False).count():
-        samples.compute_metadata()
+    _ensure_metadata(samples)
     return samples.distinct(f"{gt_field}.detections.label")
 
 
@@ -181,8 +186,7 @@ def calibrate_thresholds(
     done = samples.exists(config.pred_field)
     if gt_field not in done.get_field_schema():
         raise ValueError(f"Ground-truth field '{gt_field}' does not exist")
-    if done.exists("metadata", False).count():
-        done.compute_metadata()
+    _ensure_metadata(done)
     mapping, _ = resolve_class_map(done.distinct(f"{gt_field}.detections.label"), class_map)
     classes = sorted(set(mapping.values()) & set(config.heatmap_fields))
     if not classes:
