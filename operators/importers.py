@@ -41,6 +41,11 @@ class ImportOperator(foo.Operator):
     def extra_inputs(self, inputs: types.Object) -> None:
         """Importer-specific form fields."""
 
+    @staticmethod
+    def given(ctx: Any, *names: str) -> dict[str, Any]:
+        """The named params the caller set; absent ones keep the importer's defaults."""
+        return {n: ctx.params[n] for n in names if ctx.params.get(n) is not None}
+
     def run(self, ctx: Any, root: str, name: str, progress: Any) -> Any:
         """Calls the importer; returns its ImportReport."""
         raise NotImplementedError
@@ -102,9 +107,8 @@ class ImportClassificationCollection(ImportOperator):
             root,
             name,
             collection=None if collection == "auto" else collection,
-            include_candidates=bool(ctx.params.get("include_candidates")),
-            tile_size=ctx.params.get("tile_size", 512),
             progress=progress,
+            **self.given(ctx, "include_candidates", "tile_size"),
         )
 
 
@@ -122,16 +126,9 @@ class ImportIsaid(ImportOperator):
     def run(self, ctx, root, name, progress):
         from diffuprompter_plugin.importers import import_isaid
 
-        p = ctx.params
-        return import_isaid(
-            root,
-            p.get("split", "val"),
-            name=name,
-            patch_size=p.get("patch_size", 512),
-            overlap=p.get("overlap", 0),
-            min_area=p.get("min_area", 10),
-            progress=progress,
-        )
+        options = self.given(ctx, "patch_size", "overlap", "min_area")
+        split = ctx.params.get("split", "val")
+        return import_isaid(root, split, name=name, progress=progress, **options)
 
 
 class ImportNwpuVhr10(ImportOperator):
@@ -149,5 +146,4 @@ class ImportNwpuVhr10(ImportOperator):
     def run(self, ctx, root, name, progress):
         from diffuprompter_plugin.importers import import_nwpu_vhr10
 
-        coco_json = ctx.params.get("coco_json") or None
-        return import_nwpu_vhr10(root, name, coco_json=coco_json, progress=progress)
+        return import_nwpu_vhr10(root, name, progress=progress, **self.given(ctx, "coco_json"))
