@@ -89,6 +89,21 @@ def measure_stream(model: DiffuPrompter, images: list[np.ndarray], workers: int)
     return (time.perf_counter() - start) / len(images)
 
 
+def stream(label: str, sd, sam, device: str, loops: int, workers: int) -> None:
+    """Prints seconds per 512 px image of ``annotate_all``, CRF inline and in
+    ``workers`` processes."""
+    config = DiffuPrompterConfig(loops=loops, loop_batch_size=loops, resolution=512)
+    model = DiffuPrompter.from_pretrained(sd, sam, device=device, config=config)
+    rng = np.random.default_rng(0)
+    images = [(rng.random((512, 512, 3)) * 255).astype(np.uint8) for _ in range(8)]
+    inline, pooled = measure_stream(model, images, 0), measure_stream(model, images, workers)
+    print(
+        f"{label}, L={loops}, CRF on: {inline:.3f} s/img inline, "
+        f"{pooled:.3f} s/img with {workers} CRF workers ({inline / pooled:.2f}x)",
+        flush=True,
+    )
+
+
 def row(name: str, figures: dict[str, float]) -> str:
     return (
         f"{name:<46} {figures['total_s']:>8.3f} s/img  heatmap {figures['heatmap_s']:.3f} s"
@@ -137,19 +152,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         sd, sam = write_tiny_models(folder)
         run("tiny models, CPU, 64 px", str(sd), str(sam), "cpu", 64, 50, args.repeats, True)
-        config = DiffuPrompterConfig(loops=4, resolution=512)
-        model = DiffuPrompter.from_pretrained(str(sd), str(sam), device="cpu", config=config)
-        rng = np.random.default_rng(0)
-        images = [(rng.random((512, 512, 3)) * 255).astype(np.uint8) for _ in range(8)]
-        inline, pooled = measure_stream(model, images, 0), measure_stream(model, images, 2)
-        print(
-            f"tiny models, CPU, 512 px, L=4, CRF on: {inline:.3f} s/img inline, "
-            f"{pooled:.3f} s/img with 2 CRF workers ({inline / pooled:.2f}x)",
-            flush=True,
-        )
+        stream("tiny models, CPU, 512 px", str(sd), str(sam), "cpu", 4, 2)
     if torch.cuda.is_available():
         sd, sam = full_size_models()
         run("SD1.5 + SAM ViT-H, GPU fp16, 512 px", sd, sam, "cuda", 512, 50, args.repeats, True)
+        stream("SD1.5 + SAM ViT-H, GPU fp16, 512 px", sd, sam, "cuda", 50, 4)
     else:
         print("full-size models on GPU: skipped (no CUDA device)")
     if args.full_cpu_loops:

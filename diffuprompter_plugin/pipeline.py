@@ -112,7 +112,8 @@ class DiffuPrompter(Annotator):
                 Meta's checkpoint into the cache (SHA-256 checked).
             device: default CUDA when available, else CPU.
             config: method settings (default: the paper's).
-            dtype: default float16 on GPU, float32 on CPU.
+            dtype: default float16 on GPU, float32 on CPU; SD's weights are
+                cast to it, SAM runs under autocast to it.
 
         Raises:
             ModelUnavailableError: weights are missing or cannot be fetched.
@@ -123,7 +124,7 @@ class DiffuPrompter(Annotator):
         sd = load_stable_diffusion(sd_model, device, dtype)
         sam = load_sam(sam_model, sam_checkpoint, device)
         grounder = TextGrounder(sd, config, device, dtype)
-        return cls(grounder, SamPrompter(sam, config, device), config)
+        return cls(grounder, SamPrompter(sam, config, device, dtype), config)
 
     def heatmap(self, image: ImageLike, class_name: str) -> np.ndarray:
         """The LSAD heatmap of one class: H x W float32 in [0, 1]."""

@@ -13,7 +13,7 @@ import torch
 from .config import DEFAULT_SAM_MODEL, DiffuPrompterConfig
 from .crf import binary_map
 from .image import ImageLike, to_rgb_uint8
-from .models import load_sam, resolve_device
+from .models import default_dtype, load_sam, resolve_device
 from .prompts import Box, Region, components, mask_box, regions
 
 
@@ -51,14 +51,24 @@ class SamPrompter:
         sam: a ``segment_anything`` Sam model.
         config: method settings (threshold, CRF, min_area, multimask).
         device: where SAM runs.
+        dtype: SAM's compute dtype. Below float32, SAM runs under
+            ``torch.autocast`` with its weights kept in float32:
+            ``segment_anything``'s prompt encoder does not take half weights.
     """
 
-    def __init__(self, sam: Any, config: DiffuPrompterConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        sam: Any,
+        config: DiffuPrompterConfig,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         from segment_anything import SamPredictor
 
         self.predictor = SamPredictor(sam)
         self.config = config
         self.device = device
+        self.dtype = dtype
 
     @classmethod
     def from_pretrained(
@@ -67,11 +77,13 @@ class SamPrompter:
         sam_checkpoint: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         config: DiffuPrompterConfig | None = None,
+        dtype: torch.dtype | None = None,
     ) -> SamPrompter:
-        """Loads SAM (see :func:`~diffuprompter_plugin.models.load_sam`)."""
+        """Loads SAM (see :func:`~diffuprompter_plugin.models.load_sam`); dtype
+        defaults to float16 on GPU, float32 on CPU."""
         device = resolve_device(device)
         sam = load_sam(sam_model, sam_checkpoint, device)
-        return cls(sam, config or DiffuPrompterConfig(), device)
+        return cls(sam, config or DiffuPrompterConfig(), device, dtype or default_dtype(device))
 
     def thresholds_for(self, class_names: list[str], thresholds: Thresholds) -> dict[str, float]:
         """Per-class gamma: a number for all, a dict (missing classes use the
@@ -81,7 +93,6 @@ class SamPrompter:
             return dict.fromkeys(class_names, value)
         return {name: float(thresholds.get(name, self.config.threshold)) for name in class_names}
 
-    @torch.inference_mode()
     def segment(
         self,
         image: ImageLike,
@@ -100,6 +111,7 @@ class SamPrompter:
         gammas = self.thresholds_for(list(heatmaps), thresholds)
         return self.prompt(rgb, heatmaps, binary_maps(rgb, heatmaps, gammas, self.config))
 
+    @torch.inference_mode()
     def prompt(
         self,
         rgb: np.ndarray,
@@ -113,15 +125,22 @@ class SamPrompter:
             found = regions(binary, self.config.min_area)
             if not found:
                 continue
-            if not image_set:
-                self.predictor.set_image(rgb)
-                image_set = True
-            masks, ious = self.predict(found)
+            with self.precision():
+                if not image_set:
+                    self.predictor.set_image(rgb)
+                    image_set = True
+                masks, ious = self.predict(found)
             for mask in components(masks.any(0), self.config.min_area):
                 iou = max(ious[i] for i in range(len(found)) if (masks[i] & mask).any())
                 # score holds SAM's IoU until _resolve multiplies in the heatmap mean
                 instances.append(Instance(label, mask, mask_box(mask), iou))
         return self._resolve(instances, heatmaps)
+
+    def precision(self) -> torch.autocast:
+        """Autocast to :attr:`dtype` for SAM's forward passes (off at float32)."""
+        return torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
+        )
 
     def predict(self, found: list[Region]) -> tuple[np.ndarray, list[float]]:
         """One batched SAM call for all regions of a class.

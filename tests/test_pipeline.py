@@ -87,3 +87,26 @@ def test_annotate_all_overlaps_crf_and_matches_annotate(prompter, rgb, tmp_path)
             (i.label, i.box) for i in expected.instances
         ]
         np.testing.assert_array_equal(got.heatmaps["ship"], expected.heatmaps["ship"])
+
+
+def test_half_precision_follows_float32(prompter, tiny_models, rgb):
+    """The GPU path (fp16 SD weights, SAM under fp16 autocast), run on the CPU."""
+    import torch
+
+    from diffuprompter_plugin import DiffuPrompter
+
+    half = DiffuPrompter.from_pretrained(
+        *tiny_models, device="cpu", config=prompter.config, dtype=torch.float16
+    )
+    assert half.grounder.sd.unet.dtype == torch.float16
+    sam = half.prompter.predictor.model
+    assert next(sam.parameters()).dtype == torch.float32  # autocast, not cast weights
+    computed = []
+    sam.image_encoder.blocks[0].mlp.register_forward_hook(lambda m, i, out: computed.append(out))
+
+    got = half.annotate(rgb, ["ship"], thresholds=0.3)
+    expected = prompter.annotate(rgb, ["ship"], thresholds=0.3)
+    assert [t.dtype for t in computed] == [torch.float16]
+    assert got.heatmaps["ship"].dtype == np.float32
+    np.testing.assert_allclose(got.heatmaps["ship"], expected.heatmaps["ship"], atol=5e-3)
+    assert [i.box for i in got.instances] == [i.box for i in expected.instances]
