@@ -19,6 +19,7 @@ _EXPORTS = {
     "InputImageError": "errors",
     "compute_pseudo_labels": "brain",
     "rethreshold_pseudo_labels": "brain",
+    "resume_pseudo_labels": "brain",
     "evaluate_pseudo_labels": "evaluation",
     "calibrate_thresholds": "evaluation",
     "export_coco": "coco",

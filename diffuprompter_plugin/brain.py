@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 METHOD = "diffuprompter"
 SMOKE_LABEL = "SMOKE TEST: tiny random-weight models, labels are meaningless"
+PREBUILT = "prebuilt"
+"""The model record of a run given an already-built model."""
 
 
 class PseudoLabelsConfig(fob.BrainMethodConfig):
@@ -224,6 +226,66 @@ def compute_pseudo_labels(
         models=models,
         smoke=smoke,
     )
+    if brain_key in samples.list_brain_runs() and output_dir is None:
+        # the run's own folder, even if the dataset was renamed since
+        run_config.heatmap_dir = samples.get_brain_info(brain_key).config.heatmap_dir
+    return _run(samples, brain_key, run_config, model, device, batch_size, progress)
+
+
+def resume_pseudo_labels(
+    samples: Any,
+    brain_key: str,
+    model: Any = None,
+    device: str | None = None,
+    batch_size: int = 16,
+    progress: bool | Callable | None = None,
+    **runtime_settings: Any,
+) -> PseudoLabelsResults:
+    """Finishes an interrupted run with its stored classes, fields, models
+    and settings: only the samples without instances are computed.
+
+    Args:
+        samples: the dataset or view of the run.
+        brain_key: an existing DiffuPrompter run.
+        model: an already-built ``DiffuPrompter``; required when the run was
+            made with one, since its models are then not on record.
+        device, batch_size, progress: as in :func:`compute_pseudo_labels`.
+        **runtime_settings: new values of the settings that never change
+            results (``loop_batch_size``, ``crf_workers``).
+
+    Returns:
+        the run's :class:`PseudoLabelsResults`.
+    """
+    stored = _stored_config(samples, brain_key)
+    changed = sorted(set(runtime_settings) - set(RUNTIME_SETTINGS))
+    if changed:
+        raise ValueError(
+            f"A resumed run keeps its settings; only {list(RUNTIME_SETTINGS)} may change, "
+            f"not {changed}"
+        )
+    run_config = stored.copy()
+    run_config.settings = {**stored.settings, **runtime_settings}
+    if model is not None:
+        config, run_config.models = _settings_and_models(None, model, None, None, None)
+        run_config.settings = config.to_dict()
+    elif stored.models["sam_model"] == PREBUILT:
+        raise ValueError(
+            f"Brain run '{brain_key}' was made with an already-built model, "
+            "so its models are not on record: pass model="
+        )
+    return _run(samples, brain_key, run_config, model, device, batch_size, progress)
+
+
+def _stored_config(samples: Any, brain_key: str) -> PseudoLabelsConfig:
+    """The config of the DiffuPrompter run ``brain_key``."""
+    if brain_key not in samples.list_brain_runs(method=METHOD):
+        raise ValueError(f"No DiffuPrompter brain run '{brain_key}' on this collection")
+    return samples.get_brain_info(brain_key).config
+
+
+def _run(samples, brain_key, run_config, model, device, batch_size, progress):
+    """Registers (or resumes) the run, annotates its pending samples and
+    stores the results; everything is checked before anything is written."""
     method = run_config.build()
     resuming = brain_key in samples.list_brain_runs()
     if resuming:
@@ -259,7 +321,7 @@ def _class_names(samples: Any, classes: Sequence[str] | None, class_field: str |
 def _settings_and_models(config, model, sd_model, sam_model, sam_checkpoint):
     """The method settings and the record of which models label the run."""
     if model is not None:
-        return model.config, {"sd_model": type(model).__name__, "sam_model": "prebuilt"}
+        return model.config, {"sd_model": type(model).__name__, "sam_model": PREBUILT}
     if not isinstance(config, DiffuPrompterConfig):
         config = DiffuPrompterConfig.from_dict(dict(config or {}))
     return config, {
@@ -434,28 +496,32 @@ def rethreshold_pseudo_labels(
         out_field: new ``fo.Detections`` field (overwritten if it exists).
         thresholds: gamma for all classes, ``{class: gamma}``, or a JSON file
             of that dict; None keeps the run's threshold.
-        sam_model, sam_checkpoint, device: SAM to use (default: the run's).
+        sam_model, sam_checkpoint, device: SAM to use (default: the run's
+            SAM and checkpoint).
         prompter: an already-built ``SamPrompter``.
 
     Returns:
         ``{"samples": n, "instances": n, "per_class": {...}}``.
     """
-    if brain_key not in samples.list_brain_runs(method=METHOD):
-        raise ValueError(f"No DiffuPrompter brain run '{brain_key}' on this collection")
+    config = _stored_config(samples, brain_key)
     if not out_field.isidentifier():
         raise ValueError(f"Invalid field name {out_field!r}: use a Python identifier")
-    config = samples.get_brain_info(brain_key).config
     if out_field in PseudoLabels(config).get_fields(samples, brain_key):
         raise ValueError(f"Field '{out_field}' belongs to brain run '{brain_key}'")
     thresholds = load_thresholds(thresholds)
+    if prompter is None and sam_model is None and config.models["sam_model"] == PREBUILT:
+        raise ValueError(
+            f"Brain run '{brain_key}' was made with an already-built model, so its SAM "
+            "is not on record: pass sam_model= (and sam_checkpoint=) or prompter="
+        )
     if prompter is None:
         from .segmentation import SamPrompter
 
+        if sam_model is None:  # the run's SAM; its checkpoint unless another is given
+            sam_model = config.models["sam_model"]
+            sam_checkpoint = sam_checkpoint or config.models.get("sam_checkpoint")
         prompter = SamPrompter.from_pretrained(
-            sam_model or config.models["sam_model"],
-            sam_checkpoint or config.models.get("sam_checkpoint"),
-            device=device,
-            config=config.engine_config(),
+            sam_model, sam_checkpoint, device=device, config=config.engine_config()
         )
     done = samples.exists(config.pred_field)
     ids = done.values("id")

@@ -8,7 +8,12 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from diffuprompter_plugin.config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig
+from diffuprompter_plugin.config import (
+    DEFAULT_SAM_MODEL,
+    DEFAULT_SD_MODEL,
+    RUNTIME_SETTINGS,
+    DiffuPrompterConfig,
+)
 
 DEFAULTS = DiffuPrompterConfig()
 
@@ -63,9 +68,12 @@ def identifier_input(
     return error is None
 
 
-def method_inputs(inputs: types.Object) -> None:
-    """Adds the method settings with the paper's defaults and bounds."""
+def method_inputs(inputs: types.Object, runtime_only: bool = False) -> None:
+    """Adds the method settings with the paper's defaults and bounds; only
+    the speed settings (``RUNTIME_SETTINGS``) with ``runtime_only``."""
     for name, kind, low, high, label, description in METHOD_INPUTS:
+        if runtime_only and name not in RUNTIME_SETTINGS:
+            continue
         add = inputs.int if kind == "int" else inputs.float
         add(
             name,
@@ -75,35 +83,48 @@ def method_inputs(inputs: types.Object) -> None:
             min=low,
             max=high,
         )
-    inputs.bool("crf", label="DenseCRF refinement", default=DEFAULTS.crf)
+    if not runtime_only:
+        inputs.bool("crf", label="DenseCRF refinement", default=DEFAULTS.crf)
 
 
-def method_settings(params: dict[str, Any]) -> dict[str, Any]:
+def method_settings(params: dict[str, Any], runtime_only: bool = False) -> dict[str, Any]:
     """The method settings present in ``params`` (missing ones keep defaults)."""
     names = [spec[0] for spec in METHOD_INPUTS] + ["crf"]
+    if runtime_only:
+        names = [n for n in names if n in RUNTIME_SETTINGS]
     return {n: params[n] for n in names if params.get(n) is not None}
 
 
-def model_inputs(inputs: types.Object, with_sd: bool = True) -> None:
-    """Model locations: hub ids, registry types or local paths on the worker."""
-    if with_sd:
+def model_inputs(inputs: types.Object, run_models: dict[str, Any] | None = None) -> None:
+    """Model locations: hub ids, registry types or local paths on the worker.
+    With ``run_models`` (an existing run's record) only SAM is asked for,
+    and leaving it empty uses the run's."""
+    if run_models is None:
         inputs.str(
             "sd_model",
             label="Stable Diffusion",
             description="Hub id or a diffusers folder on the machine that runs the job",
             default=DEFAULT_SD_MODEL,
         )
+    sam = "vit_h, vit_l, vit_b, or a folder with sam_config.json and sam.pth"
+    if run_models is not None:
+        sam = f"{sam}; empty: the run's ({run_models.get('sam_model')})"
     inputs.str(
         "sam_model",
         label="SAM",
-        description="vit_h, vit_l, vit_b, or a folder with sam_config.json and sam.pth",
-        default=DEFAULT_SAM_MODEL,
+        description=sam,
+        default=None if run_models is not None else DEFAULT_SAM_MODEL,
     )
     inputs.str(
         "sam_checkpoint",
         label="SAM checkpoint",
         description="Optional .pth path; empty downloads Meta's checkpoint",
     )
+    device_input(inputs)
+
+
+def device_input(inputs: types.Object) -> None:
+    """The device choice: automatic (CUDA when present), CUDA or CPU."""
     inputs.enum("device", ["auto", "cuda", "cpu"], label="Device", default="auto")
 
 

@@ -65,7 +65,7 @@ class RethresholdPseudoLabels(foo.Operator):
                 )
         else:
             inputs.str("thresholds_path", label="Thresholds JSON path", required=True)
-        forms.model_inputs(inputs, with_sd=False)
+        forms.model_inputs(inputs, run_models=config.models)
         return types.Property(inputs, view=types.View(label="Re-threshold pseudo-labels"))
 
     def execute(self, ctx: Any) -> dict[str, Any]:

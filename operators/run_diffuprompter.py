@@ -1,4 +1,4 @@
-"""Operator: run DiffuPrompter on a view (delegated by default)."""
+"""Operator: run DiffuPrompter on a view, or resume a run (delegated by default)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from diffuprompter_plugin.config import DEFAULT_HEATMAP_FIELD, DEFAULT_PRED_FIELD
+from diffuprompter_plugin.brain import METHOD
+from diffuprompter_plugin.config import (
+    DEFAULT_HEATMAP_FIELD,
+    DEFAULT_PRED_FIELD,
+    RUNTIME_SETTINGS,
+)
 
 from . import forms
 
@@ -27,32 +32,47 @@ class RunDiffuPrompter(foo.Operator):
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
         inputs.view_target(ctx)
-        params = ctx.params
-        dataset = ctx.dataset
+        runs = ctx.dataset.list_brain_runs(method=METHOD)
+        if runs:
+            inputs.bool(
+                "resume",
+                label="Resume an existing run",
+                description="Finish an interrupted run with its own classes, models and settings",
+                default=False,
+            )
+        if runs and ctx.params.get("resume"):
+            valid = self._resume_inputs(inputs, ctx, runs)
+        else:
+            valid = self._new_run_inputs(inputs, ctx)
+        if valid and not ctx.requesting_delegated_execution:
+            inputs.view(
+                "immediate_notice",
+                types.Notice(
+                    label="Run immediately only for a few images: immediate runs stop after "
+                    "FIFTYONE_OPERATOR_TIMEOUT (600 s by default). Schedule it for a GPU worker."
+                ),
+            )
+        return types.Property(inputs, view=types.View(label="DiffuPrompter"))
 
-        class_fields = sorted(
-            name
-            for name, field in dataset.get_field_schema(
-                embedded_doc_type=CLASS_LABEL_TYPES
-            ).items()
-        )
+    @staticmethod
+    def _new_run_inputs(inputs: types.Object, ctx: Any) -> bool:
+        """Classes, names of the run and its fields, models and settings."""
+        params, dataset = ctx.params, ctx.dataset
+        class_fields = sorted(dataset.get_field_schema(embedded_doc_type=CLASS_LABEL_TYPES))
+        default_source = "field" if class_fields else "list"
         source = types.RadioGroup()
         source.add_choice("field", label="From a Classification field")
         source.add_choice("list", label="Fixed list of class names")
         inputs.enum(
-            "class_source",
-            source.values(),
-            label="Classes",
-            default="field" if class_fields else "list",
-            view=source,
+            "class_source", source.values(), label="Classes", default=default_source, view=source
         )
-        if params.get("class_source", "field" if class_fields else "list") == "field":
+        if params.get("class_source", default_source) == "field":
             if not class_fields:
                 notice = inputs.view(
                     "no_class_field", types.Warning(label="No Classification field")
                 )
                 notice.invalid = True
-                return types.Property(inputs, view=types.View(label="DiffuPrompter"))
+                return False
             inputs.enum(
                 "class_field",
                 class_fields,
@@ -69,75 +89,76 @@ class RunDiffuPrompter(foo.Operator):
                 required=True,
                 min_items=1,
             )
-
-        runs = set(dataset.list_brain_runs())
-        resume = bool(params.get("resume"))
-        inputs.bool(
-            "resume",
-            label="Resume an existing run",
-            description="Finish an interrupted run with the same key and settings",
-            default=False,
-        )
         forms.identifier_input(
             inputs,
             "brain_key",
             "Brain key",
             params.get("brain_key"),
             "diffuprompter",
-            taken=set() if resume else runs,
+            taken=set(dataset.list_brain_runs()),
             taken_reason="is taken: tick 'Resume' or choose another key",
         )
-        if resume and params.get("brain_key") not in runs:
-            prop = inputs.view("resume_missing", types.Warning(label="No run with this key"))
-            prop.invalid = True
-        fields = set() if resume else set(dataset.get_field_schema(flat=True))
-        forms.identifier_input(
-            inputs,
-            "pred_field",
-            "Instance field",
-            params.get("pred_field"),
-            DEFAULT_PRED_FIELD,
-            taken=fields,
-        )
-        forms.identifier_input(
-            inputs,
-            "heatmap_field",
-            "Heatmap field prefix",
-            params.get("heatmap_field"),
-            DEFAULT_HEATMAP_FIELD,
-            taken=fields,
-        )
+        fields = set(dataset.get_field_schema(flat=True))
+        for name, label, default in (
+            ("pred_field", "Instance field", DEFAULT_PRED_FIELD),
+            ("heatmap_field", "Heatmap field prefix", DEFAULT_HEATMAP_FIELD),
+        ):
+            forms.identifier_input(inputs, name, label, params.get(name), default, taken=fields)
         forms.model_inputs(inputs)
         forms.method_inputs(inputs)
-        if not ctx.requesting_delegated_execution:
-            inputs.view(
-                "immediate_notice",
-                types.Notice(
-                    label="Run immediately only for a few images: immediate runs stop after "
-                    "FIFTYONE_OPERATOR_TIMEOUT (600 s by default). Schedule it for a GPU worker."
-                ),
-            )
-        return types.Property(inputs, view=types.View(label="DiffuPrompter"))
+        return True
+
+    @staticmethod
+    def _resume_inputs(inputs: types.Object, ctx: Any, runs: list[str]) -> bool:
+        """The run to resume, what it was made with, and the speed settings."""
+        inputs.enum("brain_key", runs, label="Run to resume", default=runs[0], required=True)
+        brain_key = ctx.params.get("brain_key")
+        brain_key = brain_key if brain_key in runs else runs[0]
+        config = ctx.dataset.get_brain_info(brain_key).config
+        classes = config.classes or f"from '{config.class_field}'"
+        settings = config.settings
+        inputs.view(
+            "run_summary",
+            types.Notice(
+                label=f"Classes {classes}; {config.models['sd_model']} + "
+                f"{config.models['sam_model']}; t={settings['timestep']}, "
+                f"L={settings['loops']}, γ={settings['threshold']}. Samples without "
+                f"'{config.pred_field}' are computed."
+            ),
+        )
+        forms.method_inputs(inputs, runtime_only=True)
+        forms.device_input(inputs)
+        return True
 
     def execute(self, ctx: Any) -> dict[str, Any]:
-        from diffuprompter_plugin.brain import compute_pseudo_labels
+        from diffuprompter_plugin.brain import compute_pseudo_labels, resume_pseudo_labels
 
         params = ctx.params
-        by_field = params.get("class_source", "field" if params.get("class_field") else "list")
-        results = compute_pseudo_labels(
-            ctx.target_view(),
-            params["brain_key"],
-            classes=params.get("classes") if by_field == "list" else None,
-            class_field=params.get("class_field") if by_field == "field" else None,
-            pred_field=params.get("pred_field", DEFAULT_PRED_FIELD),
-            heatmap_field=params.get("heatmap_field", DEFAULT_HEATMAP_FIELD),
-            sd_model=params.get("sd_model"),
-            sam_model=params.get("sam_model"),
-            sam_checkpoint=params.get("sam_checkpoint") or None,
-            device=forms.device_param(params),
-            config=forms.method_settings(params),
-            progress=forms.progress_reporter(ctx, "DiffuPrompter"),
-        )
+        progress = forms.progress_reporter(ctx, "DiffuPrompter")
+        if params.get("resume"):
+            results = resume_pseudo_labels(
+                ctx.target_view(),
+                params["brain_key"],
+                device=forms.device_param(params),
+                progress=progress,
+                **forms.method_settings(params, runtime_only=True),
+            )
+        else:
+            by_field = params.get("class_source", "field" if params.get("class_field") else "list")
+            results = compute_pseudo_labels(
+                ctx.target_view(),
+                params["brain_key"],
+                classes=params.get("classes") if by_field == "list" else None,
+                class_field=params.get("class_field") if by_field == "field" else None,
+                pred_field=params.get("pred_field", DEFAULT_PRED_FIELD),
+                heatmap_field=params.get("heatmap_field", DEFAULT_HEATMAP_FIELD),
+                sd_model=params.get("sd_model"),
+                sam_model=params.get("sam_model"),
+                sam_checkpoint=params.get("sam_checkpoint") or None,
+                device=forms.device_param(params),
+                config=forms.method_settings(params),
+                progress=progress,
+            )
         forms.reload_app(ctx)
         return results.summary()
 
@@ -157,8 +178,8 @@ class RunDiffuPrompter(foo.Operator):
         brain_key: str,
         classes: list[str] | None = None,
         class_field: str | None = None,
-        pred_field: str = DEFAULT_PRED_FIELD,
-        heatmap_field: str = DEFAULT_HEATMAP_FIELD,
+        pred_field: str | None = None,
+        heatmap_field: str | None = None,
         sd_model: str | None = None,
         sam_model: str | None = None,
         sam_checkpoint: str | None = None,
@@ -168,10 +189,11 @@ class RunDiffuPrompter(foo.Operator):
         **settings: Any,
     ) -> Any:
         """Runs the operator from Python; ``settings`` are method settings
-        (timestep, loops, loop_batch_size, threshold, resolution, crf)."""
-        params = dict(
-            brain_key=brain_key,
-            class_source="field" if class_field else "list",
+        (timestep, loops, loop_batch_size, threshold, resolution, crf,
+        crf_workers). With ``resume``, the run keeps its classes, fields,
+        models and settings: give only ``device`` and the speed settings
+        (loop_batch_size, crf_workers)."""
+        run = dict(
             classes=classes,
             class_field=class_field,
             pred_field=pred_field,
@@ -179,8 +201,20 @@ class RunDiffuPrompter(foo.Operator):
             sd_model=sd_model,
             sam_model=sam_model,
             sam_checkpoint=sam_checkpoint,
-            device=device,
-            resume=resume,
-            **settings,
         )
+        if resume:
+            fixed = [name for name, value in run.items() if value is not None]
+            fixed += [name for name in settings if name not in RUNTIME_SETTINGS]
+            if fixed:
+                raise ValueError(
+                    f"A resumed run keeps its classes, fields, models and settings: drop {fixed}"
+                )
+            params = dict(brain_key=brain_key, resume=True, device=device, **settings)
+        else:
+            run["pred_field"] = pred_field or DEFAULT_PRED_FIELD
+            run["heatmap_field"] = heatmap_field or DEFAULT_HEATMAP_FIELD
+            source = "field" if class_field else "list"
+            params = dict(
+                brain_key=brain_key, class_source=source, device=device, **run, **settings
+            )
         return forms.execute_from_sdk(self, sample_collection, params, delegate)

@@ -14,6 +14,7 @@ from helpers import TINY_CONFIG, StubModel
 from diffuprompter_plugin.brain import (
     PseudoLabelsResults,
     compute_pseudo_labels,
+    resume_pseudo_labels,
     rethreshold_pseudo_labels,
 )
 from diffuprompter_plugin.labels import HEATMAP_SCALE, read_heatmap
@@ -172,6 +173,41 @@ def test_real_tiny_models_then_rethreshold(image_dataset, tiny_models, tmp_path)
         got = sample.dp_rt.detections
         assert [(d.label, d.mask.sum()) for d in got] == [(i.label, i.area) for i in expected]
 
+    before = {
+        s.id: [(d.label, d.mask.sum()) for d in s.dp_instances.detections] for s in image_dataset
+    }
+    interrupted = image_dataset.limit(2)
+    interrupted.set_field("dp_instances", None).save()
+    resumed = resume_pseudo_labels(image_dataset, "dp", device="cpu", loop_batch_size=1)
+    assert resumed.processed == 4 and resumed.instances == results.instances
+    after = {
+        s.id: [(d.label, d.mask.sum()) for d in s.dp_instances.detections] for s in image_dataset
+    }
+    assert after == before  # same models and settings, read from the run
+
+
+def test_resume_reads_the_run_and_refuses_new_settings(image_dataset):
+    first = StubModel(fail_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        compute_pseudo_labels(image_dataset, "dp", class_field="ground_truth", model=first)
+    heatmap_dir = image_dataset.get_brain_info("dp").config.heatmap_dir
+    with pytest.raises(ValueError, match="No DiffuPrompter brain run 'other'"):
+        resume_pseudo_labels(image_dataset, "other")
+    with pytest.raises(ValueError, match=r"not \['loops'\]"):
+        resume_pseudo_labels(image_dataset, "dp", loops=10)
+    with pytest.raises(ValueError, match="already-built model.*pass model="):
+        resume_pseudo_labels(image_dataset, "dp")
+
+    image_dataset.name = f"{image_dataset.name}-renamed"
+    second = StubModel()
+    results = resume_pseudo_labels(image_dataset, "dp", model=second, crf_workers=2)
+    assert len(second.calls) == 3 and results.processed == 4
+    paths = image_dataset.values("dp_heatmap_ship.map_path")
+    assert all(p is None or p.startswith(heatmap_dir) for p in paths)
+    second.config = second.config.replace(threshold=0.5)
+    with pytest.raises(ValueError, match=r"different \['threshold'\]"):
+        resume_pseudo_labels(image_dataset, "dp", model=second)
+
 
 def test_rethreshold_bad_input(image_dataset, tmp_path):
     compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
@@ -185,6 +221,9 @@ def test_rethreshold_bad_input(image_dataset, tmp_path):
     bad.write_text("{oops")
     with pytest.raises(ValueError, match="t.json"):
         rethreshold_pseudo_labels(image_dataset, "dp", "x", thresholds=str(bad))
+    with pytest.raises(ValueError, match="already-built model.*pass sam_model="):
+        rethreshold_pseudo_labels(image_dataset, "dp", "x")
+    assert not image_dataset.has_sample_field("x")
 
 
 def test_missing_weights_leave_nothing_written(image_dataset, tmp_path):

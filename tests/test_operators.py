@@ -92,13 +92,21 @@ def test_invalid_form_values_are_rejected(image_dataset, tiny_models, changes, r
     assert image_dataset.list_brain_runs() == []
 
 
-def test_taken_brain_key_needs_resume(image_dataset, tiny_models):
+def test_taken_brain_key_needs_resume_which_reuses_the_run(image_dataset, tiny_models):
     settings = _tiny_settings(tiny_models)
-    foo.get_operator(RUN)(image_dataset, "dp", classes=["ship"], **settings)
+    run = foo.get_operator(RUN)
+    run(image_dataset, "dp", classes=["ship"], **settings)
     with pytest.raises(ExecutionError, match="is taken"):
-        foo.get_operator(RUN)(image_dataset, "dp", classes=["ship"], **settings)
-    resumed = foo.get_operator(RUN)(image_dataset, "dp", classes=["ship"], resume=True, **settings)
-    assert resumed.result["processed"] == 4
+        run(image_dataset, "dp", classes=["ship"], **settings)
+    with pytest.raises(ValueError, match=r"drop \['classes', 'loops'\]"):
+        run(image_dataset, "dp", classes=["ship"], loops=3, resume=True)
+    with pytest.raises(ExecutionError, match="brain_key"):
+        run(image_dataset, "nope", resume=True)
+
+    image_dataset.limit(3).set_field("dp_instances", None).save()
+    resumed = run(image_dataset, "dp", resume=True, device="cpu", loop_batch_size=1)
+    assert resumed.result["processed"] == 4 and resumed.result["failed"] == 0
+    assert image_dataset.get_brain_info("dp").config.settings["loops"] == 2
 
 
 def _wait_terminal(service, ids, timeout):
