@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from diffuprompter_plugin.config import DiffuPrompterConfig
 from diffuprompter_plugin.pipeline import Annotator
@@ -44,6 +45,7 @@ class EchoPrompter(SamPrompter):
 
     def __init__(self, config):
         self.config = config
+        self.device, self.dtype = torch.device("cpu"), torch.float32
         self.predictor = type("P", (), {"set_image": lambda self, rgb: None})()
 
     def predict(self, found):
