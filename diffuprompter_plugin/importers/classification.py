@@ -121,10 +121,8 @@ def _samples(
             if path in known:
                 report.existing += 1
                 continue
-            try:
-                metadata = image_metadata(path)
-            except OSError as e:
-                report.skipped.append((path, str(e)))
+            metadata = report.load(image_metadata, path)
+            if metadata is None:
                 continue
             yield fo.Sample(
                 filepath=path,

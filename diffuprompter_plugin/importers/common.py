@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import cv2
 import fiftyone as fo
@@ -14,6 +15,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+T = TypeVar("T")
 
 
 class AnnotationError(ValueError):
@@ -35,6 +38,15 @@ class ImportReport:
     added: int = 0
     existing: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def load(self, read: Callable[[str], T], path: str | os.PathLike) -> T | None:
+        """``read(path)``, or None once an unreadable file (``OSError``) is
+        recorded in :attr:`skipped` with its reason."""
+        try:
+            return read(str(path))
+        except OSError as e:
+            self.skipped.append((str(path), str(e)))
+            return None
 
     def to_dict(self) -> dict:
         """JSON-serialisable form, for logs and operator outputs."""

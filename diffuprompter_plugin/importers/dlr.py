@@ -85,10 +85,8 @@ def _tiles(frames, tile_dir, size, overlap, progress, known, report) -> Iterator
                 report.skipped.append((str(frame), "no .samp annotation files"))
                 continue
             boxes = [box for f in samp_files for box in parse_samp(f)]
-            try:
-                image = read_image(str(frame))
-            except OSError as e:
-                report.skipped.append((str(frame), str(e)))
+            image = report.load(read_image, frame)
+            if image is None:
                 continue
             height, width = image.shape[:2]
             centers = np.array([b.mean(0) for b in boxes])

@@ -160,10 +160,8 @@ def _patches(
         for image_id, info in images.items():
             pb.update()
             source = image_dir / info["file_name"]
-            try:
-                image = read_image(str(source))
-            except OSError as e:
-                report.skipped.append((str(source), str(e)))
+            image = report.load(read_image, source)
+            if image is None:
                 continue
             height, width = image.shape[:2]
             for window in windows(width, height, s["size"], s["overlap"]):

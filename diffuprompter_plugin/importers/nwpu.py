@@ -105,10 +105,8 @@ def _samples(root, sets, masks, coco_json, progress, known, report) -> Iterator[
             if str(path) in known:
                 report.existing += 1
                 continue
-            try:
-                metadata = image_metadata(str(path))
-            except OSError as e:
-                report.skipped.append((str(path), str(e)))
+            metadata = report.load(image_metadata, path)
+            if metadata is None:
                 continue
             sample = fo.Sample(
                 filepath=str(path),
