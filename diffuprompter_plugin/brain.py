@@ -248,7 +248,9 @@ def resume_pseudo_labels(
         samples: the dataset or view of the run.
         brain_key: an existing DiffuPrompter run.
         model: an already-built ``DiffuPrompter``; required when the run was
-            made with one, since its models are then not on record.
+            made with one, since its models are then not on record. The
+            model's own config then runs: ``runtime_settings`` are ignored,
+            set them on the model's config instead.
         device, batch_size, progress: as in :func:`compute_pseudo_labels`.
         **runtime_settings: new values of the settings that never change
             results (``loop_batch_size``, ``crf_workers``).
@@ -264,15 +266,12 @@ def resume_pseudo_labels(
             f"not {changed}"
         )
     run_config = stored.copy()
-    run_config.settings = {**stored.settings, **runtime_settings}
-    if model is not None:
+    if model is not None:  # the model's own config runs
         config, run_config.models = _settings_and_models(None, model, None, None, None)
         run_config.settings = config.to_dict()
-    elif stored.models["sam_model"] == PREBUILT:
-        raise ValueError(
-            f"Brain run '{brain_key}' was made with an already-built model, "
-            "so its models are not on record: pass model="
-        )
+    else:
+        _require_recorded_models(stored, brain_key, "model=")
+        run_config.settings = {**stored.settings, **runtime_settings}
     return _run(samples, brain_key, run_config, model, device, batch_size, progress)
 
 
@@ -281,6 +280,16 @@ def _stored_config(samples: Any, brain_key: str) -> PseudoLabelsConfig:
     if brain_key not in samples.list_brain_runs(method=METHOD):
         raise ValueError(f"No DiffuPrompter brain run '{brain_key}' on this collection")
     return samples.get_brain_info(brain_key).config
+
+
+def _require_recorded_models(config: PseudoLabelsConfig, brain_key: str, remedy: str) -> None:
+    """Raises when the run was made with an already-built model, whose
+    weights are therefore not on record; ``remedy`` says what to pass."""
+    if config.models["sam_model"] == PREBUILT:
+        raise ValueError(
+            f"Brain run '{brain_key}' was made with an already-built model, so its "
+            f"models are not on record: pass {remedy}"
+        )
 
 
 def _run(samples, brain_key, run_config, model, device, batch_size, progress):
@@ -509,15 +518,13 @@ def rethreshold_pseudo_labels(
     if out_field in PseudoLabels(config).get_fields(samples, brain_key):
         raise ValueError(f"Field '{out_field}' belongs to brain run '{brain_key}'")
     thresholds = load_thresholds(thresholds)
-    if prompter is None and sam_model is None and config.models["sam_model"] == PREBUILT:
-        raise ValueError(
-            f"Brain run '{brain_key}' was made with an already-built model, so its SAM "
-            "is not on record: pass sam_model= (and sam_checkpoint=) or prompter="
-        )
     if prompter is None:
         from .segmentation import SamPrompter
 
         if sam_model is None:  # the run's SAM; its checkpoint unless another is given
+            _require_recorded_models(
+                config, brain_key, "sam_model= (and sam_checkpoint=) or prompter="
+            )
             sam_model = config.models["sam_model"]
             sam_checkpoint = sam_checkpoint or config.models.get("sam_checkpoint")
         prompter = SamPrompter.from_pretrained(
