@@ -68,11 +68,18 @@ def identifier_input(
     return error is None
 
 
+def _method_names(runtime_only: bool) -> list[str]:
+    """The settings the forms ask for; only ``RUNTIME_SETTINGS`` with ``runtime_only``."""
+    names = [spec[0] for spec in METHOD_INPUTS] + ["crf"]
+    return [n for n in names if n in RUNTIME_SETTINGS] if runtime_only else names
+
+
 def method_inputs(inputs: types.Object, runtime_only: bool = False) -> None:
     """Adds the method settings with the paper's defaults and bounds; only
     the speed settings (``RUNTIME_SETTINGS``) with ``runtime_only``."""
+    names = _method_names(runtime_only)
     for name, kind, low, high, label, description in METHOD_INPUTS:
-        if runtime_only and name not in RUNTIME_SETTINGS:
+        if name not in names:
             continue
         add = inputs.int if kind == "int" else inputs.float
         add(
@@ -83,16 +90,13 @@ def method_inputs(inputs: types.Object, runtime_only: bool = False) -> None:
             min=low,
             max=high,
         )
-    if not runtime_only:
+    if "crf" in names:
         inputs.bool("crf", label="DenseCRF refinement", default=DEFAULTS.crf)
 
 
 def method_settings(params: dict[str, Any], runtime_only: bool = False) -> dict[str, Any]:
     """The method settings present in ``params`` (missing ones keep defaults)."""
-    names = [spec[0] for spec in METHOD_INPUTS] + ["crf"]
-    if runtime_only:
-        names = [n for n in names if n in RUNTIME_SETTINGS]
-    return {n: params[n] for n in names if params.get(n) is not None}
+    return {n: params[n] for n in _method_names(runtime_only) if params.get(n) is not None}
 
 
 def model_inputs(inputs: types.Object, run_models: dict[str, Any] | None = None) -> None:
