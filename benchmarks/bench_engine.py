@@ -10,13 +10,13 @@ Timing does not depend on weight values, so random weights give real figures.
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+from memory import peak_rss_mib
 
 from diffuprompter_plugin import DiffuPrompter, DiffuPrompterConfig
 from diffuprompter_plugin.tiny import clip_text_encoder, tiny_tokenizer, write_tiny_models
@@ -45,10 +45,6 @@ def full_size_models() -> tuple[SimpleNamespace, object]:
     return sd, sam_model_registry["vit_h"]()
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def measure(model: DiffuPrompter, image: np.ndarray, repeats: int) -> dict[str, float]:
     """Seconds per image (one class) split into heatmap and SAM stages."""
     cuda = model.grounder.device.type == "cuda"
@@ -68,7 +64,7 @@ def measure(model: DiffuPrompter, image: np.ndarray, repeats: int) -> dict[str, 
             torch.cuda.synchronize()
         heat_s.append(mid - start)
         total_s.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else peak_rss_gib()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else peak_rss_mib() / 2**10
     return {
         "total_s": float(np.median(total_s)),
         "heatmap_s": float(np.median(heat_s)),

@@ -9,7 +9,6 @@ Uses a throw-away database and dataset dir.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 from throwaway import HOME  # sets FiftyOne's folders: must precede fiftyone
@@ -18,6 +17,7 @@ from throwaway import HOME  # sets FiftyOne's folders: must precede fiftyone
 
 import fiftyone as fo
 import numpy as np
+from memory import peak_rss_mib
 from PIL import Image
 
 from diffuprompter_plugin import DiffuPrompterConfig
@@ -69,7 +69,7 @@ def main() -> None:
         progress=False,
     )
     elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    peak = peak_rss_mib()
     print(
         f"{results.processed} samples, {results.instances} instances, "
         f"batch {args.batch_size}: {elapsed:.1f} s, "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import time
 
 from throwaway import HOME  # sets FiftyOne's folders: must precede fiftyone
@@ -19,6 +18,7 @@ from throwaway import HOME  # sets FiftyOne's folders: must precede fiftyone
 
 import fiftyone as fo
 import numpy as np
+from memory import peak_rss_mib
 from PIL import Image
 
 from diffuprompter_plugin.importers import import_classification_collection
@@ -39,7 +39,7 @@ def main() -> None:
     start = time.perf_counter()
     report = import_classification_collection(root, "bench", progress=False)
     elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    peak = peak_rss_mib()
     print(
         f"{args.images} files scanned, {report.added} imported "
         f"({len(CLASSES) - 2} of {len(CLASSES)} classes map): {elapsed:.1f} s, "
