@@ -1,13 +1,6 @@
-"""Points FiftyOne at a throw-away database and dataset dir; import it before
+"""Points FiftyOne at a throw-away home (removed at exit); import it before
 anything imports fiftyone."""
 
-import os
-import tempfile
+from fiftyone_home import use_throwaway_home
 
-HOME = tempfile.mkdtemp(prefix="diffuprompter-bench-")
-os.environ.update(
-    FIFTYONE_DATABASE_DIR=f"{HOME}/db",
-    FIFTYONE_DEFAULT_DATASET_DIR=f"{HOME}/datasets",
-    FIFTYONE_DATABASE_VALIDATION="false",
-    FIFTYONE_DO_NOT_TRACK="true",
-)
+HOME = use_throwaway_home("diffuprompter-bench-")

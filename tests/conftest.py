@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
-_FO_HOME = tempfile.mkdtemp(prefix="diffuprompter-tests-")
-for _key, _value in {
-    "FIFTYONE_DATABASE_DIR": f"{_FO_HOME}/db",
-    "FIFTYONE_DEFAULT_DATASET_DIR": f"{_FO_HOME}/datasets",
-    "FIFTYONE_PLUGINS_DIR": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "FIFTYONE_DATABASE_VALIDATION": "false",
-    "FIFTYONE_DO_NOT_TRACK": "true",
-    "FIFTYONE_SHOW_PROGRESS_BARS": "false",
-}.items():
-    os.environ.setdefault(_key, _value)  # before anything imports fiftyone
+from fiftyone_home import use_throwaway_home  # benchmarks/, on pytest's pythonpath
+
+use_throwaway_home(  # before anything imports fiftyone
+    "diffuprompter-tests-",
+    FIFTYONE_PLUGINS_DIR=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    FIFTYONE_SHOW_PROGRESS_BARS="false",
+)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
