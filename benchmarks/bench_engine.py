@@ -127,7 +127,7 @@ def run(
     batched = measure(model, image, repeats)
     print(row(f"{label}, L={loops}, batch {batch}", batched), flush=True)
     if baseline:
-        model.grounder.config = config.replace(loop_batch_size=1)
+        model.config = config.replace(loop_batch_size=1)
         single = measure(model, image, repeats)
         print(row(f"{label}, L={loops}, one loop per call", single), flush=True)
         speedup = single["heatmap_s"] / batched["heatmap_s"]

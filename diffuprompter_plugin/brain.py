@@ -7,11 +7,12 @@ Torch and the models are imported only when a run actually needs them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import fiftyone as fo
@@ -248,9 +249,9 @@ def resume_pseudo_labels(
         samples: the dataset or view of the run.
         brain_key: an existing DiffuPrompter run.
         model: an already-built ``DiffuPrompter``; required when the run was
-            made with one, since its models are then not on record. The
-            model's own config then runs: ``runtime_settings`` are ignored,
-            set them on the model's config instead.
+            made with one, since its models are then not on record. Its
+            config must match the run's, but for ``runtime_settings``, which
+            are applied to it for this call only.
         device, batch_size, progress: as in :func:`compute_pseudo_labels`.
         **runtime_settings: new values of the settings that never change
             results (``loop_batch_size``, ``crf_workers``).
@@ -266,13 +267,26 @@ def resume_pseudo_labels(
             f"not {changed}"
         )
     run_config = stored.copy()
-    if model is not None:  # the model's own config runs
-        config, run_config.models = _settings_and_models(None, model, None, None, None)
-        run_config.settings = config.to_dict()
-    else:
+    if model is None:
         _require_recorded_models(stored, brain_key, "model=")
         run_config.settings = {**stored.settings, **runtime_settings}
-    return _run(samples, brain_key, run_config, model, device, batch_size, progress)
+        return _run(samples, brain_key, run_config, model, device, batch_size, progress)
+    with _settings_applied(model, runtime_settings):
+        config, run_config.models = _settings_and_models(None, model, None, None, None)
+        run_config.settings = config.to_dict()
+        return _run(samples, brain_key, run_config, model, device, batch_size, progress)
+
+
+@contextlib.contextmanager
+def _settings_applied(model: Any, settings: Mapping[str, Any]) -> Iterator[None]:
+    """Runs the block with ``settings`` applied to ``model.config``, then
+    gives the caller's model its own config back."""
+    own = model.config
+    model.config = own.replace(**settings)
+    try:
+        yield
+    finally:
+        model.config = own
 
 
 def _stored_config(samples: Any, brain_key: str) -> PseudoLabelsConfig:

@@ -92,6 +92,17 @@ class DiffuPrompter(Annotator):
         self.prompter = prompter
         self.config = config
 
+    @property
+    def config(self) -> DiffuPrompterConfig:
+        """Method settings of both stages. Assigning a new config (e.g.
+        ``model.config = model.config.replace(loops=10)``) sets it on the
+        grounder and the prompter too, so what a run records is what ran."""
+        return self._config
+
+    @config.setter
+    def config(self, config: DiffuPrompterConfig) -> None:
+        self._config = self.grounder.config = self.prompter.config = config
+
     @classmethod
     def from_pretrained(
         cls,

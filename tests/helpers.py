@@ -20,6 +20,7 @@ class StubModel(Annotator):
     def __init__(self, fail_after: int | None = None) -> None:
         self.config = DiffuPrompterConfig()
         self.calls: list[str] = []
+        self.crf_workers_seen: set[int] = set()
         self.fail_after = fail_after
 
     def annotate(self, image, class_names, thresholds=None):
@@ -30,6 +31,7 @@ class StubModel(Annotator):
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise KeyboardInterrupt("worker killed")
         self.calls.append(str(image))
+        self.crf_workers_seen.add(self.config.crf_workers)
         height, width = to_rgb_uint8(image).shape[:2]
         ramp = np.linspace(0, 1, height * width, dtype=np.float32).reshape(height, width)
         instances = []

@@ -202,6 +202,8 @@ def test_resume_reads_the_run_and_refuses_new_settings(image_dataset):
     second = StubModel()
     results = resume_pseudo_labels(image_dataset, "dp", model=second, crf_workers=2)
     assert len(second.calls) == 3 and results.processed == 4
+    assert second.crf_workers_seen == {2}  # applied for the run...
+    assert second.config.crf_workers == 0  # ...and given back after it
     paths = image_dataset.values("dp_heatmap_ship.map_path")
     assert all(p is None or p.startswith(heatmap_dir) for p in paths)
     second.config = second.config.replace(threshold=0.5)

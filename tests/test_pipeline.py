@@ -53,6 +53,17 @@ def test_config_validates_and_round_trips():
         DiffuPrompterConfig.from_dict({"loopz": 3})
 
 
+def test_config_assignment_reaches_both_stages(prompter, rgb):
+    own = prompter.config
+    assert prompter.annotate(rgb, ["ship"]).instances
+    try:
+        prompter.config = own.replace(min_area=48 * 64 + 1)  # larger than the image
+        assert prompter.grounder.config is prompter.prompter.config is prompter.config
+        assert prompter.annotate(rgb, ["ship"]).instances == []
+    finally:
+        prompter.config = own
+
+
 def test_package_exports_resolve_lazily():
     import subprocess
     import sys
