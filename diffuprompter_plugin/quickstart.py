@@ -88,14 +88,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="?", type=Path, help="folder of images")
     parser.add_argument("--classes", nargs="+", help="class names for every image")
     parser.add_argument("--smoke", action="store_true", help="tiny random-weight models")
-    parser.add_argument("--dataset", default="diffuprompter-quickstart")
-    parser.add_argument("--sd-model", default=DEFAULT_SD_MODEL)
-    parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL)
-    parser.add_argument("--sam-checkpoint")
-    parser.add_argument("--device")
-    parser.add_argument("--loops", type=int, default=DiffuPrompterConfig.loops)
+    parser.add_argument(
+        "--dataset", default="diffuprompter-quickstart", help="name of the FiftyOne dataset"
+    )
+    parser.add_argument(
+        "--sd-model", default=DEFAULT_SD_MODEL, help="hub id or local diffusers folder"
+    )
+    parser.add_argument(
+        "--sam-model", default=DEFAULT_SAM_MODEL, help="vit_h, vit_l, vit_b or a SAM folder"
+    )
+    parser.add_argument(
+        "--sam-checkpoint", help="SAM checkpoint file (default: Meta's, downloaded and cached)"
+    )
+    parser.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: CUDA if available)")
+    parser.add_argument(
+        "--loops", type=int, default=DiffuPrompterConfig.loops, help="noise draws L (LSAD)"
+    )
     parser.add_argument("--no-app", action="store_true", help="do not open the App")
-    parser.add_argument("--port", type=int, default=5151)
+    parser.add_argument("--port", type=int, default=5151, help="the App's port")
+    parser.add_argument(
+        "--address",
+        default="localhost",
+        help="the App's address; 0.0.0.0 serves it to other machines too",
+    )
     args = parser.parse_args(argv)
 
     if args.images is None and not args.smoke:
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(results.summary())
     if not args.no_app:
-        session = fo.launch_app(dataset, port=args.port, address="0.0.0.0")
+        session = fo.launch_app(dataset, port=args.port, address=args.address)
         print(f"App open at http://localhost:{args.port} (Ctrl-C to stop)")
         session.wait(-1)
     return 0
