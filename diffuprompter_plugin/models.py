@@ -177,7 +177,7 @@ def load_sam(
         sam = sam_model
         checkpoint = None
     if checkpoint is not None:
-        sam.load_state_dict(_read_state_dict(checkpoint))
+        _load_checkpoint(sam, checkpoint)
     return sam.to(device).eval().requires_grad_(False)
 
 
@@ -188,14 +188,34 @@ def _read_sam_config(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _load_checkpoint(sam: Any, path: Path) -> None:
+    """Loads the SAM checkpoint ``path`` into ``sam``; a missing, damaged or
+    mismatched file is a :class:`ModelUnavailableError` that names it."""
     if not path.is_file():
         raise ModelUnavailableError(
             f"SAM checkpoint '{path}' does not exist. Download it from "
             f"{SAM_CHECKPOINTS[DEFAULT_SAM_MODEL][0]} (or the vit_l/vit_b file) and "
             "pass its path as sam_checkpoint."
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's unpickler raises anything on a damaged file
+        raise ModelUnavailableError(
+            f"SAM checkpoint '{path}' cannot be read ({_brief(e)}); the download "
+            "may be incomplete: download it again."
+        ) from e
+    try:
+        sam.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelUnavailableError(
+            f"SAM checkpoint '{path}' does not fit this SAM architecture ({_brief(e)}); "
+            "check that the SAM type (vit_h, vit_l, vit_b) matches the file."
+        ) from e
+
+
+def _brief(error: Exception) -> str:
+    """An exception's message on one line, cut to 300 characters."""
+    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 def download_sam_checkpoint(model_type: str, folder: Path | None = None) -> Path:

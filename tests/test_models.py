@@ -64,6 +64,26 @@ def test_missing_sam_checkpoint_and_unknown_type(tmp_path):
         load_sam(tmp_path / "custom", device="cpu")
 
 
+def test_wrong_or_corrupt_sam_checkpoint_names_the_file(tiny_models, tmp_path):
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_models[1], tmp_path / "sam")
+    arch = json.loads((folder / "sam_config.json").read_text())
+    (folder / "sam_config.json").write_text(
+        json.dumps({**arch, "decoder_depth": 1 + arch["decoder_depth"]})
+    )
+    with pytest.raises(
+        ModelUnavailableError, match=r"sam.pth' does not fit this SAM architecture .*Missing key"
+    ):
+        load_sam(folder, device="cpu")
+    (folder / "sam.pth").write_bytes(b"half a download")
+    with pytest.raises(
+        ModelUnavailableError, match=r"sam.pth' cannot be read .*download it again"
+    ):
+        load_sam(folder, device="cpu")
+
+
 def _fake_release(tmp_path, monkeypatch, payload: bytes, sha: str):
     source = tmp_path / "sam_vit_b_01ec64.pth"
     source.write_bytes(payload)
