@@ -6,6 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
 
+# torch 2.14.1 from PyPI is the CUDA build: about 7 GB once installed.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    free_gib=$(( $(df -Pk . | awk 'NR == 2 {print $4}') / 1048576 ))
+    if [ "$free_gib" -lt 8 ]; then
+        echo "install.sh: only ${free_gib} GiB free in $(pwd); torch and its CUDA libraries need about 8 GiB" >&2
+        exit 1
+    fi
+fi
+
 python3 -m venv .venv
 py=.venv/bin/python
 $py -m pip install -q --upgrade pip
