@@ -94,6 +94,12 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
         """The method settings as the engine's config."""
         return DiffuPrompterConfig.from_dict(self.settings)
 
+    @property
+    def models_recorded(self) -> bool:
+        """False for a run made with an already-built model: its weights are
+        not on record, so resuming it or rerunning SAM needs them passed."""
+        return self.models.get("sam_model") != PREBUILT
+
 
 class PseudoLabels(fob.BrainMethod):
     """The brain method: knows the run's fields and files, and removes them."""
@@ -299,7 +305,7 @@ def _stored_config(samples: Any, brain_key: str) -> PseudoLabelsConfig:
 def _require_recorded_models(config: PseudoLabelsConfig, brain_key: str, remedy: str) -> None:
     """Raises when the run was made with an already-built model, whose
     weights are therefore not on record; ``remedy`` says what to pass."""
-    if config.models["sam_model"] == PREBUILT:
+    if not config.models_recorded:
         raise ValueError(
             f"Brain run '{brain_key}' was made with an already-built model, so its "
             f"models are not on record: pass {remedy}"

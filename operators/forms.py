@@ -99,11 +99,11 @@ def method_settings(params: dict[str, Any], runtime_only: bool = False) -> dict[
     return {n: params[n] for n in _method_names(runtime_only) if params.get(n) is not None}
 
 
-def model_inputs(inputs: types.Object, run_models: dict[str, Any] | None = None) -> None:
+def model_inputs(inputs: types.Object, run: Any = None) -> None:
     """Model locations: hub ids, registry types or local paths on the worker.
-    With ``run_models`` (an existing run's record) only SAM is asked for,
-    and leaving it empty uses the run's."""
-    if run_models is None:
+    With ``run`` (an existing run's config) only SAM is asked for; leaving it
+    empty uses the run's, unless the run was made with an already-built model."""
+    if run is None:
         inputs.str(
             "sd_model",
             label="Stable Diffusion",
@@ -111,13 +111,16 @@ def model_inputs(inputs: types.Object, run_models: dict[str, Any] | None = None)
             default=DEFAULT_SD_MODEL,
         )
     sam = "vit_h, vit_l, vit_b, or a folder with sam_config.json and sam.pth"
-    if run_models is not None:
-        sam = f"{sam}; empty: the run's ({run_models.get('sam_model')})"
+    if run is not None and run.models_recorded:
+        sam = f"{sam}; empty: the run's ({run.models['sam_model']})"
+    elif run is not None:
+        sam = f"{sam}; required: this run was made in Python with an already-built model"
     inputs.str(
         "sam_model",
         label="SAM",
         description=sam,
-        default=None if run_models is not None else DEFAULT_SAM_MODEL,
+        default=None if run is not None else DEFAULT_SAM_MODEL,
+        required=run is not None and not run.models_recorded,
     )
     inputs.str(
         "sam_checkpoint",

@@ -7,6 +7,8 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from diffuprompter_plugin.brain import METHOD
+
 from . import forms
 
 
@@ -23,7 +25,7 @@ class RethresholdPseudoLabels(foo.Operator):
         inputs = types.Object()
         inputs.view_target(ctx)
         params = ctx.params
-        runs = ctx.dataset.list_brain_runs(method="diffuprompter")
+        runs = ctx.dataset.list_brain_runs(method=METHOD)
         if not runs:
             prop = inputs.view("no_runs", types.Warning(label="Run DiffuPrompter first"))
             prop.invalid = True
@@ -65,7 +67,7 @@ class RethresholdPseudoLabels(foo.Operator):
                 )
         else:
             inputs.str("thresholds_path", label="Thresholds JSON path", required=True)
-        forms.model_inputs(inputs, run_models=config.models)
+        forms.model_inputs(inputs, run=config)
         return types.Property(inputs, view=types.View(label="Re-threshold pseudo-labels"))
 
     def execute(self, ctx: Any) -> dict[str, Any]:

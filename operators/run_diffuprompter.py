@@ -115,6 +115,14 @@ class RunDiffuPrompter(foo.Operator):
         brain_key = ctx.params.get("brain_key")
         brain_key = brain_key if brain_key in runs else runs[0]
         config = ctx.dataset.get_brain_info(brain_key).config
+        if not config.models_recorded:
+            warning = types.Warning(
+                label=f"'{brain_key}' was made in Python with an already-built model, "
+                "whose weights are not on record: resume it there with "
+                f"resume_pseudo_labels(dataset, '{brain_key}', model=...)"
+            )
+            inputs.view("prebuilt_run", warning).invalid = True
+            return False
         classes = config.classes or f"from '{config.class_field}'"
         settings = config.settings
         inputs.view(

@@ -109,6 +109,24 @@ def test_taken_brain_key_needs_resume_which_reuses_the_run(image_dataset, tiny_m
     assert image_dataset.get_brain_info("dp").config.settings["loops"] == 2
 
 
+def test_forms_of_a_run_made_with_an_already_built_model(image_dataset, tiny_models):
+    from helpers import StubModel
+
+    from diffuprompter_plugin.brain import compute_pseudo_labels
+
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
+    with pytest.raises(ExecutionError, match="prebuilt_run"):
+        foo.get_operator(RUN)(image_dataset, "dp", resume=True)
+    rethreshold = foo.get_operator(RETHRESHOLD)
+    with pytest.raises(ExecutionError, match="sam_model"):
+        rethreshold(image_dataset, "dp", "dp_strict", thresholds=0.5, device="cpu")
+    assert not image_dataset.has_sample_field("dp_strict")
+    out = rethreshold(
+        image_dataset, "dp", "dp_strict", 0.5, sam_model=tiny_models[1], device="cpu"
+    )
+    assert out.result["samples"] == 4 and image_dataset.count("dp_strict") == 4
+
+
 def _wait_terminal(service, ids, timeout):
     deadline = time.time() + timeout
     while time.time() < deadline:
