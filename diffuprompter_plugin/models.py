@@ -94,6 +94,13 @@ def load_stable_diffusion(
         sd = StableDiffusion(**parts, name=type(sd_model).__name__)
     else:
         sd = _load_sd_parts(os.fspath(sd_model), dtype)
+    extra = getattr(sd.unet.config, "addition_embed_type", None)
+    if extra is not None:
+        raise ValueError(
+            f"Stable Diffusion '{sd.name}' has a U-Net with added '{extra}' conditioning "
+            "(SDXL and its kind), which DiffuPrompter does not drive: use an SD v1.x "
+            "or v2.x checkpoint"
+        )
     sd.scheduler = _ddpm_scheduler(sd.scheduler)
     for module in (sd.vae, sd.unet, sd.text_encoder):
         module.to(device)

@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except ValueError as e:  # unsupported model, taken field names, changed settings
+        print(f"\n{e}", file=sys.stderr)
+        return 2
     print(results.summary())
     if not args.no_app:
         session = fo.launch_app(dataset, port=args.port, address=args.address)

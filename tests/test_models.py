@@ -47,6 +47,10 @@ def test_built_pipeline_and_sam_objects_are_accepted(tiny_models, prompter):
     assert load_sam(sam, device="cpu") is sam
     with pytest.raises(TypeError, match="lacks"):
         load_stable_diffusion(SimpleNamespace(vae=1), torch.device("cpu"), torch.float32)
+    sdxl_unet = SimpleNamespace(config=SimpleNamespace(addition_embed_type="text_time"))
+    sdxl = SimpleNamespace(**{**vars(pipe), "unet": sdxl_unet})
+    with pytest.raises(ValueError, match="added 'text_time' conditioning .*SD v1.x"):
+        load_stable_diffusion(sdxl, torch.device("cpu"), torch.float32)
 
 
 def test_missing_sd_weights_say_what_to_download(tmp_path):

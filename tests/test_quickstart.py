@@ -76,7 +76,7 @@ def test_class_folders_give_each_image_its_class(cache, tmp_path):
             fo.delete_dataset(f"{name}-smoke")
 
 
-def test_known_collection_is_mapped_and_rerun_resumes(cache, tmp_path):
+def test_known_collection_is_mapped_and_rerun_resumes(cache, tmp_path, capsys):
     root = tmp_path / "UCMerced_LandUse" / "Images"
     synthetic_images(root / "storagetanks", count=2)
     synthetic_images(root / "forest", count=1)
@@ -89,6 +89,10 @@ def test_known_collection_is_mapped_and_rerun_resumes(cache, tmp_path):
         first = dataset.values("smoke_instances.detections.id")
         assert main([str(root.parent), "--smoke", "--no-app", "--dataset", name]) == 0
         assert dataset.values("smoke_instances.detections.id") == first  # nothing redone
+        args = [str(root.parent), "--smoke", "--no-app", "--dataset", name, "--classes", "ship"]
+        assert main(args) == 2  # same run, other classes: refused, not redone
+        err = capsys.readouterr().err
+        assert "Brain run 'smoke' exists with different" in err and "'classes'" in err
     finally:
         if fo.dataset_exists(f"{name}-smoke"):
             fo.delete_dataset(f"{name}-smoke")
