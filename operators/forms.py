@@ -8,6 +8,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from diffuprompter_plugin.brain import PseudoLabelsConfig
 from diffuprompter_plugin.config import (
     DEFAULT_SAM_MODEL,
     DEFAULT_SD_MODEL,
@@ -99,7 +100,7 @@ def method_settings(params: dict[str, Any], runtime_only: bool = False) -> dict[
     return {n: params[n] for n in _method_names(runtime_only) if params.get(n) is not None}
 
 
-def model_inputs(inputs: types.Object, run: Any = None) -> None:
+def model_inputs(inputs: types.Object, run: PseudoLabelsConfig | None = None) -> None:
     """Model locations: hub ids, registry types or local paths on the worker.
     With ``run`` (an existing run's config) only SAM is asked for; leaving it
     empty uses the run's, unless the run was made with an already-built model."""
