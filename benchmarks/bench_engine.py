@@ -19,7 +19,7 @@ import torch
 from memory import peak_rss_mib
 
 from diffuprompter_plugin import DiffuPrompter, DiffuPrompterConfig
-from diffuprompter_plugin.tiny import clip_text_encoder, tiny_tokenizer, write_tiny_models
+from diffuprompter_plugin.engine.tiny import clip_text_encoder, tiny_tokenizer, write_tiny_models
 
 
 def full_size_models() -> tuple[SimpleNamespace, object]:

@@ -22,8 +22,8 @@ from PIL import Image
 
 from diffuprompter_plugin import DiffuPrompterConfig
 from diffuprompter_plugin.brain import compute_pseudo_labels
-from diffuprompter_plugin.pipeline import Annotation, Annotator
-from diffuprompter_plugin.segmentation import Instance
+from diffuprompter_plugin.engine.pipeline import Annotation, Annotator
+from diffuprompter_plugin.engine.segmentation import Instance
 
 SIZE = 64
 

@@ -9,14 +9,14 @@ does not import torch.
 from importlib import import_module
 
 _EXPORTS = {
-    "DiffuPrompterConfig": "config",
-    "DiffuPrompter": "pipeline",
-    "Annotation": "pipeline",
-    "Instance": "segmentation",
-    "SamPrompter": "segmentation",
-    "TextGrounder": "grounding",
-    "ModelUnavailableError": "errors",
-    "InputImageError": "errors",
+    "DiffuPrompterConfig": "engine.config",
+    "DiffuPrompter": "engine.pipeline",
+    "Annotation": "engine.pipeline",
+    "Instance": "engine.segmentation",
+    "SamPrompter": "engine.segmentation",
+    "TextGrounder": "engine.grounding",
+    "ModelUnavailableError": "engine.errors",
+    "InputImageError": "engine.errors",
     "compute_pseudo_labels": "brain",
     "rethreshold_pseudo_labels": "brain",
     "resume_pseudo_labels": "brain",

@@ -19,7 +19,7 @@ import fiftyone as fo
 import fiftyone.core.brain as fob
 import fiftyone.core.utils as fou
 
-from .config import (
+from .engine.config import (
     DEFAULT_HEATMAP_FIELD,
     DEFAULT_PRED_FIELD,
     DEFAULT_SAM_MODEL,
@@ -341,7 +341,7 @@ def _class_names(samples: Any, classes: Sequence[str] | None, class_field: str |
     if (classes is None) == (class_field is None):
         raise ValueError("Give exactly one of classes (a list) and class_field")
     if classes is not None:
-        from .pipeline import validate_class_names
+        from .engine.pipeline import validate_class_names
 
         return validate_class_names(classes)
     return _classes_in_field(samples, class_field)
@@ -418,7 +418,7 @@ def _check_resumable(samples: Any, brain_key: str, config: PseudoLabelsConfig) -
 
 
 def _load_model(config: PseudoLabelsConfig, device: str | None) -> Any:
-    from .pipeline import DiffuPrompter
+    from .engine.pipeline import DiffuPrompter
 
     return DiffuPrompter.from_pretrained(
         sd_model=config.models["sd_model"],
@@ -539,7 +539,7 @@ def rethreshold_pseudo_labels(
         raise ValueError(f"Field '{out_field}' belongs to brain run '{brain_key}'")
     thresholds = load_thresholds(thresholds)
     if prompter is None:
-        from .segmentation import SamPrompter
+        from .engine.segmentation import SamPrompter
 
         if sam_model is None:  # the run's SAM; its checkpoint unless another is given
             _require_recorded_models(

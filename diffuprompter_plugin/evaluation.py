@@ -180,7 +180,7 @@ def calibrate_thresholds(
         the written dict; ``sweep`` is ``{threshold: {class: AP}}``.
     """
     from .brain import rethreshold_pseudo_labels
-    from .segmentation import SamPrompter
+    from .engine.segmentation import SamPrompter
 
     config = samples.get_brain_info(brain_key).config
     done = samples.exists(config.pred_field)

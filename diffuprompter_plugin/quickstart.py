@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image
 
 from .brain import SMOKE_LABEL, compute_pseudo_labels
-from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig
-from .errors import ModelUnavailableError
+from .engine.config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig
+from .engine.errors import ModelUnavailableError
+from .engine.models import cache_dir
 from .importers import import_classification_collection
-from .models import cache_dir
 
 SMOKE_TAG = "smoke-test"
 SMOKE_CONFIG = DiffuPrompterConfig(loops=4, loop_batch_size=4, resolution=64, crf=False)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give an image folder, or --smoke for the offline check")
     kwargs = {}
     if args.smoke:
-        from .tiny import write_tiny_models
+        from .engine.tiny import write_tiny_models
 
         sd, sam = write_tiny_models(cache_dir() / "tiny-models")
         images = args.images or synthetic_images(cache_dir() / "smoke-images")

@@ -9,7 +9,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from diffuprompter_plugin.brain import PseudoLabelsConfig
-from diffuprompter_plugin.config import (
+from diffuprompter_plugin.engine.config import (
     DEFAULT_SAM_MODEL,
     DEFAULT_SD_MODEL,
     RUNTIME_SETTINGS,

@@ -9,7 +9,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from diffuprompter_plugin.brain import METHOD
-from diffuprompter_plugin.config import (
+from diffuprompter_plugin.engine.config import (
     DEFAULT_HEATMAP_FIELD,
     DEFAULT_PRED_FIELD,
     RUNTIME_SETTINGS,

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from helpers import TINY_CONFIG  # noqa: E402
 
-from diffuprompter_plugin.tiny import write_tiny_models  # noqa: E402
+from diffuprompter_plugin.engine.tiny import write_tiny_models  # noqa: E402
 
 
 @pytest.fixture(scope="session")

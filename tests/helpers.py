@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffuprompter_plugin.config import DiffuPrompterConfig
-from diffuprompter_plugin.pipeline import Annotator
-from diffuprompter_plugin.segmentation import SamPrompter
+from diffuprompter_plugin.engine.config import DiffuPrompterConfig
+from diffuprompter_plugin.engine.pipeline import Annotator
+from diffuprompter_plugin.engine.segmentation import SamPrompter
 
 TINY_CONFIG = DiffuPrompterConfig(loops=4, loop_batch_size=2, resolution=64, crf=False)
 """Settings for the tiny models: 64 px working size, 4 loops, no CRF."""
@@ -24,9 +24,9 @@ class StubModel(Annotator):
         self.fail_after = fail_after
 
     def annotate(self, image, class_names, thresholds=None):
-        from diffuprompter_plugin.image import to_rgb_uint8
-        from diffuprompter_plugin.pipeline import Annotation
-        from diffuprompter_plugin.segmentation import Instance
+        from diffuprompter_plugin.engine.image import to_rgb_uint8
+        from diffuprompter_plugin.engine.pipeline import Annotation
+        from diffuprompter_plugin.engine.segmentation import Instance
 
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise KeyboardInterrupt("worker killed")

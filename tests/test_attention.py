@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from diffuprompter_plugin.attention import capture_cross_attention, cross_attention_modules
-from diffuprompter_plugin.grounding import class_token_indices
+from diffuprompter_plugin.engine.attention import capture_cross_attention, cross_attention_modules
+from diffuprompter_plugin.engine.grounding import class_token_indices
 
 
 def _unet_inputs(prompter, class_name="storage tank", batch=2):

@@ -229,7 +229,7 @@ def test_rethreshold_bad_input(image_dataset, tmp_path):
 
 
 def test_missing_weights_leave_nothing_written(image_dataset, tmp_path):
-    from diffuprompter_plugin.errors import ModelUnavailableError
+    from diffuprompter_plugin.engine.errors import ModelUnavailableError
 
     fields = set(image_dataset.get_field_schema())
     with pytest.raises(ModelUnavailableError, match="sd_model=PATH"):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffuprompter_plugin.config import DiffuPrompterConfig
-from diffuprompter_plugin.crf import binarize, binary_map, dense_crf, foreground_probability
-from diffuprompter_plugin.prompts import components, interior_point, mask_box, regions
+from diffuprompter_plugin.engine.config import DiffuPrompterConfig
+from diffuprompter_plugin.engine.crf import binarize, binary_map, dense_crf, foreground_probability
+from diffuprompter_plugin.engine.prompts import components, interior_point, mask_box, regions
 
 
 def _square_scene():
@@ -41,7 +41,7 @@ def test_dense_crf_removes_speckle_and_follows_edges():
 def test_dense_crf_accepts_images_read_from_files(tmp_path):
     from PIL import Image
 
-    from diffuprompter_plugin.image import to_rgb_uint8
+    from diffuprompter_plugin.engine.image import to_rgb_uint8
 
     rgb, heat, truth = _square_scene()
     Image.fromarray(rgb).save(tmp_path / "scene.png")

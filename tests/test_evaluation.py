@@ -14,13 +14,13 @@ from pycocotools.coco import COCO
 
 from diffuprompter_plugin.brain import compute_pseudo_labels, rethreshold_pseudo_labels
 from diffuprompter_plugin.coco import export_coco, full_mask
-from diffuprompter_plugin.config import DiffuPrompterConfig
+from diffuprompter_plugin.engine.config import DiffuPrompterConfig
+from diffuprompter_plugin.engine.pipeline import Annotation, Annotator
 from diffuprompter_plugin.evaluation import (
     calibrate_thresholds,
     evaluate_pseudo_labels,
     resolve_class_map,
 )
-from diffuprompter_plugin.pipeline import Annotation, Annotator
 
 
 def _rect(shape, x, y, w, h):

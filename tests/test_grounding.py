@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffuprompter_plugin.grounding import (
+from diffuprompter_plugin.engine.grounding import (
     TextGrounder,
     aggregate_pyramid,
     normalize,

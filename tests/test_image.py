@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffuprompter_plugin.errors import InputImageError
-from diffuprompter_plugin.image import to_rgb_uint8
+from diffuprompter_plugin.engine.errors import InputImageError
+from diffuprompter_plugin.engine.image import to_rgb_uint8
 
 
 def test_grayscale_rgba_and_single_channel_become_rgb():

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffuprompter_plugin import models
-from diffuprompter_plugin.errors import ModelUnavailableError
-from diffuprompter_plugin.models import (
+from diffuprompter_plugin.engine import models
+from diffuprompter_plugin.engine.errors import ModelUnavailableError
+from diffuprompter_plugin.engine.models import (
     default_dtype,
     download_sam_checkpoint,
     load_sam,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers import EchoPrompter
 
-from diffuprompter_plugin.config import DiffuPrompterConfig
-from diffuprompter_plugin.segmentation import select_candidates
+from diffuprompter_plugin.engine.config import DiffuPrompterConfig
+from diffuprompter_plugin.engine.segmentation import select_candidates
 
 
 def test_select_candidates_picks_highest_iou_with_region():

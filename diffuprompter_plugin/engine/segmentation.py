@@ -79,7 +79,7 @@ class SamPrompter:
         config: DiffuPrompterConfig | None = None,
         dtype: torch.dtype | None = None,
     ) -> SamPrompter:
-        """Loads SAM (see :func:`~diffuprompter_plugin.models.load_sam`); dtype
+        """Loads SAM (see :func:`~diffuprompter_plugin.engine.models.load_sam`); dtype
         defaults to float16 on GPU, float32 on CPU."""
         device = resolve_device(device)
         sam = load_sam(sam_model, sam_checkpoint, device)
