@@ -26,6 +26,7 @@ from .engine.config import (
     DEFAULT_SD_MODEL,
     RUNTIME_SETTINGS,
     DiffuPrompterConfig,
+    check_setting,
 )
 from .labels import class_slug, read_heatmap, sample_classes, to_detections, write_heatmap
 
@@ -497,10 +498,10 @@ def load_thresholds(thresholds: float | Mapping[str, float] | str | None) -> Any
         thresholds = data.get("thresholds", data) if isinstance(data, dict) else data
         if not isinstance(thresholds, dict):
             raise ValueError(f"Thresholds file '{path}' must hold a JSON object")
-    values = thresholds.values() if isinstance(thresholds, Mapping) else [thresholds]
-    for value in values:
-        if value is not None and not (isinstance(value, (int, float)) and 0 < value < 1):
-            raise ValueError(f"Threshold {value!r} must be a number in (0, 1)")
+    named = thresholds.items() if isinstance(thresholds, Mapping) else [("all", thresholds)]
+    for name, value in named:
+        if value is not None:
+            check_setting("threshold", value, f"Threshold for {name}")
     return thresholds
 
 

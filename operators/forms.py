@@ -12,20 +12,10 @@ from diffuprompter_plugin.brain import PseudoLabelsConfig
 from diffuprompter_plugin.engine.config import (
     DEFAULT_SAM_MODEL,
     DEFAULT_SD_MODEL,
+    DEFAULTS,
+    FORM_SETTINGS,
     RUNTIME_SETTINGS,
-    DiffuPrompterConfig,
-)
-
-DEFAULTS = DiffuPrompterConfig()
-
-METHOD_INPUTS = (
-    # name, kind, min, max, label, description
-    ("timestep", "int", 0, 999, "Timestep t", "Raw diffusion timestep index (paper: 40)"),
-    ("loops", "int", 1, 1000, "Loops L", "Noise draws averaged by LSAD (paper: 50)"),
-    ("loop_batch_size", "int", 1, 1000, "Loop batch size", "Draws per U-Net call"),
-    ("threshold", "float", 0.01, 0.99, "Threshold γ", "Binarisation threshold (paper: 0.4)"),
-    ("resolution", "int", 64, 2048, "Resolution", "Longest side SD sees, in pixels"),
-    ("crf_workers", "int", 0, 64, "CRF workers", "Processes running DenseCRF beside the GPU"),
+    SETTINGS,
 )
 
 
@@ -69,30 +59,32 @@ def identifier_input(
     return error is None
 
 
-def _method_names(runtime_only: bool) -> list[str]:
+def _method_names(runtime_only: bool) -> tuple[str, ...]:
     """The settings the forms ask for; only ``RUNTIME_SETTINGS`` with ``runtime_only``."""
-    names = [spec[0] for spec in METHOD_INPUTS] + ["crf"]
-    return [n for n in names if n in RUNTIME_SETTINGS] if runtime_only else names
+    return tuple(n for n in FORM_SETTINGS if n in RUNTIME_SETTINGS or not runtime_only)
+
+
+def setting_input(inputs: types.Object, name: str, default: Any = None, **kwargs: Any) -> None:
+    """Adds the method setting ``name`` with the label, description, bounds and
+    (unless ``default`` is given) default that the config declares for it."""
+    spec = SETTINGS[name]
+    add = {bool: inputs.bool, int: inputs.int, float: inputs.float, str: inputs.str}[spec.kind]
+    bounds = {"min": spec.low, "max": spec.high} if spec.kind in (int, float) else {}
+    add(
+        name,
+        label=kwargs.pop("label", spec.label),
+        description=spec.description + (f" ({spec.rule()})" if spec.rule() else ""),
+        default=getattr(DEFAULTS, name) if default is None else default,
+        **{k: v for k, v in bounds.items() if v is not None},
+        **kwargs,
+    )
 
 
 def method_inputs(inputs: types.Object, runtime_only: bool = False) -> None:
-    """Adds the method settings with the paper's defaults and bounds; only
-    the speed settings (``RUNTIME_SETTINGS``) with ``runtime_only``."""
-    names = _method_names(runtime_only)
-    for name, kind, low, high, label, description in METHOD_INPUTS:
-        if name not in names:
-            continue
-        add = inputs.int if kind == "int" else inputs.float
-        add(
-            name,
-            label=label,
-            description=description,
-            default=getattr(DEFAULTS, name),
-            min=low,
-            max=high,
-        )
-    if "crf" in names:
-        inputs.bool("crf", label="DenseCRF refinement", default=DEFAULTS.crf)
+    """Adds the method settings the run form asks for (``FORM_SETTINGS``),
+    as the config declares them; only the speed settings with ``runtime_only``."""
+    for name in _method_names(runtime_only):
+        setting_input(inputs, name)
 
 
 def method_settings(params: dict[str, Any], runtime_only: bool = False) -> dict[str, Any]:

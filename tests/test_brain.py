@@ -217,7 +217,7 @@ def test_rethreshold_bad_input(image_dataset, tmp_path):
         rethreshold_pseudo_labels(image_dataset, "other", "x")
     with pytest.raises(ValueError, match="belongs to brain run"):
         rethreshold_pseudo_labels(image_dataset, "dp", "dp_instances", prompter=object())
-    with pytest.raises(ValueError, match="must be a number in"):
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
         rethreshold_pseudo_labels(image_dataset, "dp", "x", thresholds={"ship": 2})
     bad = tmp_path / "t.json"
     bad.write_text("{oops")

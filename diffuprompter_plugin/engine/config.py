@@ -1,8 +1,12 @@
 """The one configuration object of the DiffuPrompter method.
 
-Every default of the method lives here, with the paper's value where the
-paper gives one (Li et al., Remote Sens. 2024, 16, 2004). This module imports
-nothing heavy, so the FiftyOne layer and the App can read it cheaply.
+Every setting is declared once, here, with its default (the paper's value
+where the paper gives one: Li et al., Remote Sens. 2024, 16, 2004), its valid
+range, the label and description the App forms show, and whether it is a
+runtime setting (speed and memory only, never results). Validation, the
+operator forms, resume rules and threshold files all read these declarations.
+This module imports nothing heavy, so the FiftyOne layer and the App can read
+it cheaply.
 """
 
 from __future__ import annotations
@@ -20,8 +24,62 @@ DEFAULT_PRED_FIELD = "dp_instances"
 DEFAULT_HEATMAP_FIELD = "dp_heatmap"
 
 NORMALIZATIONS = ("minmax", "none")
-RUNTIME_SETTINGS = ("loop_batch_size", "crf_workers")
-"""Settings that change speed and memory, never results."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What is known of one setting besides its default.
+
+    Attributes:
+        kind: the value's type (``int``, ``float``, ``bool`` or ``str``).
+        label: short name shown in the App forms.
+        description: one line shown under the label.
+        low, high: bounds of a number (None: unbounded on that side).
+        open: the bounds themselves are excluded.
+        choices: the allowed values of a string setting.
+        runtime: changes speed and memory only, never results, so a run may
+            resume with another value.
+        form: the App's run form asks for it.
+    """
+
+    kind: type
+    label: str
+    description: str = ""
+    low: float | None = None
+    high: float | None = None
+    open: bool = False
+    choices: tuple[str, ...] = ()
+    runtime: bool = False
+    form: bool = False
+
+    def rule(self) -> str:
+        """The valid values in words, e.g. ``in (0, 1)`` or ``>= 1``."""
+        if self.choices:
+            return f"one of {self.choices}"
+        if self.low is not None and self.high is not None:
+            left, right = "()" if self.open else "[]"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{'>' if self.open else '>='} {self.low:g}"
+        return ""
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` is within this setting's range or choices."""
+        if self.choices:
+            return value in self.choices
+        if self.low is None and self.high is None:
+            return True
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        above = value > self.low if self.open else value >= self.low
+        below = self.high is None or (value < self.high if self.open else value <= self.high)
+        return (self.low is None or above) and below
+
+
+def _setting(default: Any, label: str, description: str = "", **spec: Any) -> Any:
+    """A dataclass field whose metadata holds its :class:`Setting`."""
+    setting = Setting(type(default), label, description, **spec)
+    return dataclasses.field(default=default, metadata={"setting": setting})
 
 
 @dataclass(frozen=True)
@@ -53,45 +111,55 @@ class DiffuPrompterConfig:
         seed: seed of the noise draws; the same seed gives the same output.
     """
 
-    template: str = "Photo of a {}"
-    timestep: int = 40
-    loops: int = 50
-    loop_batch_size: int = 25
-    threshold: float = 0.4
-    normalization: str = "minmax"
-    resolution: int = 512
-    crf: bool = True
-    crf_iterations: int = 5
-    crf_gaussian_sxy: float = 3.0
-    crf_gaussian_compat: float = 3.0
-    crf_bilateral_sxy: float = 80.0
-    crf_bilateral_srgb: float = 13.0
-    crf_bilateral_compat: float = 10.0
-    crf_workers: int = 0
-    multimask: bool = True
-    min_area: int = 16
-    seed: int = 0
+    template: str = _setting("Photo of a {}", "Prompt template", "'{}' is the class name")
+    timestep: int = _setting(
+        40, "Timestep t", "Raw diffusion timestep index (paper: 40)", low=0, high=999, form=True
+    )
+    loops: int = _setting(
+        50, "Loops L", "Noise draws averaged by LSAD (paper: 50)", low=1, form=True
+    )
+    loop_batch_size: int = _setting(
+        25, "Loop batch size", "Draws per U-Net call", low=1, runtime=True, form=True
+    )
+    threshold: float = _setting(
+        0.4,
+        "Threshold γ",
+        "Binarisation threshold (paper: 0.4)",
+        low=0,
+        high=1,
+        open=True,
+        form=True,
+    )
+    normalization: str = _setting("minmax", "Norm of Eq. 4", choices=NORMALIZATIONS)
+    resolution: int = _setting(
+        512, "Resolution", "Longest side SD sees, in pixels", low=64, form=True
+    )
+    crf: bool = _setting(True, "DenseCRF refinement", "Eq. 10", form=True)
+    crf_iterations: int = _setting(5, "CRF iterations", low=1)
+    crf_gaussian_sxy: float = _setting(3.0, "CRF smoothness sxy", low=0, open=True)
+    crf_gaussian_compat: float = _setting(3.0, "CRF smoothness weight", low=0)
+    crf_bilateral_sxy: float = _setting(80.0, "CRF appearance sxy", low=0, open=True)
+    crf_bilateral_srgb: float = _setting(13.0, "CRF appearance srgb", low=0, open=True)
+    crf_bilateral_compat: float = _setting(10.0, "CRF appearance weight", low=0)
+    crf_workers: int = _setting(
+        0,
+        "CRF workers",
+        "Processes running DenseCRF beside the GPU",
+        low=0,
+        runtime=True,
+        form=True,
+    )
+    multimask: bool = _setting(True, "SAM multimask", "Three candidates per prompt")
+    min_area: int = _setting(16, "Minimum area", "Pixels; smaller instances are dropped", low=1)
+    seed: int = _setting(0, "Seed", "Seed of the noise draws")
 
     def __post_init__(self) -> None:
-        checks = [
-            ("template", self.template.count("{}") == 1, "must contain '{}' once"),
-            ("timestep", 0 <= self.timestep <= 999, "must be in [0, 999]"),
-            ("loops", self.loops >= 1, "must be >= 1"),
-            ("loop_batch_size", self.loop_batch_size >= 1, "must be >= 1"),
-            ("threshold", 0.0 < self.threshold < 1.0, "must be in (0, 1)"),
-            (
-                "normalization",
-                self.normalization in NORMALIZATIONS,
-                f"must be one of {NORMALIZATIONS}",
-            ),
-            ("resolution", self.resolution >= 64, "must be >= 64"),
-            ("crf_iterations", self.crf_iterations >= 1, "must be >= 1"),
-            ("crf_workers", self.crf_workers >= 0, "must be >= 0"),
-            ("min_area", self.min_area >= 1, "must be >= 1"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"DiffuPrompterConfig.{name}={getattr(self, name)!r} {rule}")
+        if self.template.count("{}") != 1:
+            raise ValueError(
+                f"DiffuPrompterConfig.template={self.template!r} must contain '{{}}' once"
+            )
+        for name in SETTINGS:
+            check_setting(name, getattr(self, name))
 
     def replace(self, **changes: Any) -> DiffuPrompterConfig:
         """Returns a copy with ``changes`` applied (and validated)."""
@@ -104,8 +172,37 @@ class DiffuPrompterConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiffuPrompterConfig:
         """Builds a config from :meth:`to_dict` output; unknown keys are errors."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - set(SETTINGS))
         if unknown:
             raise ValueError(f"Unknown DiffuPrompterConfig settings: {unknown}")
         return cls(**d)
+
+
+SETTINGS: dict[str, Setting] = {
+    f.name: f.metadata["setting"] for f in dataclasses.fields(DiffuPrompterConfig)
+}
+"""Every setting's :class:`Setting`, in declaration order."""
+
+RUNTIME_SETTINGS = tuple(name for name, spec in SETTINGS.items() if spec.runtime)
+"""Settings that change speed and memory, never results."""
+
+FORM_SETTINGS = tuple(name for name, spec in SETTINGS.items() if spec.form)
+"""Settings the App's run form asks for."""
+
+
+def check_setting(name: str, value: Any, what: str | None = None) -> None:
+    """Raises ValueError when ``value`` is not of setting ``name``'s type or
+    out of its range; the message names ``what`` (default
+    ``DiffuPrompterConfig.<name>``), the value and the rule."""
+    spec = SETTINGS[name]
+    what = what or f"DiffuPrompterConfig.{name}"
+    numeric = spec.kind in (int, float) and not isinstance(value, bool)
+    typed = isinstance(value, (int, float) if spec.kind is float else spec.kind)
+    if not typed or (spec.kind in (int, float) and not numeric):
+        raise ValueError(f"{what}={value!r} must be of type {spec.kind.__name__}")
+    if not spec.accepts(value):
+        raise ValueError(f"{what}={value!r} must be {spec.rule()}")
+
+
+DEFAULTS = DiffuPrompterConfig()
+"""The paper's settings."""
