@@ -21,9 +21,9 @@ from memory import peak_rss_mib
 from PIL import Image
 
 from diffuprompter_plugin import DiffuPrompterConfig
-from diffuprompter_plugin.brain import compute_pseudo_labels
 from diffuprompter_plugin.engine.pipeline import Annotation, Annotator
 from diffuprompter_plugin.engine.segmentation import Instance
+from diffuprompter_plugin.labelling import compute_pseudo_labels
 
 SIZE = 64
 

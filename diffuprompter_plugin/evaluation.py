@@ -179,10 +179,10 @@ def calibrate_thresholds(
     Returns:
         the written dict; ``sweep`` is ``{threshold: {class: AP}}``.
     """
-    from .brain import rethreshold_pseudo_labels
-    from .engine.segmentation import SamPrompter
+    from .brain import stored_config
+    from .rethreshold import rethreshold_pseudo_labels
 
-    config = samples.get_brain_info(brain_key).config
+    config = stored_config(samples, brain_key)
     done = samples.exists(config.pred_field)
     if gt_field not in done.get_field_schema():
         raise ValueError(f"Ground-truth field '{gt_field}' does not exist")
@@ -191,13 +191,7 @@ def calibrate_thresholds(
     classes = sorted(set(mapping.values()) & set(config.heatmap_fields))
     if not classes:
         raise ValueError("The run's classes and the ground truth's classes do not overlap")
-    if prompter is None:
-        prompter = SamPrompter.from_pretrained(
-            config.models["sam_model"],
-            config.models.get("sam_checkpoint"),
-            device=device,
-            config=config.engine_config(),
-        )
+    prompter = config.load_prompter(device=device, prompter=prompter)
     view = mapped_view(done, gt_field, mapping)
     scratch = f"calibration_{brain_key}"
     if samples._dataset.has_sample_field(scratch):

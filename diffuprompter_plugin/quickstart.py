@@ -22,11 +22,12 @@ import fiftyone as fo
 import numpy as np
 from PIL import Image
 
-from .brain import SMOKE_LABEL, compute_pseudo_labels
+from .brain import SMOKE_LABEL
 from .engine.config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig
 from .engine.errors import ModelUnavailableError
 from .engine.models import cache_dir
 from .importers import import_classification_collection
+from .labelling import compute_pseudo_labels
 
 SMOKE_TAG = "smoke-test"
 SMOKE_CONFIG = DiffuPrompterConfig(loops=4, loop_batch_size=4, resolution=64, crf=False)

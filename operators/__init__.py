@@ -2,11 +2,13 @@
 
 from .evaluation import EvaluatePseudoLabels
 from .importers import ImportClassificationCollection, ImportIsaid, ImportNwpuVhr10
+from .resume import ResumePseudoLabels
 from .rethreshold import RethresholdPseudoLabels
 from .run_diffuprompter import RunDiffuPrompter
 
 OPERATORS = (
     RunDiffuPrompter,
+    ResumePseudoLabels,
     RethresholdPseudoLabels,
     ImportClassificationCollection,
     ImportIsaid,

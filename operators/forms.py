@@ -64,19 +64,26 @@ def _method_names(runtime_only: bool) -> tuple[str, ...]:
     return tuple(n for n in FORM_SETTINGS if n in RUNTIME_SETTINGS or not runtime_only)
 
 
-def setting_input(inputs: types.Object, name: str, default: Any = None, **kwargs: Any) -> None:
-    """Adds the method setting ``name`` with the label, description, bounds and
-    (unless ``default`` is given) default that the config declares for it."""
-    spec = SETTINGS[name]
+def setting_input(
+    inputs: types.Object,
+    name: str,
+    setting: str | None = None,
+    default: Any = None,
+    label: str | None = None,
+) -> None:
+    """Adds the input ``name`` for the method setting ``setting`` (default:
+    ``name``), with the label, description, bounds and default that the
+    config declares for it, unless ``default`` or ``label`` is given."""
+    setting = setting or name
+    spec = SETTINGS[setting]
     add = {bool: inputs.bool, int: inputs.int, float: inputs.float, str: inputs.str}[spec.kind]
     bounds = {"min": spec.low, "max": spec.high} if spec.kind in (int, float) else {}
     add(
         name,
-        label=kwargs.pop("label", spec.label),
+        label=label or spec.label,
         description=spec.description + (f" ({spec.rule()})" if spec.rule() else ""),
-        default=getattr(DEFAULTS, name) if default is None else default,
+        default=getattr(DEFAULTS, setting) if default is None else default,
         **{k: v for k, v in bounds.items() if v is not None},
-        **kwargs,
     )
 
 
@@ -121,6 +128,55 @@ def model_inputs(inputs: types.Object, run: PseudoLabelsConfig | None = None) ->
         description="Optional .pth path; empty downloads Meta's checkpoint",
     )
     device_input(inputs)
+
+
+def run_summary(inputs: types.Object, config: PseudoLabelsConfig, brain_key: str) -> bool:
+    """Shows what run ``brain_key`` was made with; returns False (with a
+    warning, and the form invalid) when it can be resumed from Python only."""
+    if not config.models_recorded:
+        warning = types.Warning(
+            label=f"'{brain_key}' was made in Python with an already-built model, "
+            "whose weights are not on record: resume it there with "
+            f"resume_pseudo_labels(dataset, '{brain_key}', model=...)"
+        )
+        inputs.view("prebuilt_run", warning).invalid = True
+        return False
+    classes = config.classes or f"from '{config.class_field}'"
+    settings = config.settings
+    inputs.view(
+        "run_summary",
+        types.Notice(
+            label=f"Classes {classes}; {config.models['sd_model']} + "
+            f"{config.models['sam_model']}; t={settings['timestep']}, "
+            f"L={settings['loops']}, γ={settings['threshold']}. Samples without "
+            f"'{config.pred_field}' are computed."
+        ),
+    )
+    return True
+
+
+def immediate_notice(inputs: types.Object, ctx: Any) -> None:
+    """Warns that immediate runs are cut off, unless the run is scheduled."""
+    if not ctx.requesting_delegated_execution:
+        inputs.view(
+            "immediate_notice",
+            types.Notice(
+                label="Run immediately only for a few images: immediate runs stop after "
+                "FIFTYONE_OPERATOR_TIMEOUT (600 s by default). Schedule it for a GPU worker."
+            ),
+        )
+
+
+def run_outputs() -> types.Property:
+    """The summary of a finished labelling run (``PseudoLabelsResults.summary``)."""
+    outputs = types.Object()
+    outputs.str("brain_key", label="Brain key")
+    outputs.int("processed", label="Samples labelled")
+    outputs.int("instances", label="Instances")
+    outputs.int("failed", label="Samples failed")
+    outputs.obj("per_class", label="Instances per class", view=types.JSONView())
+    outputs.obj("failures", label="Failures (sample id: error)", view=types.JSONView())
+    return types.Property(outputs, view=types.View(label="DiffuPrompter finished"))
 
 
 def device_input(inputs: types.Object) -> None:

@@ -47,39 +47,31 @@ class RethresholdPseudoLabels(foo.Operator):
         mode.add_choice("per_class", label="A threshold per class")
         mode.add_choice("file", label="Thresholds file (JSON from calibration)")
         inputs.enum("mode", mode.values(), label="Thresholds", default="single", view=mode)
+        gamma = config.settings["threshold"]
         chosen = params.get("mode", "single")
         if chosen == "single":
-            inputs.float(
-                "threshold",
-                label="Threshold γ",
-                default=config.settings["threshold"],
-                min=0.01,
-                max=0.99,
-            )
+            forms.setting_input(inputs, "thresholds", "threshold", default=gamma)
         elif chosen == "per_class":
-            for i, name in enumerate(config.heatmap_fields):
-                inputs.float(
-                    f"class_{i}",
-                    label=f"γ for {name}",
-                    default=config.settings["threshold"],
-                    min=0.01,
-                    max=0.99,
+            per_class = types.Object()
+            for name in config.heatmap_fields:
+                forms.setting_input(
+                    per_class, name, "threshold", default=gamma, label=f"γ for {name}"
                 )
+            inputs.define_property("thresholds", per_class, label="Threshold γ per class")
         else:
-            inputs.str("thresholds_path", label="Thresholds JSON path", required=True)
+            inputs.str("thresholds", label="Thresholds JSON path", required=True)
         forms.model_inputs(inputs, run=config)
         return types.Property(inputs, view=types.View(label="Re-threshold pseudo-labels"))
 
     def execute(self, ctx: Any) -> dict[str, Any]:
-        from diffuprompter_plugin.brain import rethreshold_pseudo_labels
+        from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels
 
         params = ctx.params
-        brain_key = params["brain_key"]
         summary = rethreshold_pseudo_labels(
             ctx.target_view(),
-            brain_key,
+            params["brain_key"],
             params.get("out_field", "dp_rethresholded"),
-            thresholds=self._thresholds(ctx, brain_key),
+            thresholds=params.get("thresholds"),
             sam_model=params.get("sam_model") or None,
             sam_checkpoint=params.get("sam_checkpoint") or None,
             device=forms.device_param(params),
@@ -87,17 +79,6 @@ class RethresholdPseudoLabels(foo.Operator):
         )
         forms.reload_app(ctx)
         return summary
-
-    @staticmethod
-    def _thresholds(ctx: Any, brain_key: str) -> Any:
-        params = ctx.params
-        mode = params.get("mode", "single")
-        if mode == "file":
-            return params["thresholds_path"]
-        if mode == "per_class":
-            classes = ctx.dataset.get_brain_info(brain_key).config.heatmap_fields
-            return {name: params.get(f"class_{i}") for i, name in enumerate(classes)}
-        return params.get("threshold")
 
     def resolve_output(self, ctx: Any) -> types.Property:
         outputs = types.Object()
@@ -119,20 +100,14 @@ class RethresholdPseudoLabels(foo.Operator):
     ) -> Any:
         """Runs the operator from Python; ``thresholds`` is a number, a
         ``{class: gamma}`` dict or a JSON file path."""
+        mode = {dict: "per_class", str: "file"}.get(type(thresholds), "single")
         params = dict(
             brain_key=brain_key,
             out_field=out_field,
+            mode=mode,
+            thresholds=thresholds,
             sam_model=sam_model,
             sam_checkpoint=sam_checkpoint,
             device=device,
         )
-        if isinstance(thresholds, dict):
-            config = sample_collection.get_brain_info(brain_key).config
-            params["mode"] = "per_class"
-            for i, name in enumerate(config.heatmap_fields):
-                params[f"class_{i}"] = thresholds.get(name)
-        elif isinstance(thresholds, str):
-            params.update(mode="file", thresholds_path=thresholds)
-        else:
-            params.update(mode="single", threshold=thresholds)
         return forms.execute_from_sdk(self, sample_collection, params, delegate)

@@ -11,13 +11,10 @@ import numpy as np
 import pytest
 from helpers import TINY_CONFIG, StubModel
 
-from diffuprompter_plugin.brain import (
-    PseudoLabelsResults,
-    compute_pseudo_labels,
-    resume_pseudo_labels,
-    rethreshold_pseudo_labels,
-)
+from diffuprompter_plugin.brain import PseudoLabelsResults
+from diffuprompter_plugin.labelling import compute_pseudo_labels, resume_pseudo_labels
 from diffuprompter_plugin.labels import HEATMAP_SCALE, read_heatmap
+from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels
 
 
 def test_class_field_run_writes_heatmaps_and_instances(image_dataset):

@@ -12,7 +12,6 @@ from helpers import EchoPrompter
 from PIL import Image
 from pycocotools.coco import COCO
 
-from diffuprompter_plugin.brain import compute_pseudo_labels, rethreshold_pseudo_labels
 from diffuprompter_plugin.coco import export_coco, full_mask
 from diffuprompter_plugin.engine.config import DiffuPrompterConfig
 from diffuprompter_plugin.engine.pipeline import Annotation, Annotator
@@ -21,6 +20,8 @@ from diffuprompter_plugin.evaluation import (
     evaluate_pseudo_labels,
     resolve_class_map,
 )
+from diffuprompter_plugin.labelling import compute_pseudo_labels
+from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels
 
 
 def _rect(shape, x, y, w, h):

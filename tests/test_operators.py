@@ -17,6 +17,7 @@ from fiftyone.operators.executor import ExecutionError, ExecutionRunState
 
 PLUGIN = "@diffuprompter/diffuprompter"
 RUN = f"{PLUGIN}/run_diffuprompter"
+RESUME = f"{PLUGIN}/resume_pseudo_labels"
 RETHRESHOLD = f"{PLUGIN}/rethreshold_pseudo_labels"
 IMPORTS = [f"{PLUGIN}/import_{n}" for n in ("classification_collection", "isaid", "nwpu_vhr10")]
 EVALUATE = f"{PLUGIN}/evaluate_pseudo_labels"
@@ -51,7 +52,7 @@ def test_plugin_registers_operators_without_heavy_imports():
         check=True,
         env=os.environ.copy(),
     ).stdout.splitlines()
-    assert out == ["[]", str(sorted([RETHRESHOLD, RUN, *IMPORTS, EVALUATE])), "[]"]
+    assert out == ["[]", str(sorted([RESUME, RETHRESHOLD, RUN, *IMPORTS, EVALUATE])), "[]"]
 
 
 def test_immediate_run_and_rethreshold_from_sdk(image_dataset, tiny_models):
@@ -94,17 +95,17 @@ def test_invalid_form_values_are_rejected(image_dataset, tiny_models, changes, r
 
 def test_taken_brain_key_needs_resume_which_reuses_the_run(image_dataset, tiny_models):
     settings = _tiny_settings(tiny_models)
-    run = foo.get_operator(RUN)
+    run, resume = foo.get_operator(RUN), foo.get_operator(RESUME)
     run(image_dataset, "dp", classes=["ship"], **settings)
     with pytest.raises(ExecutionError, match="is taken"):
         run(image_dataset, "dp", classes=["ship"], **settings)
-    with pytest.raises(ValueError, match=r"drop \['classes', 'loops'\]"):
-        run(image_dataset, "dp", classes=["ship"], loops=3, resume=True)
+    with pytest.raises(ExecutionError, match=r"not \['loops'\]"):
+        resume(image_dataset, "dp", loops=3)
     with pytest.raises(ExecutionError, match="brain_key"):
-        run(image_dataset, "nope", resume=True)
+        resume(image_dataset, "nope")
 
     image_dataset.limit(3).set_field("dp_instances", None).save()
-    resumed = run(image_dataset, "dp", resume=True, device="cpu", loop_batch_size=1)
+    resumed = resume(image_dataset, "dp", device="cpu", loop_batch_size=1)
     assert resumed.result["processed"] == 4 and resumed.result["failed"] == 0
     assert image_dataset.get_brain_info("dp").config.settings["loops"] == 2
 
@@ -112,11 +113,11 @@ def test_taken_brain_key_needs_resume_which_reuses_the_run(image_dataset, tiny_m
 def test_forms_of_a_run_made_with_an_already_built_model(image_dataset, tiny_models):
     from helpers import StubModel
 
-    from diffuprompter_plugin.brain import compute_pseudo_labels
+    from diffuprompter_plugin.labelling import compute_pseudo_labels
 
     compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
     with pytest.raises(ExecutionError, match="prebuilt_run"):
-        foo.get_operator(RUN)(image_dataset, "dp", resume=True)
+        foo.get_operator(RESUME)(image_dataset, "dp")
     rethreshold = foo.get_operator(RETHRESHOLD)
     with pytest.raises(ExecutionError, match="sam_model"):
         rethreshold(image_dataset, "dp", "dp_strict", thresholds=0.5, device="cpu")

@@ -76,7 +76,7 @@ def test_package_exports_resolve_lazily():
         "print(dp.DiffuPrompter.__name__, dp.compute_pseudo_labels.__module__)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["DiffuPrompter", "diffuprompter_plugin.brain"]
+    assert out.stdout.split() == ["DiffuPrompter", "diffuprompter_plugin.labelling"]
 
 
 def test_annotate_all_overlaps_crf_and_matches_annotate(prompter, rgb, tmp_path):

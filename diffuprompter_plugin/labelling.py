@@ -1,0 +1,307 @@
+"""Labelling a collection: start, resume and finish a DiffuPrompter brain run.
+
+Everything a run needs is checked before the run is registered or a field
+declared, so a refused run leaves nothing behind; a run interrupted at any
+point resumes with :func:`resume_pseudo_labels` (or the same
+:func:`compute_pseudo_labels` call), computing only the samples it lacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.utils as fou
+
+from .brain import PREBUILT, PseudoLabelsConfig, PseudoLabelsResults, stored_config
+from .engine.config import (
+    DEFAULT_HEATMAP_FIELD,
+    DEFAULT_PRED_FIELD,
+    DEFAULT_SAM_MODEL,
+    DEFAULT_SD_MODEL,
+    RUNTIME_SETTINGS,
+    DiffuPrompterConfig,
+)
+from .labels import class_slug, sample_classes, to_detections, write_heatmap
+
+logger = logging.getLogger(__name__)
+
+
+def compute_pseudo_labels(
+    samples: Any,
+    brain_key: str,
+    classes: Sequence[str] | None = None,
+    class_field: str | None = None,
+    pred_field: str = DEFAULT_PRED_FIELD,
+    heatmap_field: str = DEFAULT_HEATMAP_FIELD,
+    sd_model: Any = None,
+    sam_model: Any = None,
+    sam_checkpoint: str | None = None,
+    device: str | None = None,
+    config: DiffuPrompterConfig | Mapping[str, Any] | None = None,
+    model: Any = None,
+    output_dir: str | None = None,
+    batch_size: int = 16,
+    smoke: bool = False,
+    progress: bool | Callable | None = None,
+) -> PseudoLabelsResults:
+    """Runs DiffuPrompter on a collection and stores heatmaps and instances.
+
+    Re-running with the same ``brain_key`` resumes: samples that already have
+    instances are skipped, failed and unprocessed ones are (re)computed.
+
+    Args:
+        samples: a dataset or view.
+        brain_key: the run's key (a Python identifier).
+        classes: class names applied to every sample.
+        class_field: a Classification(s) field giving each sample's classes;
+            exactly one of ``classes`` and ``class_field`` is required.
+        pred_field: ``fo.Detections`` field for the instances.
+        heatmap_field: prefix of the per-class ``fo.Heatmap`` fields
+            (``<prefix>_<class>``).
+        sd_model, sam_model, sam_checkpoint, device: as in
+            :meth:`DiffuPrompter.from_pretrained`; defaults SD v1.5, vit_h.
+        config: method settings (a config or its dict).
+        model: an already-built ``DiffuPrompter`` (models args then unused).
+        output_dir: folder for heatmap PNGs (default under FiftyOne's
+            dataset dir).
+        batch_size: samples written to the database per batch.
+        smoke: marks the run as made with tiny random-weight models.
+        progress: FiftyOne progress option (bool or callback of a ProgressBar).
+
+    Returns:
+        the run's :class:`PseudoLabelsResults`.
+    """
+    names = _class_names(samples, classes, class_field)
+    for field in (brain_key, pred_field, heatmap_field):
+        if not isinstance(field, str) or not field.isidentifier():
+            raise ValueError(f"Invalid name {field!r}: use a Python identifier")
+    settings, models = _settings_and_models(config, model, sd_model, sam_model, sam_checkpoint)
+    run_config = PseudoLabelsConfig(
+        pred_field=pred_field,
+        heatmap_fields={n: f"{heatmap_field}_{class_slug(n)}" for n in names},
+        error_field=f"{pred_field}_error",
+        heatmap_dir=_heatmap_dir(samples, brain_key, output_dir),
+        classes=names if classes is not None else None,
+        class_field=class_field,
+        settings=settings.to_dict(),
+        models=models,
+        smoke=smoke,
+    )
+    if brain_key in samples.list_brain_runs() and output_dir is None:
+        # the run's own folder, even if the dataset was renamed since
+        run_config.heatmap_dir = samples.get_brain_info(brain_key).config.heatmap_dir
+    return _run(samples, brain_key, run_config, model, batch_size, progress, device)
+
+
+def resume_pseudo_labels(
+    samples: Any,
+    brain_key: str,
+    model: Any = None,
+    device: str | None = None,
+    batch_size: int = 16,
+    progress: bool | Callable | None = None,
+    **runtime_settings: Any,
+) -> PseudoLabelsResults:
+    """Finishes an interrupted run with its stored classes, fields, models
+    and settings: only the samples without instances are computed.
+
+    Args:
+        samples: the dataset or view of the run.
+        brain_key: an existing DiffuPrompter run.
+        model: an already-built ``DiffuPrompter``; required when the run was
+            made with one, since its models are then not on record. Its
+            config must match the run's, but for ``runtime_settings``, which
+            are applied to it for this call only.
+        device, batch_size, progress: as in :func:`compute_pseudo_labels`.
+        **runtime_settings: new values of the settings that never change
+            results (``loop_batch_size``, ``crf_workers``).
+
+    Returns:
+        the run's :class:`PseudoLabelsResults`.
+    """
+    stored = stored_config(samples, brain_key)
+    changed = sorted(set(runtime_settings) - set(RUNTIME_SETTINGS))
+    if changed:
+        raise ValueError(
+            f"A resumed run keeps its settings; only {list(RUNTIME_SETTINGS)} may change, "
+            f"not {changed}"
+        )
+    run_config = stored.copy()
+    if model is None:
+        run_config.settings = {**stored.settings, **runtime_settings}
+        return _run(samples, brain_key, run_config, model, batch_size, progress, device)
+    with _settings_applied(model, runtime_settings):
+        config, run_config.models = _settings_and_models(None, model, None, None, None)
+        run_config.settings = config.to_dict()
+        return _run(samples, brain_key, run_config, model, batch_size, progress)
+
+
+@contextlib.contextmanager
+def _settings_applied(model: Any, settings: Mapping[str, Any]) -> Iterator[None]:
+    """Runs the block with ``settings`` applied to ``model.config``, then
+    gives the caller's model its own config back."""
+    own = model.config
+    model.config = own.replace(**settings)
+    try:
+        yield
+    finally:
+        model.config = own
+
+
+def _run(samples, brain_key, run_config, model, batch_size, progress, device=None):
+    """Registers (or resumes) the run, annotates its pending samples and
+    stores the results; everything is checked, and the model loaded, before
+    anything is written."""
+    method = run_config.build()
+    resuming = brain_key in samples.list_brain_runs()
+    if resuming:
+        _check_resumable(samples, brain_key, run_config)
+        pending = samples.exists(run_config.pred_field, False).values("id")
+    else:
+        _check_new_fields(samples, run_config)
+        pending = samples.values("id")
+    if pending:
+        model = run_config.load_model(device, model)  # fails before anything is written
+    if not resuming:
+        method.register_run(samples, brain_key, overwrite=False)
+    _declare_fields(samples, run_config)
+    if pending:
+        _annotate_samples(samples, pending, model, run_config, batch_size, progress)
+    results = _collect_results(samples, brain_key, run_config, method)
+    method.save_run_results(samples, brain_key, results)
+    if results.failures:
+        logger.warning("%d samples failed; see results.failures", len(results.failures))
+    return results
+
+
+def _class_names(samples: Any, classes: Sequence[str] | None, class_field: str | None):
+    if (classes is None) == (class_field is None):
+        raise ValueError("Give exactly one of classes (a list) and class_field")
+    if classes is not None:
+        from .engine.pipeline import validate_class_names
+
+        return validate_class_names(classes)
+    return _classes_in_field(samples, class_field)
+
+
+def _settings_and_models(config, model, sd_model, sam_model, sam_checkpoint):
+    """The method settings and the record of which models label the run."""
+    if model is not None:
+        return model.config, {"sd_model": type(model).__name__, "sam_model": PREBUILT}
+    if not isinstance(config, DiffuPrompterConfig):
+        config = DiffuPrompterConfig.from_dict(dict(config or {}))
+    return config, {
+        "sd_model": str(sd_model or DEFAULT_SD_MODEL),
+        "sam_model": str(sam_model or DEFAULT_SAM_MODEL),
+        "sam_checkpoint": str(sam_checkpoint) if sam_checkpoint else None,
+    }
+
+
+def _heatmap_dir(samples: Any, brain_key: str, output_dir: str | None) -> str:
+    root = output_dir or os.path.join(fo.config.default_dataset_dir, "__diffuprompter__")
+    return os.path.abspath(os.path.join(root, class_slug(samples._dataset.name), brain_key))
+
+
+def _classes_in_field(samples: Any, class_field: str) -> list[str]:
+    field = samples.get_field(class_field)
+    if field is None:
+        raise ValueError(f"Class field '{class_field}' does not exist")
+    doc_type = getattr(field, "document_type", None)
+    if doc_type is fo.Classification:
+        path = f"{class_field}.label"
+    elif doc_type is fo.Classifications:
+        path = f"{class_field}.classifications.label"
+    else:
+        raise ValueError(f"Class field '{class_field}' must be a Classification(s) field")
+    names = [n for n in samples.distinct(path) if n]
+    if not names:
+        raise ValueError(f"Class field '{class_field}' holds no labels")
+    return names
+
+
+def _check_new_fields(samples: Any, config: PseudoLabelsConfig) -> None:
+    taken = [f for f in config.field_types() if samples._dataset.has_sample_field(f)]
+    if taken:
+        raise ValueError(f"Fields {taken} already exist; choose other field names or delete them")
+
+
+def _declare_fields(samples: Any, config: PseudoLabelsConfig) -> None:
+    dataset = samples._dataset
+    for name, label_type in config.field_types().items():
+        if dataset.has_sample_field(name):
+            continue
+        if label_type is None:
+            dataset.add_sample_field(name, fo.StringField)
+        else:
+            dataset.add_sample_field(name, fo.EmbeddedDocumentField, embedded_doc_type=label_type)
+
+
+def _check_resumable(samples: Any, brain_key: str, config: PseudoLabelsConfig) -> None:
+    existing = stored_config(samples, brain_key)
+    keys = ("pred_field", "heatmap_fields", "models", "classes", "class_field")
+    differs = [k for k in keys if getattr(existing, k, None) != getattr(config, k)]
+    differs += [
+        name
+        for name, value in config.settings.items()
+        if name not in RUNTIME_SETTINGS and existing.settings.get(name) != value
+    ]
+    if differs:
+        raise ValueError(
+            f"Brain run '{brain_key}' exists with different {differs}; resume it with "
+            "the same settings, use a new brain_key, or delete_brain_run() first"
+        )
+
+
+def _annotate_samples(samples, ids, model, config, batch_size, progress) -> None:
+    """Annotates the samples ``ids`` in batches, saving each batch as it ends."""
+    with fou.ProgressBar(total=len(ids), progress=progress) as pb:
+        for chunk in fou.iter_slices(ids, batch_size):
+            items = []
+            with samples.save_context(batch_size=batch_size) as saver:
+                for sample in samples.select(chunk):
+                    names = config.classes or sample_classes(sample, config.class_field)
+                    if names:
+                        items.append((sample, sample.filepath, names))
+                        continue
+                    _write(sample, ValueError(f"no class in field '{config.class_field}'"), config)
+                    saver.save(sample)
+                    pb.update()
+                for sample, result in model.annotate_all(items):
+                    _write(sample, result, config)
+                    saver.save(sample)
+                    pb.update()
+
+
+def _write(sample: fo.Sample, result: Any, config: PseudoLabelsConfig) -> None:
+    """Stores one sample's annotation, or its error."""
+    if isinstance(result, Exception):
+        logger.warning("Sample %s (%s) failed: %s", sample.id, sample.filepath, result)
+        sample[config.error_field] = f"{type(result).__name__}: {result}"
+        return
+    height, width = next(iter(result.heatmaps.values())).shape
+    for name, heatmap in result.heatmaps.items():
+        path = os.path.join(config.heatmap_dir, class_slug(name), f"{sample.id}.png")
+        sample[config.heatmap_fields[name]] = write_heatmap(heatmap, path)
+    sample[config.pred_field] = to_detections(result.instances, width, height)
+    sample[config.error_field] = None
+
+
+def _collect_results(samples, brain_key, config, method) -> PseudoLabelsResults:
+    done = samples.exists(config.pred_field)
+    failed = samples.exists(config.error_field)
+    ids, errors = failed.values(["id", config.error_field])
+    return PseudoLabelsResults(
+        samples,
+        config,
+        brain_key,
+        processed=done.count(),
+        instances=done.count(f"{config.pred_field}.detections"),
+        per_class=done.count_values(f"{config.pred_field}.detections.label"),
+        failures=dict(zip(ids, errors, strict=True)),
+        backend=method,
+    )

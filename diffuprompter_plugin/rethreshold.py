@@ -1,0 +1,91 @@
+"""Re-thresholding a run: new instances from its stored heatmaps with new
+per-class thresholds gamma, rerunning SAM but not diffusion."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import fiftyone.core.utils as fou
+
+from .brain import PseudoLabels, stored_config
+from .engine.config import check_setting
+from .labels import read_heatmap, to_detections
+
+
+def load_thresholds(thresholds: float | Mapping[str, float] | str | None) -> Any:
+    """Per-class thresholds from a number, a dict, or a JSON file holding a
+    dict (optionally under a ``"thresholds"`` key, as calibration writes)."""
+    if isinstance(thresholds, (str, os.PathLike)):
+        path = os.fspath(thresholds)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"Cannot read thresholds file '{path}': {e}") from e
+        thresholds = data.get("thresholds", data) if isinstance(data, dict) else data
+        if not isinstance(thresholds, dict):
+            raise ValueError(f"Thresholds file '{path}' must hold a JSON object")
+    named = thresholds.items() if isinstance(thresholds, Mapping) else [("all", thresholds)]
+    for name, value in named:
+        if value is not None:
+            check_setting("threshold", value, f"Threshold for {name}")
+    return thresholds
+
+
+def rethreshold_pseudo_labels(
+    samples: Any,
+    brain_key: str,
+    out_field: str,
+    thresholds: float | Mapping[str, float] | str | None = None,
+    sam_model: Any = None,
+    sam_checkpoint: str | None = None,
+    device: str | None = None,
+    prompter: Any = None,
+    batch_size: int = 16,
+    progress: bool | Callable | None = None,
+) -> dict[str, Any]:
+    """Rebuilds instances from a run's stored heatmaps with new thresholds,
+    without rerunning diffusion (only SAM is loaded).
+
+    Args:
+        samples: a dataset or view with a finished or partial run.
+        brain_key: the DiffuPrompter run whose heatmaps to use.
+        out_field: new ``fo.Detections`` field (overwritten if it exists).
+        thresholds: gamma for all classes, ``{class: gamma}``, or a JSON file
+            of that dict; None keeps the run's threshold.
+        sam_model, sam_checkpoint, device: SAM to use (default: the run's
+            SAM and checkpoint).
+        prompter: an already-built ``SamPrompter``.
+
+    Returns:
+        ``{"samples": n, "instances": n, "per_class": {...}}``.
+    """
+    config = stored_config(samples, brain_key)
+    if not out_field.isidentifier():
+        raise ValueError(f"Invalid field name {out_field!r}: use a Python identifier")
+    if out_field in PseudoLabels(config).get_fields(samples, brain_key):
+        raise ValueError(f"Field '{out_field}' belongs to brain run '{brain_key}'")
+    thresholds = load_thresholds(thresholds)
+    prompter = config.load_prompter(sam_model, sam_checkpoint, device, prompter)
+    done = samples.exists(config.pred_field)
+    ids = done.values("id")
+    with fou.ProgressBar(total=len(ids), progress=progress) as pb:
+        for chunk in fou.iter_slices(ids, batch_size):
+            for sample in done.select(chunk).iter_samples(autosave=True, batch_size=batch_size):
+                heatmaps = {
+                    name: read_heatmap(sample[field])
+                    for name, field in config.heatmap_fields.items()
+                    if sample[field] is not None
+                }
+                instances = prompter.segment(sample.filepath, heatmaps, thresholds)
+                height, width = next(iter(heatmaps.values())).shape
+                sample[out_field] = to_detections(instances, width, height)
+                pb.update()
+    return {
+        "samples": len(ids),
+        "instances": done.count(f"{out_field}.detections"),
+        "per_class": done.count_values(f"{out_field}.detections.label"),
+    }
