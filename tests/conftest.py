@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from fiftyone_home import use_throwaway_home  # benchmarks/, on pytest's pythonpath
+from fiftyone_home import use_throwaway_home
 
 use_throwaway_home(  # before anything imports fiftyone
     "diffuprompter-tests-",

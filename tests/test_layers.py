@@ -1,11 +1,14 @@
-"""The layer rule: the engine never imports FiftyOne, and the plugin entry
-(operators) imports neither torch nor the engine's models at import time."""
+"""The layer rules of ARCHITECTURE.md: the engine never imports FiftyOne or
+the layers above it, the FiftyOne layer never imports the operators, and the
+tests never import the benchmarks."""
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import diffuprompter_plugin.engine as engine
 
@@ -34,3 +37,54 @@ def test_engine_never_imports_fiftyone():
     loaded = _loaded_after(ENGINE_MODULES)
     assert "torch" in loaded  # the engine really was imported
     assert "fiftyone" not in loaded
+
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = {
+    # layer: (its files, the top-level names it may not import)
+    "engine": (
+        ROOT / "diffuprompter_plugin" / "engine",
+        {"fiftyone", "operators"},
+    ),
+    "fiftyone layer": (ROOT / "diffuprompter_plugin", {"operators"}),
+    "tests": (ROOT / "tests", {"benchmarks", "bench_engine", "throwaway", "memory"}),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names a file imports (relative ones resolved)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module) if p)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_each_layer_imports_only_what_lies_below_it():
+    engine_dir = LAYERS["engine"][0]
+    for layer, (folder, forbidden) in LAYERS.items():
+        files = [
+            p for p in folder.rglob("*.py") if layer == "engine" or engine_dir not in p.parents
+        ]
+        assert files, layer
+        for path in files:
+            bad = {
+                name
+                for name in _imports(path)
+                for root in forbidden
+                if name == root or name.startswith(f"{root}.")
+            }
+            if layer == "engine":  # the engine may not reach up into the FiftyOne layer
+                bad |= {
+                    n
+                    for n in _imports(path)
+                    if n.startswith("diffuprompter_plugin.")
+                    and not n.startswith("diffuprompter_plugin.engine")
+                }
+            assert not bad, f"{path.relative_to(ROOT)} ({layer}) imports {sorted(bad)}"

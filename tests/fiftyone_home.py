@@ -1,7 +1,7 @@
 """A throw-away FiftyOne home: a temp database and dataset dir, removed at exit.
 
-Call it before anything imports fiftyone. The benchmarks (``throwaway.py``)
-and the tests (``tests/conftest.py``) both use it, so no run touches the
+Call it before anything imports fiftyone. The tests (``conftest.py``) and
+the benchmarks (``benchmarks/throwaway.py``) both use it, so no run touches the
 user's own database or leaves hundreds of MB of MongoDB files in the temp
 folder.
 """
