@@ -8,7 +8,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from diffuprompter_plugin.brain import PseudoLabelsConfig
+from diffuprompter_plugin.brain import METHOD, PseudoLabelsConfig
 from diffuprompter_plugin.engine.config import (
     DEFAULT_SAM_MODEL,
     DEFAULT_SD_MODEL,
@@ -128,6 +128,22 @@ def model_inputs(inputs: types.Object, run: PseudoLabelsConfig | None = None) ->
         description="Optional .pth path; empty downloads Meta's checkpoint",
     )
     device_input(inputs)
+
+
+def run_choice(
+    inputs: types.Object, ctx: Any, label: str
+) -> tuple[str, PseudoLabelsConfig] | None:
+    """Adds the choice of one of the dataset's DiffuPrompter runs; returns the
+    chosen ``(brain_key, config)``, or None (with a warning, and the form
+    invalid) when the dataset has no run."""
+    runs = ctx.dataset.list_brain_runs(method=METHOD)
+    if not runs:
+        inputs.view("no_runs", types.Warning(label="Run DiffuPrompter first")).invalid = True
+        return None
+    inputs.enum("brain_key", runs, label=label, default=runs[0], required=True)
+    brain_key = ctx.params.get("brain_key")
+    brain_key = brain_key if brain_key in runs else runs[0]
+    return brain_key, ctx.dataset.get_brain_info(brain_key).config
 
 
 def run_summary(inputs: types.Object, config: PseudoLabelsConfig, brain_key: str) -> bool:

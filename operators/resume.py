@@ -7,8 +7,6 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from diffuprompter_plugin.brain import METHOD
-
 from . import forms
 
 
@@ -24,14 +22,10 @@ class ResumePseudoLabels(foo.Operator):
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
         inputs.view_target(ctx)
-        runs = ctx.dataset.list_brain_runs(method=METHOD)
-        if not runs:
-            prop = inputs.view("no_runs", types.Warning(label="Run DiffuPrompter first"))
-            prop.invalid = True
+        chosen = forms.run_choice(inputs, ctx, "Run to resume")
+        if chosen is None:
             return types.Property(inputs, view=types.View(label="Resume"))
-        inputs.enum("brain_key", runs, label="Run to resume", default=runs[0], required=True)
-        brain_key = ctx.params.get("brain_key")
-        config = ctx.dataset.get_brain_info(brain_key if brain_key in runs else runs[0]).config
+        brain_key, config = chosen
         if forms.run_summary(inputs, config, brain_key):
             forms.method_inputs(inputs, runtime_only=True)
             forms.device_input(inputs)

@@ -7,8 +7,6 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from diffuprompter_plugin.brain import METHOD
-
 from . import forms
 
 
@@ -25,14 +23,10 @@ class RethresholdPseudoLabels(foo.Operator):
         inputs = types.Object()
         inputs.view_target(ctx)
         params = ctx.params
-        runs = ctx.dataset.list_brain_runs(method=METHOD)
-        if not runs:
-            prop = inputs.view("no_runs", types.Warning(label="Run DiffuPrompter first"))
-            prop.invalid = True
+        chosen = forms.run_choice(inputs, ctx, "DiffuPrompter run")
+        if chosen is None:
             return types.Property(inputs, view=types.View(label="Re-threshold"))
-        inputs.enum("brain_key", runs, label="DiffuPrompter run", default=runs[0], required=True)
-        brain_key = params.get("brain_key") or runs[0]
-        config = ctx.dataset.get_brain_info(brain_key).config
+        _, config = chosen
         fields = set(ctx.dataset.get_field_schema(flat=True))
         forms.identifier_input(
             inputs,
