@@ -18,6 +18,7 @@ import fiftyone as fo
 import fiftyone.core.utils as fou
 
 from .brain import PREBUILT, PseudoLabelsConfig, PseudoLabelsResults, stored_config
+from .claims import LEASE_S, RunClaims, schema_lock, work
 from .engine.config import (
     DEFAULT_HEATMAP_FIELD,
     DEFAULT_PRED_FIELD,
@@ -29,6 +30,9 @@ from .engine.config import (
 from .labels import class_slug, sample_classes, to_detections, write_heatmap
 
 logger = logging.getLogger(__name__)
+
+WORKER_OPERATOR = "@diffuprompter/diffuprompter/label_queued_samples"
+"""The delegated operation that runs :func:`label_queued_samples`."""
 
 
 def compute_pseudo_labels(
@@ -76,25 +80,17 @@ def compute_pseudo_labels(
     Returns:
         the run's :class:`PseudoLabelsResults`.
     """
-    names = _class_names(samples, classes, class_field)
-    for field in (brain_key, pred_field, heatmap_field):
-        if not isinstance(field, str) or not field.isidentifier():
-            raise ValueError(f"Invalid name {field!r}: use a Python identifier")
-    settings, models = _settings_and_models(config, model, sd_model, sam_model, sam_checkpoint)
-    run_config = PseudoLabelsConfig(
-        pred_field=pred_field,
-        heatmap_fields={n: f"{heatmap_field}_{class_slug(n)}" for n in names},
-        error_field=f"{pred_field}_error",
-        heatmap_dir=_heatmap_dir(samples, brain_key, output_dir),
-        classes=names if classes is not None else None,
-        class_field=class_field,
-        settings=settings.to_dict(),
-        models=models,
-        smoke=smoke,
+    run_config = _new_run_config(
+        samples,
+        brain_key,
+        classes,
+        class_field,
+        pred_field,
+        heatmap_field,
+        _settings_and_models(config, model, sd_model, sam_model, sam_checkpoint),
+        output_dir,
+        smoke,
     )
-    if brain_key in samples.list_brain_runs() and output_dir is None:
-        # the run's own folder, even if the dataset was renamed since
-        run_config.heatmap_dir = samples.get_brain_info(brain_key).config.heatmap_dir
     return _run(samples, brain_key, run_config, model, batch_size, progress, device)
 
 
@@ -141,6 +137,127 @@ def resume_pseudo_labels(
         return _run(samples, brain_key, run_config, model, batch_size, progress)
 
 
+def queue_pseudo_labels(
+    samples: Any,
+    brain_key: str,
+    workers: int = 1,
+    classes: Sequence[str] | None = None,
+    class_field: str | None = None,
+    pred_field: str = DEFAULT_PRED_FIELD,
+    heatmap_field: str = DEFAULT_HEATMAP_FIELD,
+    sd_model: Any = None,
+    sam_model: Any = None,
+    sam_checkpoint: str | None = None,
+    device: str | None = None,
+    config: DiffuPrompterConfig | Mapping[str, Any] | None = None,
+    output_dir: str | None = None,
+    batch_size: int = 4,
+    smoke: bool = False,
+    lease_s: float = LEASE_S,
+) -> list[Any]:
+    """Queues a run for ``workers`` delegated operations to share: any
+    ``fiftyone delegated launch`` process on a machine that reaches this
+    database (``FIFTYONE_DATABASE_URI``) may execute each of them.
+
+    The run is checked, registered and its fields declared here, once; its
+    pending samples go to a claim pool (:mod:`.claims`) from which every
+    operation takes ``batch_size`` samples at a time, so that no sample is
+    labelled twice and a dead worker's samples are taken again after
+    ``lease_s`` seconds. The operation that ends last saves the results.
+    A key that is queued already resumes: only samples without instances
+    are computed. The arguments are those of :func:`compute_pseudo_labels`
+    (models are loaded by each worker, on its ``device``).
+
+    Returns:
+        the ``ExecutionResult`` of each queued operation (``.result["id"]``).
+
+    Raises:
+        RunInProgressError: workers are labelling this run now.
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, not {workers!r}")
+    run_config = _new_run_config(
+        samples,
+        brain_key,
+        classes,
+        class_field,
+        pred_field,
+        heatmap_field,
+        _settings_and_models(config, None, sd_model, sam_model, sam_checkpoint),
+        output_dir,
+        smoke,
+    )
+    claims = RunClaims(samples._dataset, brain_key, lease_s)
+    pending = _pending(samples, brain_key, run_config, claims)
+    _begin(samples, brain_key, run_config, pending, claims)
+    import fiftyone.operators as foo
+
+    params = {"brain_key": brain_key, "batch_size": batch_size, "lease_s": lease_s}
+    if device is not None:
+        params["device"] = device
+    return [
+        foo.execute_operator(
+            WORKER_OPERATOR,
+            ctx={"view": samples.view(), "params": {**params, "part": f"{i + 1}/{workers}"}},
+            request_delegation=True,
+        )
+        for i in range(workers)
+    ]
+
+
+def label_queued_samples(
+    samples: Any,
+    brain_key: str,
+    device: str | None = None,
+    batch_size: int = 4,
+    lease_s: float = LEASE_S,
+    progress: bool | Callable | None = None,
+) -> PseudoLabelsResults:
+    """One worker's share of a run queued by :func:`queue_pseudo_labels`:
+    claims and labels samples until none is left. Each delegated operation
+    of the run calls it.
+
+    Returns:
+        the run's results; complete when this worker ended last, and then
+        saved with the run.
+    """
+    samples._dataset.reload()  # a long-lived worker sees the fields declared since
+    run_config = stored_config(samples, brain_key)
+    model = run_config.load_model(device)
+    claims = RunClaims(samples._dataset, brain_key, lease_s)
+    return _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims)
+
+
+def pseudo_labels_status(samples: Any, brain_key: str) -> dict[str, int]:
+    """The overall progress of run ``brain_key`` on ``samples``, however many
+    workers share it.
+
+    Returns:
+        ``{"total", "done", "failed", "claimed", "stale", "pending",
+        "workers"}``: sample counts (done: with instances; failed: with an
+        error only; claimed: held by live workers; stale: held by workers
+        whose lease ran out, taken again by the next worker or resume;
+        pending: the rest) and the number of live workers.
+    """
+    config = stored_config(samples, brain_key)
+    claims = RunClaims(samples._dataset, brain_key)
+    workers = claims.live_workers()
+    pool = claims.counts()
+    total = len(samples)
+    done = samples.exists(config.pred_field).count()
+    failed = samples.exists(config.pred_field, False).exists(config.error_field).count()
+    busy = pool["claimed"] + pool["stale"]
+    return {
+        "total": total,
+        "done": done,
+        "failed": failed,
+        "claimed": pool["claimed"],
+        "stale": pool["stale"],
+        "pending": max(total - done - failed - busy, 0),
+        "workers": len(workers),
+    }
+
+
 @contextlib.contextmanager
 def _settings_applied(model: Any, settings: Mapping[str, Any]) -> Iterator[None]:
     """Runs the block with ``settings`` applied to ``model.config``, then
@@ -157,26 +274,88 @@ def _run(samples, brain_key, run_config, model, batch_size, progress, device=Non
     """Registers (or resumes) the run, annotates its pending samples and
     stores the results; everything is checked, and the model loaded, before
     anything is written."""
-    method = run_config.build()
-    resuming = brain_key in samples.list_brain_runs()
-    if resuming:
-        _check_resumable(samples, brain_key, run_config)
-        pending = samples.exists(run_config.pred_field, False).values("id")
-    else:
-        _check_new_fields(samples, run_config)
-        pending = samples.values("id")
+    claims = RunClaims(samples._dataset, brain_key)
+    pending = _pending(samples, brain_key, run_config, claims)
     if pending:
         model = run_config.load_model(device, model)  # fails before anything is written
-    if not resuming:
-        method.register_run(samples, brain_key, overwrite=False)
+    _begin(samples, brain_key, run_config, pending, claims)
+    return _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims)
+
+
+def _pending(samples, brain_key, run_config, claims) -> list[str]:
+    """Checks that the run may start (or resume) and returns the ids of the
+    samples it must compute; refuses a key that workers are labelling."""
+    run_config.build()
+    claims.refuse_if_running()
+    if brain_key in samples.list_brain_runs():
+        _check_resumable(samples, brain_key, run_config)
+        return samples.exists(run_config.pred_field, False).values("id")
+    _check_new_fields(samples, run_config)
+    return samples.values("id")
+
+
+def _begin(samples, brain_key, run_config, pending, claims) -> None:
+    """Registers the run (unless it resumes), declares its fields and fills
+    its claim pool with ``pending``."""
+    if brain_key not in samples.list_brain_runs():
+        run_config.build().register_run(samples, brain_key, overwrite=False)
     _declare_fields(samples, run_config)
-    if pending:
-        _annotate_samples(samples, pending, model, run_config, batch_size, progress)
+    claims.start(pending)
+
+
+def _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims):
+    """Labels samples claimed from the run's pool until it is done; the
+    worker that ends last saves the results and empties the pool."""
+    with fou.ProgressBar(total=sum(claims.counts().values()), progress=progress) as pb:
+
+        def label(ids: list[str]) -> None:
+            todo = samples.select(ids).exists(run_config.pred_field, False).values("id")
+            _annotate_samples(samples, todo, model, run_config, batch_size, False)
+
+        finaliser = work(claims, label, batch_size, pb.set_iteration)
+    method = run_config.build()
     results = _collect_results(samples, brain_key, run_config, method)
-    method.save_run_results(samples, brain_key, results)
+    if finaliser:
+        samples._dataset.reload()
+        method.save_run_results(samples, brain_key, results)
+        claims.close()
     if results.failures:
         logger.warning("%d samples failed; see results.failures", len(results.failures))
     return results
+
+
+def _new_run_config(
+    samples,
+    brain_key,
+    classes,
+    class_field,
+    pred_field,
+    heatmap_field,
+    settings_models,
+    output_dir,
+    smoke,
+) -> PseudoLabelsConfig:
+    """The checked config of a new run (or of the resumed run ``brain_key``)."""
+    names = _class_names(samples, classes, class_field)
+    for field in (brain_key, pred_field, heatmap_field):
+        if not isinstance(field, str) or not field.isidentifier():
+            raise ValueError(f"Invalid name {field!r}: use a Python identifier")
+    settings, models = settings_models
+    run_config = PseudoLabelsConfig(
+        pred_field=pred_field,
+        heatmap_fields={n: f"{heatmap_field}_{class_slug(n)}" for n in names},
+        error_field=f"{pred_field}_error",
+        heatmap_dir=_heatmap_dir(samples, brain_key, output_dir),
+        classes=names if classes is not None else None,
+        class_field=class_field,
+        settings=settings.to_dict(),
+        models=models,
+        smoke=smoke,
+    )
+    if brain_key in samples.list_brain_runs() and output_dir is None:
+        # the run's own folder, even if the dataset was renamed since
+        run_config.heatmap_dir = samples.get_brain_info(brain_key).config.heatmap_dir
+    return run_config
 
 
 def _class_names(samples: Any, classes: Sequence[str] | None, class_field: str | None):
@@ -231,14 +410,19 @@ def _check_new_fields(samples: Any, config: PseudoLabelsConfig) -> None:
 
 
 def _declare_fields(samples: Any, config: PseudoLabelsConfig) -> None:
+    """Declares the run's fields, taking turns with other processes (see
+    :func:`.claims.schema_lock`): concurrent declarations would be lost."""
     dataset = samples._dataset
-    for name, label_type in config.field_types().items():
-        if dataset.has_sample_field(name):
-            continue
-        if label_type is None:
-            dataset.add_sample_field(name, fo.StringField)
-        else:
-            dataset.add_sample_field(name, fo.EmbeddedDocumentField, embedded_doc_type=label_type)
+    with schema_lock(dataset):
+        for name, label_type in config.field_types().items():
+            if dataset.has_sample_field(name):
+                continue
+            if label_type is None:
+                dataset.add_sample_field(name, fo.StringField)
+            else:
+                dataset.add_sample_field(
+                    name, fo.EmbeddedDocumentField, embedded_doc_type=label_type
+                )
 
 
 def _check_resumable(samples: Any, brain_key: str, config: PseudoLabelsConfig) -> None:

@@ -2,6 +2,7 @@
 
 from .evaluation import EvaluatePseudoLabels
 from .importers import ImportClassificationCollection, ImportIsaid, ImportNwpuVhr10
+from .label_queued import LabelQueuedSamples
 from .resume import ResumePseudoLabels
 from .rethreshold import RethresholdPseudoLabels
 from .run_diffuprompter import RunDiffuPrompter
@@ -9,6 +10,7 @@ from .run_diffuprompter import RunDiffuPrompter
 OPERATORS = (
     RunDiffuPrompter,
     ResumePseudoLabels,
+    LabelQueuedSamples,
     RethresholdPseudoLabels,
     ImportClassificationCollection,
     ImportIsaid,

@@ -20,9 +20,14 @@ from diffuprompter_plugin.engine.config import (
 
 
 def operator_config(
-    name: str, label: str, description: str = "", default_delegated: bool = True
+    name: str,
+    label: str,
+    description: str = "",
+    default_delegated: bool = True,
+    unlisted: bool = False,
 ) -> foo.OperatorConfig:
-    """Config of a form-driven operator that may run delegated."""
+    """Config of a form-driven operator that may run delegated; ``unlisted``
+    hides it from the App's operator list."""
     return foo.OperatorConfig(
         name=name,
         label=label,
@@ -31,6 +36,7 @@ def operator_config(
         allow_immediate_execution=True,
         allow_delegated_execution=True,
         default_choice_to_delegated=default_delegated,
+        unlisted=unlisted,
     )
 
 
@@ -192,6 +198,7 @@ def run_outputs() -> types.Property:
     outputs.int("failed", label="Samples failed")
     outputs.obj("per_class", label="Instances per class", view=types.JSONView())
     outputs.obj("failures", label="Failures (sample id: error)", view=types.JSONView())
+    outputs.list("queued", types.String(), label="Queued worker operations")
     return types.Property(outputs, view=types.View(label="DiffuPrompter finished"))
 
 

@@ -37,6 +37,15 @@ class RunDiffuPrompter(foo.Operator):
             )
         if self._new_run_inputs(inputs, ctx):
             forms.immediate_notice(inputs, ctx)
+            if ctx.requesting_delegated_execution:
+                inputs.int(
+                    "workers",
+                    label="Workers",
+                    description="Delegated operations that share the run, one per GPU: "
+                    "start a `fiftyone delegated launch` for each",
+                    default=1,
+                    min=1,
+                )
         return types.Property(inputs, view=types.View(label="DiffuPrompter"))
 
     @staticmethod
@@ -94,13 +103,11 @@ class RunDiffuPrompter(foo.Operator):
         return True
 
     def execute(self, ctx: Any) -> dict[str, Any]:
-        from diffuprompter_plugin.labelling import compute_pseudo_labels
+        from diffuprompter_plugin.labelling import compute_pseudo_labels, queue_pseudo_labels
 
         params = ctx.params
         by_field = params.get("class_source", "field" if params.get("class_field") else "list")
-        results = compute_pseudo_labels(
-            ctx.target_view(),
-            params["brain_key"],
+        run = dict(
             classes=params.get("classes") if by_field == "list" else None,
             class_field=params.get("class_field") if by_field == "field" else None,
             pred_field=params.get("pred_field", DEFAULT_PRED_FIELD),
@@ -110,7 +117,14 @@ class RunDiffuPrompter(foo.Operator):
             sam_checkpoint=params.get("sam_checkpoint") or None,
             device=forms.device_param(params),
             config=forms.method_settings(params),
-            progress=forms.progress_reporter(ctx, "DiffuPrompter"),
+        )
+        workers = params.get("workers") or 1
+        if workers > 1:
+            queued = queue_pseudo_labels(ctx.target_view(), params["brain_key"], workers, **run)
+            return {"brain_key": params["brain_key"], "queued": [q.result["id"] for q in queued]}
+        progress = forms.progress_reporter(ctx, "DiffuPrompter")
+        results = compute_pseudo_labels(
+            ctx.target_view(), params["brain_key"], progress=progress, **run
         )
         forms.reload_app(ctx)
         return results.summary()
@@ -131,12 +145,15 @@ class RunDiffuPrompter(foo.Operator):
         sam_checkpoint: str | None = None,
         device: str | None = None,
         delegate: bool = False,
+        workers: int = 1,
         **settings: Any,
     ) -> Any:
         """Runs the operator from Python; ``settings`` are method settings
         (timestep, loops, loop_batch_size, threshold, resolution, crf,
-        crf_workers). To finish an interrupted run, use the
-        ``resume_pseudo_labels`` operator."""
+        crf_workers). With ``workers`` > 1 the operation queues that many
+        worker operations to share the run (see ``queue_pseudo_labels``).
+        To finish an interrupted run, use the ``resume_pseudo_labels``
+        operator."""
         params = dict(
             brain_key=brain_key,
             class_source="field" if class_field else "list",
@@ -148,6 +165,7 @@ class RunDiffuPrompter(foo.Operator):
             sam_model=sam_model,
             sam_checkpoint=sam_checkpoint,
             device=device,
+            workers=workers,
             **settings,
         )
         return forms.execute_from_sdk(self, sample_collection, params, delegate)

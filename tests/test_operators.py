@@ -4,20 +4,19 @@ delegated execution with a real ``fiftyone delegated launch`` worker."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import fiftyone.operators as foo
 import pytest
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionError, ExecutionRunState
+from helpers import launch_workers, stop_workers, wait_terminal
 
 PLUGIN = "@diffuprompter/diffuprompter"
 RUN = f"{PLUGIN}/run_diffuprompter"
 RESUME = f"{PLUGIN}/resume_pseudo_labels"
+WORKER = f"{PLUGIN}/label_queued_samples"
 RETHRESHOLD = f"{PLUGIN}/rethreshold_pseudo_labels"
 IMPORTS = [f"{PLUGIN}/import_{n}" for n in ("classification_collection", "isaid", "nwpu_vhr10")]
 EVALUATE = f"{PLUGIN}/evaluate_pseudo_labels"
@@ -52,7 +51,7 @@ def test_plugin_registers_operators_without_heavy_imports():
         check=True,
         env=os.environ.copy(),
     ).stdout.splitlines()
-    assert out == ["[]", str(sorted([RESUME, RETHRESHOLD, RUN, *IMPORTS, EVALUATE])), "[]"]
+    assert out == ["[]", str(sorted([RESUME, RETHRESHOLD, RUN, WORKER, *IMPORTS, EVALUATE])), "[]"]
 
 
 def test_immediate_run_and_rethreshold_from_sdk(image_dataset, tiny_models):
@@ -128,18 +127,6 @@ def test_forms_of_a_run_made_with_an_already_built_model(image_dataset, tiny_mod
     assert out.result["samples"] == 4 and image_dataset.count("dp_strict") == 4
 
 
-def _wait_terminal(service, ids, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        docs = [service.get(i) for i in ids]
-        if all(
-            d.run_state in (ExecutionRunState.COMPLETED, ExecutionRunState.FAILED) for d in docs
-        ):
-            return docs
-        time.sleep(1)
-    raise TimeoutError(f"delegated runs not finished: {[d.run_state for d in docs]}")
-
-
 @pytest.mark.slow
 def test_delegated_runs_with_a_real_worker(image_dataset, tiny_models, tmp_path):
     settings = _tiny_settings(tiny_models)
@@ -160,20 +147,11 @@ def test_delegated_runs_with_a_real_worker(image_dataset, tiny_models, tmp_path)
     service = DelegatedOperationService()
     assert [service.get(i).run_state for i in ids] == [ExecutionRunState.QUEUED] * 2
 
-    cli = Path(sys.executable).with_name("fiftyone")
-    with open(tmp_path / "worker.log", "w") as log:
-        worker = subprocess.Popen(
-            [str(cli), "delegated", "launch"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=os.environ.copy(),
-            start_new_session=True,
-        )
-        try:
-            done, failed = _wait_terminal(service, ids, timeout=240)
-        finally:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(30)
+    workers = launch_workers(1, tmp_path)
+    try:
+        done, failed = wait_terminal(ids, timeout=240)
+    finally:
+        stop_workers(workers)
     assert done.run_state == ExecutionRunState.COMPLETED, done.result.error
     assert done.result.result["processed"] == 4
     assert done.status.progress == 1.0

@@ -1,0 +1,300 @@
+"""Sharing one brain run between processes through the FiftyOne database.
+
+A run's pending samples form a claim pool: one document per (run, sample)
+in the collection ``diffuprompter_claims``. Any number of workers, on any
+machines that reach the same MongoDB, take samples from it in small batches
+with atomic updates and a lease, so faster workers take more, no sample is
+taken by two live workers, and a dead worker's samples are taken again once
+its lease ends. Live workers renew their leases from a heartbeat thread.
+
+Every state change is one MongoDB update filtered on the state it expects,
+which is atomic per document: a claim, a completion and the one-time
+election of the worker that saves the run's results cannot race.
+
+Field declarations need a lock of their own: FiftyOne declares a field by
+rewriting the dataset's whole ``sample_fields`` list, so two processes that
+declare fields at once lose one another's (last writer wins).
+:func:`schema_lock` makes them take turns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from fiftyone.core.odm import get_db_conn
+from pymongo.errors import DuplicateKeyError
+
+CLAIMS = "diffuprompter_claims"
+LOCKS = "diffuprompter_locks"
+LEASE_S = 60.0
+"""Seconds a claim stays a worker's without a heartbeat (renewed every third)."""
+PENDING, CLAIMED, DONE, FINAL = "pending", "claimed", "done", "final"
+
+
+class RunInProgressError(RuntimeError):
+    """A run was started under a key that live workers are labelling."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)  # Mongo stores naive UTC
+
+
+def _collection(name: str) -> Any:
+    return get_db_conn()[name]
+
+
+def worker_name() -> str:
+    """``host:pid:random``: unique per worker, and says where it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class RunClaims:
+    """The claim pool of the brain run ``brain_key`` on ``dataset``, seen by
+    one worker.
+
+    Args:
+        dataset: the run's dataset.
+        brain_key: the run's key.
+        lease_s: seconds this worker's claims last without renewal.
+        worker: this worker's name (default :func:`worker_name`).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        brain_key: str,
+        lease_s: float = LEASE_S,
+        worker: str | None = None,
+    ) -> None:
+        self.run = f"{dataset._doc.id}:{brain_key}"
+        self.brain_key = brain_key
+        self.lease_s = float(lease_s)
+        self.worker = worker or worker_name()
+        self.docs = _collection(CLAIMS)
+        self.docs.create_index([("run", 1), ("sample", 1)], unique=True)
+        self.docs.create_index([("run", 1), ("state", 1), ("lease", 1)])
+
+    def _lease(self) -> dt.datetime:
+        return _now() + dt.timedelta(seconds=self.lease_s)
+
+    def live_workers(self) -> dict[str, int]:
+        """``{worker: live claims}``; claims of workers found dead on this
+        host (their process is gone) are expired first."""
+        found = self.docs.aggregate(
+            [
+                {"$match": {"run": self.run, "state": CLAIMED, "lease": {"$gt": _now()}}},
+                {"$group": {"_id": "$worker", "n": {"$sum": 1}}},
+            ]
+        )
+        live = {d["_id"]: d["n"] for d in found}
+        for worker in [w for w in live if _dead_here(w)]:
+            self.docs.update_many(
+                {"run": self.run, "worker": worker, "state": CLAIMED}, {"$set": {"lease": _now()}}
+            )
+            del live[worker]
+        return live
+
+    def start(self, sample_ids: Sequence[str]) -> None:
+        """Makes ``sample_ids`` the pool of a new pass of the run.
+
+        Raises:
+            RunInProgressError: live workers hold claims of this run.
+        """
+        self.refuse_if_running()
+        self.docs.delete_many({"run": self.run})
+        if sample_ids:
+            self.docs.insert_many(
+                [{"run": self.run, "sample": s, "state": PENDING} for s in sample_ids],
+                ordered=False,
+            )
+
+    def refuse_if_running(self) -> None:
+        """Raises :class:`RunInProgressError` when live workers hold claims."""
+        live = self.live_workers()
+        if live:
+            raise RunInProgressError(
+                f"Brain run '{self.brain_key}' is being labelled right now: workers "
+                f"{sorted(live)} hold {sum(live.values())} samples. Wait for them to finish "
+                f"(pseudo_labels_status() shows progress), or, if they died, start again once "
+                f"their lease of {self.lease_s:g} s has run out."
+            )
+
+    def claim(self, n: int) -> list[str]:
+        """Claims up to ``n`` pending samples, or ones whose lease ran out,
+        for this worker; returns their ids (empty when none is free)."""
+        free = {
+            "run": self.run,
+            "$or": [{"state": PENDING}, {"state": CLAIMED, "lease": {"$lte": _now()}}],
+        }
+        candidates = [d["sample"] for d in self.docs.find(free, {"sample": 1}).limit(n)]
+        if not candidates:
+            return []
+        token = uuid.uuid4().hex
+        self.docs.update_many(
+            {**free, "sample": {"$in": candidates}},
+            {
+                "$set": {
+                    "state": CLAIMED,
+                    "worker": self.worker,
+                    "token": token,
+                    "lease": self._lease(),
+                }
+            },
+        )
+        return [d["sample"] for d in self.docs.find({"run": self.run, "token": token})]
+
+    def renew(self) -> None:
+        """Extends the lease of this worker's claims."""
+        self.docs.update_many(
+            {"run": self.run, "worker": self.worker, "state": CLAIMED},
+            {"$set": {"lease": self._lease()}},
+        )
+
+    def done(self, sample_ids: Sequence[str]) -> None:
+        """Marks this worker's claims of ``sample_ids`` done."""
+        self.docs.update_many(
+            {
+                "run": self.run,
+                "worker": self.worker,
+                "state": CLAIMED,
+                "sample": {"$in": list(sample_ids)},
+            },
+            {"$set": {"state": DONE, "lease": None}},
+        )
+
+    def release(self) -> None:
+        """Gives this worker's unfinished claims back to the pool."""
+        self.docs.update_many(
+            {"run": self.run, "worker": self.worker, "state": CLAIMED},
+            {"$set": {"state": PENDING, "worker": None, "lease": None}},
+        )
+
+    def counts(self) -> dict[str, int]:
+        """``{"pending", "claimed", "stale", "done"}`` sample counts of the
+        pool (stale: claimed by a worker whose lease ran out)."""
+        now = _now()
+        counts = dict.fromkeys(("pending", "claimed", "stale", "done"), 0)
+        for doc in self.docs.find(
+            {"run": self.run, "state": {"$ne": FINAL}}, {"state": 1, "lease": 1}
+        ):
+            state = doc["state"]
+            if state == CLAIMED and doc["lease"] <= now:
+                state = "stale"
+            counts[state] += 1
+        return counts
+
+    def done_count(self) -> int:
+        """Samples of the pool done."""
+        return self.docs.count_documents({"run": self.run, "state": DONE})
+
+    def outstanding(self) -> int:
+        """Samples of the pool not done yet (pending or claimed)."""
+        return self.docs.count_documents({"run": self.run, "state": {"$in": [PENDING, CLAIMED]}})
+
+    def elect_finaliser(self) -> bool:
+        """True for exactly one caller once the pool is done: the worker that
+        saves the run's results and then empties the pool."""
+        try:
+            self.docs.insert_one({"run": self.run, "sample": None, "state": FINAL})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Removes the pool of a finished pass."""
+        self.docs.delete_many({"run": self.run})
+
+    @contextlib.contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """Renews this worker's leases every third of a lease while the
+        block runs; gives back unfinished claims if the block raises."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_s / 3):
+                self.renew()
+
+        thread = threading.Thread(target=beat, name="diffuprompter-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
+        finally:
+            stop.set()
+            thread.join()
+
+
+def work(
+    claims: RunClaims,
+    label: Callable[[list[str]], None],
+    batch_size: int,
+    show: Callable[[int], None],
+    poll_s: float = 0.5,
+) -> bool:
+    """Labels claimed samples, ``batch_size`` at a time, with ``label(ids)``
+    until the pool is done, waiting for other workers' last claims (which
+    are taken over when their lease runs out); calls ``show(done)`` with the
+    pool's count of done samples after each batch or wait.
+
+    Returns:
+        True when this worker is the one that must save the results.
+    """
+    with claims.heartbeat():
+        while True:
+            ids = claims.claim(batch_size)
+            if ids:
+                label(ids)
+                claims.done(ids)
+            elif claims.outstanding() == 0:
+                break
+            else:
+                time.sleep(poll_s)
+            show(claims.done_count())
+    return claims.elect_finaliser()
+
+
+def _dead_here(worker: str) -> bool:
+    """True when ``worker`` ran on this host and its process is gone."""
+    host, pid, _ = worker.rsplit(":", 2)
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def schema_lock(dataset: Any, timeout_s: float = 60.0) -> Iterator[None]:
+    """Holds the dataset's field-declaration lock, shared by all processes;
+    reloads the dataset inside it, so declarations see every other's."""
+    locks = _collection(LOCKS)
+    key = f"schema:{dataset._doc.id}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            locks.insert_one({"_id": key, "until": _now() + dt.timedelta(seconds=timeout_s)})
+            break
+        except DuplicateKeyError:
+            locks.delete_one({"_id": key, "until": {"$lte": _now()}})  # its holder died
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Field declarations of dataset '{dataset.name}' are locked")
+        time.sleep(0.05)
+    try:
+        dataset.reload()
+        yield
+    finally:
+        locks.delete_one({"_id": key})

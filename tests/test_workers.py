@@ -1,0 +1,159 @@
+"""One run shared by several real ``fiftyone delegated launch`` workers:
+every sample labelled exactly once (counted by the stub model, in the
+database), a worker killed with -9, runs under different keys side by side,
+and field declarations by concurrent processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from fiftyone.core.odm import get_db_conn
+from fiftyone.operators.executor import ExecutionRunState
+from helpers import (
+    WRITES,
+    StubModel,
+    annotation_counts,
+    launch_workers,
+    stop_workers,
+    wait_terminal,
+)
+from PIL import Image
+
+from diffuprompter_plugin import RunInProgressError, pseudo_labels_status, queue_pseudo_labels
+from diffuprompter_plugin.labelling import compute_pseudo_labels
+
+STUB_S = "0.5"
+"""Seconds the workers' stub model takes per sample."""
+
+
+@pytest.fixture
+def tiles(tmp_path):
+    """A persistent dataset of 12 tiny tiles."""
+    dataset = fo.Dataset(persistent=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(12):
+        paths.append(str(tmp_path / f"tile_{i:02d}.png"))
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(paths[-1])
+    dataset.add_samples([fo.Sample(filepath=p) for p in paths])
+    yield dataset
+    dataset.delete()
+
+
+def _wait_for(condition, timeout=120.0):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _completed(ids):
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    service = DelegatedOperationService()
+    return [i for i in ids if service.get(i).run_state == ExecutionRunState.COMPLETED]
+
+
+def test_three_workers_label_every_sample_exactly_once(tiles, tmp_path):
+    queued = queue_pseudo_labels(tiles, "dp", workers=3, classes=["ship"], batch_size=2)
+    ids = [q.result["id"] for q in queued]
+    assert pseudo_labels_status(tiles, "dp")["pending"] == 12
+    workers = launch_workers(3, tmp_path, DIFFUPROMPTER_TEST_STUB=STUB_S)
+    try:
+        _wait_for(lambda: pseudo_labels_status(tiles, "dp")["workers"] >= 1)
+        with pytest.raises(RunInProgressError, match="'dp' is being labelled right now"):
+            queue_pseudo_labels(tiles, "dp", workers=1, classes=["ship"])
+        with pytest.raises(RunInProgressError, match="'dp'"):
+            compute_pseudo_labels(tiles, "dp", classes=["ship"], model=StubModel())
+        docs = wait_terminal(ids, timeout=300)
+    finally:
+        stop_workers(workers)
+    assert [d.run_state for d in docs] == [ExecutionRunState.COMPLETED] * 3, docs[0].result
+    assert set(annotation_counts(tiles.values("filepath")).values()) == {1}
+    assert [d.status.progress for d in docs] == [1.0] * 3
+    paths = tiles.values("filepath")
+    assert len(get_db_conn()[WRITES].distinct("pid", {"_id": {"$in": paths}})) >= 2  # shared
+    tiles.reload()
+    results = tiles.load_brain_results("dp")
+    assert (results.processed, results.instances, results.per_class) == (12, 12, {"ship": 12})
+    assert [d.result.result["processed"] for d in docs] == [12] * 3
+    assert pseudo_labels_status(tiles, "dp") == {
+        "total": 12,
+        "done": 12,
+        "failed": 0,
+        "claimed": 0,
+        "stale": 0,
+        "pending": 0,
+        "workers": 0,
+    }
+
+
+def test_a_worker_killed_mid_sample_loses_nothing_and_repeats_nothing(tiles, tmp_path):
+    queued = queue_pseudo_labels(tiles, "dp", workers=2, classes=["ship"], batch_size=1, lease_s=3)
+    ids = [q.result["id"] for q in queued]
+    hang = {"DIFFUPROMPTER_TEST_STUB": STUB_S, "DIFFUPROMPTER_TEST_HANG_AFTER": "2"}
+    (victim,) = launch_workers(1, tmp_path / "victim", **hang)
+    (survivor,) = launch_workers(1, tmp_path, DIFFUPROMPTER_TEST_STUB=STUB_S)
+    try:
+        _wait_for(lambda: get_db_conn()[WRITES].count_documents({"hung": victim.pid}))
+        os.killpg(victim.pid, signal.SIGKILL)
+        _wait_for(lambda: _completed(ids), timeout=300)
+    finally:
+        stop_workers([victim, survivor])
+    assert set(annotation_counts(tiles.values("filepath")).values()) == {1}
+    tiles.reload()
+    assert tiles.count("dp_instances") == 12
+    assert tiles.load_brain_results("dp").processed == 12
+    assert pseudo_labels_status(tiles, "dp")["stale"] == 0
+
+
+def test_runs_under_two_keys_side_by_side(tiles, tmp_path):
+    first = queue_pseudo_labels(tiles, "a", classes=["ship"], pred_field="a", heatmap_field="ha")
+    second = queue_pseudo_labels(tiles, "b", classes=["ship"], pred_field="b", heatmap_field="hb")
+    workers = launch_workers(2, tmp_path, DIFFUPROMPTER_TEST_STUB=STUB_S)
+    try:
+        docs = wait_terminal([q.result["id"] for q in first + second], timeout=300)
+    finally:
+        stop_workers(workers)
+    assert [d.result.result["processed"] for d in docs] == [12, 12]
+    assert set(annotation_counts(tiles.values("filepath")).values()) == {2}  # once per run
+    tiles.reload()
+    assert {"a", "a_error", "ha_ship", "b", "b_error", "hb_ship"} <= set(tiles.get_field_schema())
+    assert tiles.count("a") == tiles.count("b") == tiles.count("hb_ship") == 12
+
+
+DECLARE = """
+import sys, time
+import fiftyone as fo
+from diffuprompter_plugin.brain import PseudoLabelsConfig
+from diffuprompter_plugin.labelling import _declare_fields
+
+dataset, me, start = fo.load_dataset(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+for trial in range(5):
+    time.sleep(max(0.0, start + trial - time.time()))
+    key = f"k{trial}_{me}"
+    config = PseudoLabelsConfig(key, {"ship": f"{key}_heatmap"}, f"{key}_error", "/tmp")
+    _declare_fields(dataset, config)
+"""
+
+
+def test_field_declarations_of_concurrent_processes_all_survive(tiles):
+    start = time.time() + 15  # after every process has imported FiftyOne
+    processes = [
+        subprocess.Popen([sys.executable, "-c", DECLARE, tiles.name, str(p), str(start)])
+        for p in range(4)
+    ]
+    assert [p.wait(120) for p in processes] == [0] * 4
+    tiles.reload()
+    fields = set(tiles.get_field_schema())
+    expected = {
+        f"k{t}_{p}{s}" for t in range(5) for p in range(4) for s in ("", "_error", "_heatmap")
+    }
+    assert expected - fields == set()  # 5 trials x 4 processes x 3 fields
