@@ -69,7 +69,8 @@ WRITES = "diffuprompter_test_annotations"
 class SlowStubModel(StubModel):
     """A :class:`StubModel` taking ``seconds`` per sample that counts each
     finished annotation in the database (``WRITES``), atomically, so that a
-    test sees every sample any worker process labelled, and how often.
+    test sees every sample any worker process labelled, and how often (and
+    by which process, from when to when).
     With ``hang_after``, it hangs on the next sample after that many."""
 
     def __init__(self, seconds: float, hang_after: int | None = None) -> None:
@@ -85,10 +86,13 @@ class SlowStubModel(StubModel):
         if self.hang_after is not None and len(self.calls) >= self.hang_after:
             get_db_conn()[WRITES].insert_one({"hung": os.getpid()})
             time.sleep(3600)
+        start = time.time()
         time.sleep(self.seconds)
         result = super().annotate(image, class_names, thresholds)
         get_db_conn()[WRITES].update_one(
-            {"_id": str(image)}, {"$inc": {"n": 1}, "$set": {"pid": os.getpid()}}, upsert=True
+            {"_id": str(image)},
+            {"$inc": {"n": 1}, "$set": {"pid": os.getpid(), "start": start, "end": time.time()}},
+            upsert=True,
         )
         return result
 
