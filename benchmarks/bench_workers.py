@@ -19,15 +19,18 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from fiftyone_home import use_throwaway_home
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path.insert(0, str(TESTS))  # the throw-away home, the stub and the worker launcher
+
+from fiftyone_home import use_throwaway_home  # noqa: E402
 
 HOME = use_throwaway_home(
     "diffuprompter-bench-",
-    FIFTYONE_PLUGINS_DIR=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    FIFTYONE_PLUGINS_DIR=str(TESTS.parent),
     FIFTYONE_SHOW_PROGRESS_BARS="false",
 )
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
 
 # isort: split
 
