@@ -40,7 +40,8 @@ def read_heatmap(label: fo.Heatmap) -> np.ndarray:
 
 
 def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections:
-    """``fo.Detections`` with instance masks cropped to relative boxes."""
+    """``fo.Detections`` of instances (masks cropped to their boxes) of a
+    ``width`` x ``height`` image, with relative boxes."""
     detections = []
     for inst in instances:
         x0, y0, x1, y1 = inst.box
@@ -48,7 +49,7 @@ def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections
             fo.Detection(
                 label=inst.label,
                 bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
-                mask=inst.mask[y0:y1, x0:x1].copy(),
+                mask=inst.mask,
                 confidence=float(inst.score),
             )
         )
