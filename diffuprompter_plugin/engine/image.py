@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -45,6 +47,17 @@ def as_raster(image: ImageLike) -> Raster:
     return raster
 
 
+@contextmanager
+def opened(image: ImageLike) -> Iterator[Raster]:
+    """:func:`as_raster`, closed at exit unless the caller passed a Raster."""
+    raster = as_raster(image)
+    try:
+        yield raster
+    finally:
+        if raster is not image:
+            raster.close()
+
+
 def to_rgb_uint8(image: ImageLike) -> np.ndarray:
     """Converts a whole image to a contiguous, writable H x W x 3 uint8 RGB array.
 
@@ -60,10 +73,6 @@ def to_rgb_uint8(image: ImageLike) -> np.ndarray:
     Raises:
         InputImageError: unsupported dtype, channel count or size.
     """
-    raster = as_raster(image)
-    try:
+    with opened(image) as raster:
         rgb, _ = raster.read()
-    finally:
-        if raster is not image:
-            raster.close()
     return np.require(rgb, requirements=["C", "W"])  # writable: DenseCRF needs it

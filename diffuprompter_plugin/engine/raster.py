@@ -64,6 +64,11 @@ class Raster:
         pixel has data)."""
         raise NotImplementedError
 
+    @property
+    def georef(self) -> dict | None:
+        """The file's ``{"transform": Affine, "crs": CRS}``, None when it has none."""
+        return None
+
     def close(self) -> None:
         """Releases the file, if any."""
 
@@ -137,6 +142,12 @@ class FileRaster(Raster):
         window = Window(x0, y0, x1 - x0, y1 - y0)
         data, valid = self._read(window=window)
         return self._to_uint8(data), valid
+
+    @property
+    def georef(self) -> dict | None:
+        if self.dataset.crs is None and self.dataset.transform.is_identity:
+            return None
+        return {"transform": self.dataset.transform, "crs": self.dataset.crs}
 
     def close(self) -> None:
         self.dataset.close()
