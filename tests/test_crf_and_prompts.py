@@ -98,7 +98,9 @@ def test_dense_crf_memory_is_capped_on_large_maps(monkeypatch):
     built = []
     original = dcrf.DenseCRF2D
     monkeypatch.setattr(crf, "CRF_MAX_PIXELS", 64 * 64)
-    monkeypatch.setattr(dcrf, "DenseCRF2D", lambda w, h, n: built.append((w, h)) or original(w, h, n))
+    monkeypatch.setattr(
+        dcrf, "DenseCRF2D", lambda w, h, n: built.append((w, h)) or original(w, h, n)
+    )
     rgb = np.zeros((128, 256, 3), np.uint8)
     heat = np.zeros((128, 256), np.float32)
     heat[32:96, 64:192] = 0.9

@@ -39,7 +39,9 @@ def test_union_is_split_into_instances_with_documented_scores():
     ]
     assert [round(i.score, 4) for i in found] == [round(0.6 * 0.8, 4), round(0.9 * 0.8, 4)]
     assert found[1].mask.shape == (8, 8) and found[1].mask.dtype == bool and found[1].mask.all()
-    assert found[1].full_mask((40, 40)).sum() == 64 and found[1].full_mask((40, 40))[2:10, 2:10].all()
+    assert (
+        found[1].full_mask((40, 40)).sum() == 64 and found[1].full_mask((40, 40))[2:10, 2:10].all()
+    )
 
 
 def test_per_class_thresholds_and_empty_maps():

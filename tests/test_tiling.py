@@ -156,3 +156,35 @@ def test_sam_refuses_an_image_too_elongated_for_it_naming_its_size():
     prompter.predictor.transform = ResizeLongestSide(64)  # a tiny SAM
     with pytest.raises(InputImageError, match="5000x16 px is too elongated"):
         prompter.set_image(np.zeros((16, 5000, 3), np.uint8))
+
+
+def test_a_scene_in_a_brain_run_stores_previews_and_geotiffs_and_rethresholds_exactly(
+    tmp_path,
+):
+    import fiftyone as fo
+    from PIL import Image
+
+    from diffuprompter_plugin.labelling import compute_pseudo_labels
+    from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels
+
+    Image.fromarray(scene()).save(tmp_path / "scene.png")
+    dataset = fo.Dataset()
+    dataset.add_sample(fo.Sample(filepath=str(tmp_path / "scene.png")))
+    model = stub_model(TILED)
+    compute_pseudo_labels(dataset, "dp", classes=["car"], model=model)
+    sample = dataset.first()
+    heatmap = sample["dp_heatmap_car"]
+    assert heatmap.get_map().shape == (200, 210)  # preview: the scene is under PREVIEW_SIDE
+    with rasterio.open(heatmap["geotiff_path"]) as src:
+        assert (src.height, src.width) == (200, 210)
+    boxes = sorted(
+        tuple(round(v * s) for v, s in zip(d.bounding_box, (210, 200, 210, 200), strict=True))
+        for d in sample.dp_instances.detections
+    )
+    assert boxes == sorted((x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in OBJECTS.values())
+    rethreshold_pseudo_labels(dataset, "dp", "dp_again", prompter=model.prompter)
+    sample.reload()
+    again = [(d.bounding_box, d.mask.tobytes()) for d in sample.dp_again.detections]
+    assert sorted(again) == sorted(
+        (d.bounding_box, d.mask.tobytes()) for d in sample.dp_instances.detections
+    )

@@ -160,7 +160,11 @@ class DiffuPrompterConfig:
     min_area: int = _setting(16, "Minimum area", "Pixels; smaller instances are dropped", low=1)
     seed: int = _setting(0, "Seed", "Seed of the noise draws")
     tile_size: int = _setting(
-        1024, "Tile size", "Larger images are labelled in tiles of this side (px)", low=64, form=True
+        1024,
+        "Tile size",
+        "Larger images are labelled in tiles of this side (px)",
+        low=64,
+        form=True,
     )
     tile_overlap: int = _setting(
         128, "Tile overlap", "Pixels shared by neighbouring tiles", low=0, form=True

@@ -54,7 +54,9 @@ def dense_crf(
         small_rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         small_heat = cv2.resize(heatmap.astype(np.float32), size, interpolation=cv2.INTER_AREA)
         q_small = _mean_field(small_rgb, small_heat, threshold, config)
-        q = np.stack([cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in q_small])
+        q = np.stack(
+            [cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in q_small]
+        )
     return q[1] > q[0]
 
 

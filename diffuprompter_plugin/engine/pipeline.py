@@ -47,11 +47,19 @@ class Annotation:
             of its full-resolution heatmap GeoTIFFs (see
             :mod:`~diffuprompter_plugin.engine.heatmap_store`), in a
             temporary folder the caller moves or deletes; else empty.
+        shape: (H, W) of the image when ``heatmaps`` are previews; None when
+            the heatmaps have the image's size.
     """
 
     heatmaps: dict[str, np.ndarray]
     instances: list[Instance] = field(default_factory=list)
     heatmap_files: dict[str, str] = field(default_factory=dict)
+    shape: tuple[int, int] | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the annotated image."""
+        return self.shape or next(iter(self.heatmaps.values())).shape
 
 
 def _guarded(step: Callable[[], Any]) -> Any:

@@ -300,4 +300,4 @@ def annotate_scene(
     ground_scene(model, raster, names, paths, raster.georef)
     instances = segment_scene(model.prompter, raster, paths, thresholds)
     previews = {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}
-    return Annotation(previews, instances, heatmap_files=paths)
+    return Annotation(previews, instances, paths, (raster.height, raster.width))
