@@ -61,6 +61,16 @@ MERGE_IOU = 0.5
 PREVIEW_SIDE = 2048
 """Longest side of the in-memory heatmaps returned for a scene."""
 
+GDAL_CACHE_MB = 128
+"""GDAL's block cache while a scene is read and its heatmaps written (its
+default, 5 % of RAM, would grow with the scene)."""
+
+
+def _gdal_env():
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
 
 def needs_tiling(height: int, width: int, config: DiffuPrompterConfig) -> bool:
     """Whether an image is labelled in tiles: a side over ``tile_size``."""
@@ -268,7 +278,20 @@ def segment_scene(
     config = prompter.config
     gammas = prompter.thresholds_for(list(paths), thresholds)
     grid = tile_grid(raster.height, raster.width, config.tile_size, config.tile_overlap)
-    found = []
+    with _gdal_env():
+        tiles = list(_segment_tiles(prompter, raster, paths, gammas, grid))
+    return merge_instances(tiles)
+
+
+def _segment_tiles(
+    prompter: SamPrompter,
+    raster: Raster,
+    paths: Mapping[str, str],
+    gammas: Mapping[str, float],
+    grid: list[tuple[Box, Box]],
+) -> Iterator[tuple[Box, list[Instance]]]:
+    """(tile, its instances in scene coordinates) of each tile with foreground."""
+    config = prompter.config
     for tile, _, rgb, valid in _data_tiles(raster, grid):
         heatmaps = {name: read_heatmap_window(path, tile) for name, path in paths.items()}
         if all(heatmaps[n].max() <= gammas[n] for n in heatmaps):
@@ -276,8 +299,7 @@ def segment_scene(
         binaries = binary_maps(rgb, heatmaps, gammas, config)
         instances = prompter.prompt(rgb, heatmaps, binaries)
         kept = (_on_data(inst, valid, config.min_area) for inst in instances)
-        found.append((tile, [inst.shifted(tile[0], tile[1]) for inst in kept if inst]))
-    return merge_instances(found)
+        yield tile, [inst.shifted(tile[0], tile[1]) for inst in kept if inst]
 
 
 def annotate_scene(
@@ -297,7 +319,8 @@ def annotate_scene(
 
     folder = tempfile.mkdtemp(prefix="dp-heatmaps-")
     paths = {name: os.path.join(folder, f"{k}.tif") for k, name in enumerate(names)}
-    ground_scene(model, raster, names, paths, raster.georef)
-    instances = segment_scene(model.prompter, raster, paths, thresholds)
-    previews = {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}
+    with _gdal_env():
+        ground_scene(model, raster, names, paths, raster.georef)
+        instances = segment_scene(model.prompter, raster, paths, thresholds)
+        previews = {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}
     return Annotation(previews, instances, paths, (raster.height, raster.width))
