@@ -39,10 +39,10 @@ class StubModel(Annotator):
         for k in range(3):
             mask = np.zeros((SIZE, SIZE), bool)
             mask[k * 20 : k * 20 + 12, 4:20] = True
-            self.masks.append((mask, (4, k * 20, 20, k * 20 + 12)))
+            self.masks.append(mask)
 
     def annotate(self, image, class_names, thresholds=None):
-        instances = [Instance(n, m, b, 0.5) for n in class_names for m, b in self.masks]
+        instances = [Instance.from_full_mask(n, m, 0.5) for n in class_names for m in self.masks]
         return Annotation({n: self.heatmap for n in class_names}, instances)
 
 

@@ -467,10 +467,11 @@ def _write(sample: fo.Sample, result: Any, config: PseudoLabelsConfig) -> None:
         logger.warning("Sample %s (%s) failed: %s", sample.id, sample.filepath, result)
         sample[config.error_field] = f"{type(result).__name__}: {result}"
         return
-    height, width = next(iter(result.heatmaps.values())).shape
+    height, width = result.image_shape
     for name, heatmap in result.heatmaps.items():
         path = os.path.join(config.heatmap_dir, class_slug(name), f"{sample.id}.png")
-        sample[config.heatmap_fields[name]] = write_heatmap(heatmap, path)
+        geotiff = result.heatmap_files.get(name)
+        sample[config.heatmap_fields[name]] = write_heatmap(heatmap, path, geotiff)
     sample[config.pred_field] = to_detections(result.instances, width, height)
     sample[config.error_field] = None
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterable
 
 import cv2
 import fiftyone as fo
 import numpy as np
 
-HEATMAP_SCALE = 65535
-"""Heatmaps are stored as 16-bit PNGs: a step of 1.5e-5, enough to re-threshold."""
+from .engine.heatmap_store import HEATMAP_SCALE, read_heatmap_window
 
 
 def class_slug(class_name: str) -> str:
@@ -22,17 +22,38 @@ def class_slug(class_name: str) -> str:
     return slug
 
 
-def write_heatmap(heatmap: np.ndarray, path: str) -> fo.Heatmap:
-    """Writes a [0, 1] heatmap as a 16-bit PNG and returns its label."""
+def write_heatmap(heatmap: np.ndarray, path: str, geotiff: str | None = None) -> fo.Heatmap:
+    """Writes a [0, 1] heatmap as a 16-bit PNG and returns its label.
+
+    Args:
+        heatmap: H x W float; for a scene labelled in tiles, its preview.
+        path: the PNG's path.
+        geotiff: a scene's full-resolution heatmap (moved next to ``path``,
+            with the extension ``.tif``); the label's ``geotiff_path`` names it.
+    """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     data = np.round(np.clip(heatmap, 0, 1) * HEATMAP_SCALE).astype(np.uint16)
     if not cv2.imwrite(path, data):
         raise OSError(f"Cannot write heatmap '{path}'")
-    return fo.Heatmap(map_path=path, range=[0, HEATMAP_SCALE])
+    label = fo.Heatmap(map_path=path, range=[0, HEATMAP_SCALE])
+    if geotiff is not None:
+        label["geotiff_path"] = os.path.splitext(path)[0] + ".tif"
+        shutil.move(geotiff, label["geotiff_path"])
+    return label
+
+
+def scene_heatmap_path(label: fo.Heatmap) -> str | None:
+    """The full-resolution GeoTIFF of a scene's heatmap label, else None."""
+    return label.get_field("geotiff_path") if label.has_field("geotiff_path") else None
 
 
 def read_heatmap(label: fo.Heatmap) -> np.ndarray:
-    """The float32 [0, 1] heatmap of a stored label."""
+    """The float32 [0, 1] heatmap of a stored label (a scene's at full
+    resolution: read it window by window with
+    :func:`~diffuprompter_plugin.engine.heatmap_store.read_heatmap_window`)."""
+    geotiff = scene_heatmap_path(label)
+    if geotiff is not None:
+        return read_heatmap_window(geotiff)
     data = label.get_map()
     if data is None:
         raise ValueError(f"Heatmap file '{label.map_path}' cannot be read")
@@ -40,7 +61,8 @@ def read_heatmap(label: fo.Heatmap) -> np.ndarray:
 
 
 def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections:
-    """``fo.Detections`` with instance masks cropped to relative boxes."""
+    """``fo.Detections`` of instances (masks cropped to their boxes) of a
+    ``width`` x ``height`` image, with relative boxes."""
     detections = []
     for inst in instances:
         x0, y0, x1, y1 = inst.box
@@ -48,7 +70,7 @@ def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections
             fo.Detection(
                 label=inst.label,
                 bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
-                mask=inst.mask[y0:y1, x0:x1].copy(),
+                mask=inst.mask,
                 confidence=float(inst.score),
             )
         )

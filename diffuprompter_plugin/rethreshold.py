@@ -12,7 +12,7 @@ import fiftyone.core.utils as fou
 
 from .brain import PseudoLabels, stored_config
 from .engine.config import check_setting
-from .labels import read_heatmap, to_detections
+from .labels import read_heatmap, scene_heatmap_path, to_detections
 
 
 def load_thresholds(thresholds: float | Mapping[str, float] | str | None) -> Any:
@@ -70,18 +70,28 @@ def rethreshold_pseudo_labels(
         raise ValueError(f"Field '{out_field}' belongs to brain run '{brain_key}'")
     thresholds = load_thresholds(thresholds)
     prompter = config.load_prompter(sam_model, sam_checkpoint, device, prompter)
+    from .engine.image import opened
+    from .engine.tiling import segment_scene
+
     done = samples.exists(config.pred_field)
     ids = done.values("id")
     with fou.ProgressBar(total=len(ids), progress=progress) as pb:
         for chunk in fou.iter_slices(ids, batch_size):
             for sample in done.select(chunk).iter_samples(autosave=True, batch_size=batch_size):
-                heatmaps = {
-                    name: read_heatmap(sample[field])
+                labels = {
+                    name: sample[field]
                     for name, field in config.heatmap_fields.items()
                     if sample[field] is not None
                 }
-                instances = prompter.segment(sample.filepath, heatmaps, thresholds)
-                height, width = next(iter(heatmaps.values())).shape
+                scene = {name: scene_heatmap_path(label) for name, label in labels.items()}
+                if all(scene.values()):  # a scene labelled in tiles: window by window
+                    with opened(sample.filepath) as raster:
+                        instances = segment_scene(prompter, raster, scene, thresholds)
+                        height, width = raster.height, raster.width
+                else:
+                    heatmaps = {name: read_heatmap(label) for name, label in labels.items()}
+                    instances = prompter.segment(sample.filepath, heatmaps, thresholds)
+                    height, width = next(iter(heatmaps.values())).shape
                 sample[out_field] = to_detections(instances, width, height)
                 pb.update()
     return {

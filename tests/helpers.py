@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from diffuprompter_plugin.engine.config import DiffuPrompterConfig
 from diffuprompter_plugin.engine.pipeline import Annotator
@@ -46,7 +47,7 @@ class StubModel(Annotator):
         for k, name in enumerate(class_names):
             mask = np.zeros((height, width), bool)
             mask[k * 8 : k * 8 + 8, 0:8] = True
-            instances.append(Instance(name, mask, (0, k * 8, 8, k * 8 + 8), 0.5))
+            instances.append(Instance.from_full_mask(name, mask, 0.5))
         return Annotation({n: ramp for n in class_names}, instances)
 
 
@@ -57,6 +58,7 @@ class EchoPrompter(SamPrompter):
         self.config = config
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.predictor = type("P", (), {"set_image": lambda self, rgb: None})()
+        self.predictor.transform = ResizeLongestSide(1024)
 
     def predict(self, found):
         return np.stack([r.mask for r in found]), [0.8] * len(found)

@@ -88,3 +88,23 @@ def test_regions_give_box_and_point_per_component():
     found = regions(mask, min_area=4)
     assert [r.box for r in found] == [(10, 20, 20, 30), (1, 1, 9, 5)]
     assert all(r.mask[r.point[1], r.point[0]] for r in found)
+
+
+def test_dense_crf_memory_is_capped_on_large_maps(monkeypatch):
+    import pydensecrf.densecrf as dcrf
+
+    from diffuprompter_plugin.engine import crf
+
+    built = []
+    original = dcrf.DenseCRF2D
+    monkeypatch.setattr(crf, "CRF_MAX_PIXELS", 64 * 64)
+    monkeypatch.setattr(
+        dcrf, "DenseCRF2D", lambda w, h, n: built.append((w, h)) or original(w, h, n)
+    )
+    rgb = np.zeros((128, 256, 3), np.uint8)
+    heat = np.zeros((128, 256), np.float32)
+    heat[32:96, 64:192] = 0.9
+    rgb[32:96, 64:192] = 200
+    refined = dense_crf(rgb, heat, 0.4, DiffuPrompterConfig())
+    assert built == [(90, 45)] and refined.shape == (128, 256)
+    assert _iou(refined, heat > 0.4) > 0.95

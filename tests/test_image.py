@@ -63,3 +63,60 @@ def test_corrupt_file_error_names_the_file(tmp_path):
         to_rgb_uint8(path)
     with pytest.raises(InputImageError, match="missing.jpg"):
         to_rgb_uint8(tmp_path / "missing.jpg")
+
+
+def _twelve_bit() -> np.ndarray:
+    """40 x 50 x 3 12-bit data: the usual satellite product."""
+    return np.random.default_rng(0).integers(0, 4096, (40, 50, 3)).astype(np.uint16)
+
+
+def _stretched(data: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(data.astype(np.float64), (0.5, 99.5))
+    return np.round(np.clip((data - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+
+
+def test_16bit_rgb_png_is_read_at_full_precision(tmp_path):
+    import cv2
+
+    data = _twelve_bit()
+    cv2.imwrite(str(tmp_path / "scene.png"), data[..., ::-1])  # cv2 writes BGR
+    np.testing.assert_array_equal(to_rgb_uint8(tmp_path / "scene.png"), _stretched(data))
+
+
+def test_16bit_multiband_and_float_tiffs_are_read_at_full_precision(tmp_path):
+    import tifffile
+
+    data = _twelve_bit()
+    tifffile.imwrite(tmp_path / "four.tif", np.dstack([data, data[..., :1]]))
+    tifffile.imwrite(tmp_path / "float.tif", data.astype(np.float32) / 7, photometric="rgb")
+    np.testing.assert_array_equal(to_rgb_uint8(tmp_path / "four.tif"), _stretched(data))
+    np.testing.assert_array_equal(to_rgb_uint8(tmp_path / "float.tif"), _stretched(data / 7))
+
+
+def test_chosen_bands_and_nodata_of_a_geotiff(tmp_path):
+    import rasterio
+
+    from diffuprompter_plugin.engine.raster import FileRaster
+
+    data = np.stack([np.full((20, 30), v, np.uint16) for v in (100, 200, 300, 400)])
+    data[:, :, 20:] = 0
+    data[3, :10] = 800
+    profile = dict(driver="GTiff", width=30, height=20, count=4, dtype="uint16", nodata=0)
+    with rasterio.open(tmp_path / "s.tif", "w", **profile) as dst:
+        dst.write(data)
+    with FileRaster(tmp_path / "s.tif", bands=[4, 3, 2]) as raster:
+        rgb, valid = raster.read((10, 5, 30, 15))
+    assert rgb.shape == (10, 20, 3) and valid.shape == (10, 20)
+    assert valid[:, :10].all() and not valid[:, 10:].any()
+    assert rgb[0, 0, 0] > rgb[0, 0, 1] > rgb[0, 0, 2]  # band 4 brightest
+    with pytest.raises(InputImageError, match=r"bands=\[5\]"):
+        FileRaster(tmp_path / "s.tif", bands=[5])
+
+
+def test_an_image_over_pils_pixel_limit_is_read_not_refused(tmp_path, monkeypatch):
+    data = np.random.default_rng(0).integers(0, 255, (64, 80, 3)).astype(np.uint8)
+    Image.fromarray(data).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 80 is a "bomb" now
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "huge.png")
+    np.testing.assert_array_equal(to_rgb_uint8(tmp_path / "huge.png"), data)

@@ -16,8 +16,9 @@ def test_annotate_returns_heatmaps_and_consistent_instances(prompter, rgb):
     assert result.instances
     for inst in result.instances:
         assert inst.label in result.heatmaps
-        assert inst.mask.shape == (48, 64)
-    masks = np.stack([i.mask for i in result.instances]).sum(0)
+        x0, y0, x1, y1 = inst.box
+        assert inst.mask.shape == (y1 - y0, x1 - x0)
+    masks = np.stack([i.full_mask((48, 64)) for i in result.instances]).sum(0)
     assert masks.max() == 1  # no pixel belongs to two instances
 
 

@@ -38,7 +38,10 @@ def test_union_is_split_into_instances_with_documented_scores():
         ("vehicle", (2, 2, 10, 10), 64),
     ]
     assert [round(i.score, 4) for i in found] == [round(0.6 * 0.8, 4), round(0.9 * 0.8, 4)]
-    assert found[1].mask.shape == (40, 40) and found[1].mask.dtype == bool
+    assert found[1].mask.shape == (8, 8) and found[1].mask.dtype == bool and found[1].mask.all()
+    assert (
+        found[1].full_mask((40, 40)).sum() == 64 and found[1].full_mask((40, 40))[2:10, 2:10].all()
+    )
 
 
 def test_per_class_thresholds_and_empty_maps():
@@ -62,7 +65,7 @@ def test_overlapping_classes_go_to_the_higher_heatmap():
     found = {i.label: i for i in prompter.segment(rgb, {"ship": ship, "harbor": harbor})}
     assert found["ship"].box == (5, 5, 15, 15)
     assert found["harbor"].box == (15, 5, 25, 15)
-    assert not (found["ship"].mask & found["harbor"].mask).any()
+    assert not (found["ship"].full_mask((30, 30)) & found["harbor"].full_mask((30, 30))).any()
 
 
 def test_heatmap_size_must_match_image():
@@ -71,15 +74,15 @@ def test_heatmap_size_must_match_image():
         prompter.segment(np.zeros((32, 32, 3), np.uint8), {"ship": np.ones((16, 16))})
 
 
-def test_tiny_sam_returns_full_image_masks(prompter, rgb):
+def test_tiny_sam_returns_masks_cropped_to_their_boxes(prompter, rgb):
     heat = np.zeros(rgb.shape[:2], np.float32)
     heat[10:30, 20:44] = 0.9
     found = prompter.prompter.segment(rgb, {"storage tank": heat})
     assert found
     for inst in found:
-        assert inst.mask.shape == rgb.shape[:2]
         x0, y0, x1, y1 = inst.box
-        ys, xs = np.nonzero(inst.mask)
+        assert inst.mask.shape == (y1 - y0, x1 - x0)
+        ys, xs = np.nonzero(inst.full_mask(rgb.shape[:2]))
         assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
         assert inst.area >= prompter.config.min_area
         assert 0 <= inst.score <= 1

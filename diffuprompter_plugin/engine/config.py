@@ -109,6 +109,13 @@ class DiffuPrompterConfig:
         min_area: instances (and prompt regions) smaller than this many pixels
             are dropped.
         seed: seed of the noise draws; the same seed gives the same output.
+        tile_size: images with a side longer than this many native pixels
+            are labelled as overlapping square tiles of this side, each seen
+            by SD at ``resolution`` as the paper's 512-px patches are (see
+            :mod:`~diffuprompter_plugin.engine.tiling`); smaller images are
+            labelled whole.
+        tile_overlap: native pixels shared by neighbouring tiles; objects up
+            to this size are seen whole by at least one tile.
     """
 
     template: str = _setting("Photo of a {}", "Prompt template", "'{}' is the class name")
@@ -152,6 +159,16 @@ class DiffuPrompterConfig:
     multimask: bool = _setting(True, "SAM multimask", "Three candidates per prompt")
     min_area: int = _setting(16, "Minimum area", "Pixels; smaller instances are dropped", low=1)
     seed: int = _setting(0, "Seed", "Seed of the noise draws")
+    tile_size: int = _setting(
+        1024,
+        "Tile size",
+        "Larger images are labelled in tiles of this side (px)",
+        low=64,
+        form=True,
+    )
+    tile_overlap: int = _setting(
+        128, "Tile overlap", "Pixels shared by neighbouring tiles", low=0, form=True
+    )
 
     def __post_init__(self) -> None:
         if self.template.count("{}") != 1:
@@ -160,6 +177,11 @@ class DiffuPrompterConfig:
             )
         for name in SETTINGS:
             check_setting(name, getattr(self, name))
+        if 2 * self.tile_overlap >= self.tile_size:
+            raise ValueError(
+                f"DiffuPrompterConfig.tile_overlap={self.tile_overlap} must be less than "
+                f"half of tile_size={self.tile_size}"
+            )
 
     def replace(self, **changes: Any) -> DiffuPrompterConfig:
         """Returns a copy with ``changes`` applied (and validated)."""

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from .config import DiffuPrompterConfig
 
 CLIP = 1e-5
+
+CRF_MAX_PIXELS = 1024 * 1024
+"""DenseCRF runs at most at this many pixels (about 1.3 GB): a larger map is
+refined at a reduced size and its foreground probability upsampled, since
+DenseCRF's memory grows with the pixel count (4.9 GB at 2000 x 2000) and it
+aborts the process, uncatchably, when allocation fails. Large scenes are
+refined tile by tile, so this only caps a large ``tile_size``."""
 
 
 def binarize(heatmap: np.ndarray, threshold: float) -> np.ndarray:
@@ -30,9 +38,32 @@ def dense_crf(
     smoothness kernel and a bilateral appearance kernel on the RGB image, with
     the config's ``crf_*`` settings (defaults from the pydensecrf README).
 
+    Maps over :data:`CRF_MAX_PIXELS` are refined at that size (image and
+    heatmap area-averaged) and the refined foreground probability is
+    upsampled bilinearly.
+
     Returns:
         H x W bool mask.
     """
+    height, width = heatmap.shape
+    scale = (CRF_MAX_PIXELS / (height * width)) ** 0.5
+    if scale >= 1:
+        q = _mean_field(rgb, heatmap, threshold, config)
+    else:
+        size = (max(1, int(width * scale)), max(1, int(height * scale)))
+        small_rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        small_heat = cv2.resize(heatmap.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        q_small = _mean_field(small_rgb, small_heat, threshold, config)
+        q = np.stack(
+            [cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in q_small]
+        )
+    return q[1] > q[0]
+
+
+def _mean_field(
+    rgb: np.ndarray, heatmap: np.ndarray, threshold: float, config: DiffuPrompterConfig
+) -> np.ndarray:
+    """DenseCRF's (2, H, W) float32 marginals (background, foreground)."""
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
@@ -48,8 +79,7 @@ def dense_crf(
         rgbim=np.ascontiguousarray(rgb),
         compat=config.crf_bilateral_compat,
     )
-    q = np.asarray(crf.inference(config.crf_iterations)).reshape(2, height, width)
-    return q[1] > q[0]
+    return np.asarray(crf.inference(config.crf_iterations), np.float32).reshape(2, height, width)
 
 
 def binary_map(

@@ -92,6 +92,13 @@ def aggregate_pyramid(
     return normalize(torch.stack(scaled).mean(0), normalization)
 
 
+def pyramid_peak(pyramid: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The absolute strength of a draw's raw pyramid, before Eq. 4 divides
+    each level by its max: the mean over resolutions of each (B, h, w)
+    level's max attention probability. Returns (B,) float32."""
+    return torch.stack([level.float().amax(dim=(1, 2)) for level in pyramid]).mean(0)
+
+
 class TextGrounder:
     """Produces DiffuPrompter heatmaps with Stable Diffusion.
 
@@ -115,15 +122,25 @@ class TextGrounder:
         self.dtype = dtype
 
     @torch.inference_mode()
-    def heatmaps(self, image: ImageLike, class_names: Sequence[str]) -> dict[str, np.ndarray]:
+    def heatmaps(
+        self,
+        image: ImageLike,
+        class_names: Sequence[str],
+        peaks: dict[str, float] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Returns ``{class name: H x W float32 heatmap in [0, 1]}`` at the
-        image's own size; the VAE encodes the image once for all classes."""
+        image's own size; the VAE encodes the image once for all classes.
+        A given ``peaks`` dict receives each class's mean :func:`pyramid_peak`
+        over the draws: the tiling compares it across a scene's tiles."""
         rgb = to_rgb_uint8(image)
         latent = self.encode(rgb)
         height, width = rgb.shape[:2]
         maps = {}
         for name in class_names:
-            heat = self.latent_heatmap(latent, name)
+            draw_peaks: list[torch.Tensor] = []
+            heat = self.latent_heatmap(latent, name, draw_peaks)
+            if peaks is not None:
+                peaks[name] = float(torch.cat(draw_peaks).mean())
             full = F.interpolate(heat[None, None], size=(height, width), mode="bilinear")
             maps[name] = full[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
         return maps
@@ -159,8 +176,11 @@ class TextGrounder:
         shape = (self.config.loops, *latent.shape[1:])
         return torch.randn(shape, generator=generator).to(self.device, latent.dtype)
 
-    def loop_maps(self, latent: torch.Tensor, class_name: str) -> Iterator[torch.Tensor]:
-        """Yields Eq. 4 maps (b, h, w) for each micro-batch of noise draws."""
+    def loop_maps(
+        self, latent: torch.Tensor, class_name: str, peaks: list | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Yields Eq. 4 maps (b, h, w) for each micro-batch of noise draws;
+        appends each micro-batch's (b,) :func:`pyramid_peak` to ``peaks``."""
         embeds, indices = self.embed_prompt(class_name)
         size = tuple(latent.shape[-2:])
         timestep = self.config.timestep
@@ -172,11 +192,16 @@ class TextGrounder:
                 noisy = self.sd.scheduler.add_noise(latents, noise, timesteps)
                 store.reset(indices, size)
                 self.sd.unet(noisy, timesteps, encoder_hidden_states=embeds.expand(batch, -1, -1))
-                yield aggregate_pyramid(store.resolution_maps(), size, self.config.normalization)
+                pyramid = store.resolution_maps()
+                if peaks is not None:
+                    peaks.append(pyramid_peak(pyramid))
+                yield aggregate_pyramid(pyramid, size, self.config.normalization)
 
-    def latent_heatmap(self, latent: torch.Tensor, class_name: str) -> torch.Tensor:
+    def latent_heatmap(
+        self, latent: torch.Tensor, class_name: str, peaks: list | None = None
+    ) -> torch.Tensor:
         """LSAD (Eq. 9): the mean of the L loop maps, normalised, at latent size."""
         total = None
-        for maps in self.loop_maps(latent, class_name):
+        for maps in self.loop_maps(latent, class_name, peaks):
             total = maps.sum(0) if total is None else total + maps.sum(0)
         return normalize(total / self.config.loops, self.config.normalization)

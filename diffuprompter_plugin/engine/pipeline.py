@@ -16,7 +16,7 @@ import torch
 
 from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig
 from .grounding import TextGrounder
-from .image import ImageLike, to_rgb_uint8
+from .image import ImageLike, opened, to_rgb_uint8
 from .models import (
     default_dtype,
     load_sam,
@@ -24,6 +24,7 @@ from .models import (
     resolve_device,
 )
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
+from .tiling import annotate_scene, needs_tiling
 
 ITEM_ERRORS = (OSError, ValueError, RuntimeError)
 """Errors that fail one image in :meth:`Annotator.annotate_all` (unreadable
@@ -38,12 +39,27 @@ class Annotation:
     """What :meth:`DiffuPrompter.annotate` returns for one image.
 
     Attributes:
-        heatmaps: ``{class name: H x W float32 in [0, 1]}``.
+        heatmaps: ``{class name: H x W float32 in [0, 1]}``; for a scene
+            labelled in tiles, a preview whose longest side is
+            :data:`~diffuprompter_plugin.engine.tiling.PREVIEW_SIDE`.
         instances: every instance found, of all classes.
+        heatmap_files: for a scene labelled in tiles, ``{class name: path}``
+            of its full-resolution heatmap GeoTIFFs (see
+            :mod:`~diffuprompter_plugin.engine.heatmap_store`), in a
+            temporary folder the caller moves or deletes; else empty.
+        shape: (H, W) of the image when ``heatmaps`` are previews; None when
+            the heatmaps have the image's size.
     """
 
     heatmaps: dict[str, np.ndarray]
     instances: list[Instance] = field(default_factory=list)
+    heatmap_files: dict[str, str] = field(default_factory=dict)
+    shape: tuple[int, int] | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the annotated image."""
+        return self.shape or next(iter(self.heatmaps.values())).shape
 
 
 def _guarded(step: Callable[[], Any]) -> Any:
@@ -159,7 +175,10 @@ class DiffuPrompter(Annotator):
             ValueError: empty or duplicate class names.
             InputImageError: the image cannot be used.
         """
-        rgb, heatmaps, binaries = self._ground(image, class_names, thresholds, binary_maps)
+        grounded = self._ground(image, class_names, thresholds, binary_maps)
+        if isinstance(grounded, Annotation):
+            return grounded
+        rgb, heatmaps, binaries = grounded
         return Annotation(heatmaps, self.prompter.prompt(rgb, heatmaps, binaries))
 
     def annotate_all(
@@ -190,18 +209,24 @@ class DiffuPrompter(Annotator):
         names: Sequence[str],
         thresholds: Thresholds,
         binarize: Callable[..., Any],
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], Any]:
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], Any] | Annotation:
         """The RGB image, its heatmaps, and ``binarize(rgb, heatmaps, gammas,
-        config)``: :func:`binary_maps` itself, or its submission to a pool."""
+        config)``: :func:`binary_maps` itself, or its submission to a pool.
+        A scene larger than ``config.tile_size`` is labelled in tiles
+        (:func:`~diffuprompter_plugin.engine.tiling.annotate_scene`) and its
+        Annotation returned."""
         names = validate_class_names(names)
-        rgb = to_rgb_uint8(image)
+        with opened(image) as raster:
+            if needs_tiling(raster.height, raster.width, self.config):
+                return annotate_scene(self, raster, names, thresholds)
+            rgb = to_rgb_uint8(raster)
         heatmaps = self.grounder.heatmaps(rgb, names)
         gammas = self.prompter.thresholds_for(names, thresholds)
         return rgb, heatmaps, binarize(rgb, heatmaps, gammas, self.config)
 
     def _finish(self, key: Any, grounded: Any) -> tuple[Any, Annotation | Exception]:
         """The SAM stage of an image whose CRF was submitted by :meth:`_ground`."""
-        if isinstance(grounded, Exception):
+        if isinstance(grounded, (Exception, Annotation)):
             return key, grounded
         rgb, heatmaps, binaries = grounded
 

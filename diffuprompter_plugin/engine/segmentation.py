@@ -12,6 +12,7 @@ import torch
 
 from .config import DEFAULT_SAM_MODEL, DiffuPrompterConfig
 from .crf import binary_map
+from .errors import InputImageError
 from .image import ImageLike, to_rgb_uint8
 from .models import default_dtype, load_sam, resolve_device
 from .prompts import Box, Region, components, mask_box, regions
@@ -23,7 +24,8 @@ class Instance:
 
     Attributes:
         label: the class name.
-        mask: H x W bool mask over the full image.
+        mask: (y1 - y0) x (x1 - x0) bool mask inside the box: instances of a
+            large scene take memory by their size, not the scene's.
         box: (x0, y0, x1, y1) pixels, x1/y1 exclusive.
         score: mean heatmap value inside the mask times SAM's predicted IoU of
             the chosen candidate, in [0, 1].
@@ -34,10 +36,28 @@ class Instance:
     box: Box
     score: float
 
+    @classmethod
+    def from_full_mask(cls, label: str, mask: np.ndarray, score: float) -> Instance:
+        """The instance of a non-empty H x W image-size mask, cropped to its box."""
+        x0, y0, x1, y1 = box = mask_box(mask)
+        return cls(label, mask[y0:y1, x0:x1].copy(), box, score)
+
     @property
     def area(self) -> int:
         """Pixel count of the mask."""
         return int(self.mask.sum())
+
+    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """The mask pasted into an all-False ``shape`` (H, W) array."""
+        full = np.zeros(shape, bool)
+        x0, y0, x1, y1 = self.box
+        full[y0:y1, x0:x1] = self.mask
+        return full
+
+    def shifted(self, dx: int, dy: int) -> Instance:
+        """The same instance with its box moved by (dx, dy) pixels."""
+        x0, y0, x1, y1 = self.box
+        return Instance(self.label, self.mask, (x0 + dx, y0 + dy, x1 + dx, y1 + dy), self.score)
 
 
 Thresholds = float | Mapping[str, float] | None
@@ -120,21 +140,37 @@ class SamPrompter:
     ) -> list[Instance]:
         """The SAM stage of :meth:`segment`, from already binarised maps."""
         image_set = False
-        instances = []
+        found_masks = []
         for label, binary in binaries.items():
             found = regions(binary, self.config.min_area)
             if not found:
                 continue
             with self.precision():
                 if not image_set:
-                    self.predictor.set_image(rgb)
+                    self.set_image(rgb)
                     image_set = True
                 masks, ious = self.predict(found)
             for mask in components(masks.any(0), self.config.min_area):
                 iou = max(ious[i] for i in range(len(found)) if (masks[i] & mask).any())
-                # score holds SAM's IoU until _resolve multiplies in the heatmap mean
-                instances.append(Instance(label, mask, mask_box(mask), iou))
-        return self._resolve(instances, heatmaps)
+                found_masks.append((label, mask, iou))
+        return self._resolve(found_masks, heatmaps)
+
+    def set_image(self, rgb: np.ndarray) -> None:
+        """Gives SAM the image.
+
+        Raises:
+            InputImageError: SAM's resize would leave a side under one pixel
+                (a very elongated image); the message names its size.
+        """
+        transform = self.predictor.transform
+        height, width = rgb.shape[:2]
+        if min(transform.get_preprocess_shape(height, width, transform.target_length)) < 1:
+            raise InputImageError(
+                f"Image of {width}x{height} px is too elongated for SAM, which resizes its "
+                f"longest side to {transform.target_length} px; crop it, or lower tile_size "
+                "so that it is labelled in tiles"
+            )
+        self.predictor.set_image(rgb)
 
     def precision(self) -> torch.autocast:
         """Autocast to :attr:`dtype` for SAM's forward passes (off at float32)."""
@@ -167,26 +203,28 @@ class SamPrompter:
         return chosen, iou_predictions[rows, best].clamp(0, 1).float().cpu().tolist()
 
     def _resolve(
-        self, instances: list[Instance], heatmaps: Mapping[str, np.ndarray]
+        self, found: list[tuple[str, np.ndarray, float]], heatmaps: Mapping[str, np.ndarray]
     ) -> list[Instance]:
         """Gives each pixel claimed by several classes to the class with the
-        highest heatmap value there, then scores the instances."""
-        labels = sorted({i.label for i in instances})
+        highest heatmap value there, then scores the instances.
+
+        Args:
+            found: (class, H x W mask, SAM's IoU) of each connected mask.
+        """
+        labels = sorted({label for label, _, _ in found})
         if len(labels) > 1:
             stack = np.stack([heatmaps[name] for name in labels])
             claimed = np.zeros_like(stack, dtype=bool)
-            for inst in instances:
-                claimed[labels.index(inst.label)] |= inst.mask
+            for label, mask, _ in found:
+                claimed[labels.index(label)] |= mask
             owner = np.where(claimed, stack, -1.0).argmax(0)
-            for inst in instances:
-                inst.mask = inst.mask & (owner == labels.index(inst.label))
+            found = [(lb, m & (owner == labels.index(lb)), iou) for lb, m, iou in found]
         kept = []
-        for inst in instances:
-            if inst.mask.sum() < self.config.min_area:
+        for label, mask, iou in found:
+            if mask.sum() < self.config.min_area:
                 continue
-            inst.box = mask_box(inst.mask)
-            inst.score = float(heatmaps[inst.label][inst.mask].mean() * inst.score)
-            kept.append(inst)
+            score = float(heatmaps[label][mask].mean() * iou)
+            kept.append(Instance.from_full_mask(label, mask, score))
         return kept
 
 

@@ -1,0 +1,130 @@
+"""Full-resolution heatmaps of a large scene, on disk, window by window.
+
+One single-band uint16 GeoTIFF per class (value = heatmap x
+:data:`HEATMAP_SCALE`), tiled in 512-px deflate blocks with average
+overviews, and georeferenced like the scene when it is. The tiling writes
+each tile's core into it and reads it back window by window, so a scene's
+heatmaps never have to fit in memory; re-thresholding reads the same files,
+so it gives exactly what the run gave. QGIS opens them over the scene.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from .raster import Box
+
+HEATMAP_SCALE = 65535
+"""Stored value of heatmap 1.0: a step of 1.5e-5, enough to re-threshold."""
+
+BLOCK = 512
+"""Side of the GeoTIFF's internal tiles."""
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silences rasterio's warning about heatmaps of images without georeference."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+def heatmap_profile(height: int, width: int, georef: Mapping[str, Any] | None = None) -> dict:
+    """The rasterio profile of a scene heatmap (``georef``: the scene's
+    ``transform`` and ``crs``, if any)."""
+    profile = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": 1,
+        "dtype": "uint16",
+        "compress": "deflate",
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+    }
+    if georef:
+        profile.update({k: v for k, v in georef.items() if v is not None})
+    return profile
+
+
+class HeatmapWriter:
+    """Writes the heatmaps of one scene, window by window.
+
+    Args:
+        paths: ``{class name: .tif path}``.
+        shape: the scene's (H, W).
+        georef: the scene's ``transform`` and ``crs`` (or None).
+    """
+
+    def __init__(
+        self,
+        paths: Mapping[str, str],
+        shape: tuple[int, int],
+        georef: Mapping[str, Any] | None = None,
+    ) -> None:
+        import rasterio
+
+        self.paths = dict(paths)
+        profile = heatmap_profile(*shape, georef)
+        self.files = {}
+        for name, path in self.paths.items():
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with _quiet():
+                self.files[name] = rasterio.open(path, "w", **profile)
+
+    def write(self, name: str, box: Box, heatmap: np.ndarray) -> None:
+        """Stores the h x w [0, 1] ``heatmap`` of class ``name`` at ``box``."""
+        from rasterio.windows import Window
+
+        x0, y0, x1, y1 = box
+        data = np.round(np.clip(heatmap, 0, 1) * HEATMAP_SCALE).astype(np.uint16)
+        self.files[name].write(data[None], window=Window(x0, y0, x1 - x0, y1 - y0))
+
+    def close(self, overviews: bool = True) -> None:
+        """Closes the files, first adding average overviews (factors 2, 4, ...
+        down to one block) when ``overviews``."""
+        from rasterio.enums import Resampling
+
+        for file in self.files.values():
+            if overviews:
+                factors = []
+                while max(file.height, file.width) // 2 ** (len(factors) + 1) >= BLOCK // 2:
+                    factors.append(2 ** (len(factors) + 1))
+                if factors:
+                    file.build_overviews(factors, Resampling.average)
+                    file.update_tags(ns="rio_overview", resampling="average")
+            file.close()
+
+
+def read_heatmap_window(path: str, box: Box | None = None) -> np.ndarray:
+    """The float32 [0, 1] heatmap of a stored scene heatmap at ``box``
+    (default: all of it)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with _quiet(), rasterio.open(path) as src:
+        window = None if box is None else Window(box[0], box[1], box[2] - box[0], box[3] - box[1])
+        data = src.read(1, window=window)
+    return data.astype(np.float32) / HEATMAP_SCALE
+
+
+def heatmap_preview(path: str, max_side: int) -> np.ndarray:
+    """A stored scene heatmap averaged down to ``max_side`` px on its longest
+    side (served from its overviews): float32 [0, 1]."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with _quiet(), rasterio.open(path) as src:
+        factor = max(1.0, max(src.height, src.width) / max_side)
+        shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
+        data = src.read(1, out_shape=shape, resampling=Resampling.average)
+    return data.astype(np.float32) / HEATMAP_SCALE

@@ -1,0 +1,190 @@
+"""Large scenes in tiles: grid, merge across seams, empty tiles, nodata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from helpers import EchoPrompter
+from rasterio.transform import from_origin
+
+from diffuprompter_plugin.engine.config import DiffuPrompterConfig
+from diffuprompter_plugin.engine.heatmap_store import read_heatmap_window
+from diffuprompter_plugin.engine.pipeline import DiffuPrompter
+from diffuprompter_plugin.engine.raster import ArrayRaster
+from diffuprompter_plugin.engine.tiling import segment_scene, tile_grid
+
+TILED = DiffuPrompterConfig(crf=False, tile_size=64, tile_overlap=16)
+
+
+class RedGrounder:
+    """Stub SD stage: the raw attention of a tile is its red channel / 255;
+    the heatmap is its min-max normalisation (as Eq. 4), the peak its max."""
+
+    def __init__(self) -> None:
+        self.tiles = 0
+
+    def heatmaps(self, rgb, names, peaks=None):
+        self.tiles += 1
+        raw = rgb[..., 0].astype(np.float32) / 255
+        span = raw.max() - raw.min()
+        heat = (raw - raw.min()) / span if span else np.zeros_like(raw)
+        if peaks is not None:
+            peaks.update(dict.fromkeys(names, float(raw.max())))
+        return {name: heat.copy() for name in names}
+
+
+def stub_model(config: DiffuPrompterConfig) -> DiffuPrompter:
+    return DiffuPrompter(RedGrounder(), EchoPrompter(config), config)
+
+
+OBJECTS = {
+    "seam": (40, 10, 60, 30),  # straddles the first vertical seam
+    "corner": (40, 40, 60, 62),  # on the corner of four tiles
+    "overlap": (100, 5, 108, 15),  # inside the overlap of two columns of tiles
+    "long": (20, 100, 150, 112),  # spans three tiles
+    "inside": (170, 150, 185, 170),  # inside one tile
+}
+
+
+def scene() -> np.ndarray:
+    """200 x 210 px: faint noise, bright objects in the red channel."""
+    rgb = np.random.default_rng(0).integers(5, 20, (200, 210, 3)).astype(np.uint8)
+    for x0, y0, x1, y1 in OBJECTS.values():
+        rgb[y0:y1, x0:x1, 0] = 230
+    return rgb
+
+
+def object_mask(box, shape=(200, 210)) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[box[1] : box[3], box[0] : box[2]] = True
+    return mask
+
+
+def test_grid_covers_the_image_and_cores_partition_it():
+    grid = tile_grid(200, 210, 64, 16)
+    cover = np.zeros((200, 210), int)
+    cores = np.zeros((200, 210), int)
+    for (x0, y0, x1, y1), (cx0, cy0, cx1, cy1) in grid:
+        assert (x1 - x0, y1 - y0) == (64, 64)
+        assert x0 <= cx0 < cx1 <= x1 and y0 <= cy0 < cy1 <= y1
+        cover[y0:y1, x0:x1] += 1
+        cores[cy0:cy1, cx0:cx1] += 1
+    assert cover.min() >= 1 and (cores == 1).all()
+    assert [t for t, _ in grid][:2] == [(0, 0, 64, 64), (48, 0, 112, 64)]
+    assert tile_grid(40, 50, 64, 16) == [((0, 0, 50, 40), (0, 0, 50, 40))]
+
+
+def test_each_object_comes_out_once_with_its_pixels_unchanged():
+    result = stub_model(TILED).annotate(scene(), ["car"])
+    masks = sorted((i.box, i.full_mask((200, 210))) for i in result.instances)
+    assert [box for box, _ in masks] == sorted(OBJECTS.values())
+    for box, mask in masks:
+        np.testing.assert_array_equal(mask, object_mask(box))
+    assert set(result.heatmap_files) == {"car"}
+    stored = read_heatmap_window(result.heatmap_files["car"])
+    assert stored.shape == (200, 210)
+    assert (stored > 0.4).sum() == sum(object_mask(b).sum() for b in OBJECTS.values())
+
+
+def test_tiled_instances_equal_the_untiled_ones():
+    whole = stub_model(TILED.replace(tile_size=256, tile_overlap=16)).annotate(scene(), ["car"])
+    tiled = stub_model(TILED).annotate(scene(), ["car"])
+    assert whole.heatmap_files == {}  # a small image: as before, in memory
+    assert whole.heatmaps["car"].shape == (200, 210)
+
+    def key(result):
+        return sorted((i.box, i.mask.tobytes()) for i in result.instances)
+
+    assert key(tiled) == key(whole)
+
+
+def test_empty_tiles_are_scaled_below_gamma_not_normalised_to_foreground():
+    rgb = scene()
+    rgb[..., 0] = np.random.default_rng(1).integers(5, 20, rgb.shape[:2])  # noise only
+    rgb[150:170, 170:185, 0] = 230  # one object
+    result = stub_model(TILED).annotate(rgb, ["car"])
+    assert [i.box for i in result.instances] == [(170, 150, 185, 170)]
+    stored = read_heatmap_window(result.heatmap_files["car"], (0, 0, 100, 100))
+    assert stored.max() < 20 / 230  # noise tile: its peak over the scene's
+
+
+def test_rethreshold_of_a_scene_gives_exactly_the_run_from_the_stored_heatmaps():
+    model = stub_model(TILED)
+    result = model.annotate(scene(), ["car"])
+    again = segment_scene(model.prompter, ArrayRaster(scene()), result.heatmap_files)
+
+    def key(instances):
+        return sorted((i.box, i.mask.tobytes(), i.score) for i in instances)
+
+    assert key(again) == key(result.instances)
+
+
+def test_16bit_four_band_geotiff_with_nodata(tmp_path):
+    path = tmp_path / "scene.tif"
+    data = np.random.default_rng(2).integers(200, 400, (4, 160, 200)).astype(np.uint16)
+    data[:, :, :70] = 0  # nodata: the left 70 columns
+    data[0, 40:60, 60:90] = 4000  # an object half on nodata
+    data[0, 100:120, 120:150] = 4000  # an object on data
+    transform = from_origin(500000, 5000000, 0.5, 0.5)
+    profile = dict(driver="GTiff", width=200, height=160, count=4, dtype="uint16", nodata=0)
+    with rasterio.open(path, "w", crs="EPSG:32633", transform=transform, **profile) as dst:
+        dst.write(data)
+    model = stub_model(TILED)
+    result = model.annotate(path, ["car"])
+    assert model.grounder.tiles == 12 - 3  # the column of tiles entirely nodata is not run
+    boxes = sorted(i.box for i in result.instances)
+    assert boxes == [(70, 40, 90, 60), (120, 100, 150, 120)]  # none on nodata
+    with rasterio.open(result.heatmap_files["car"]) as src:
+        assert src.crs.to_epsg() == 32633 and src.transform == transform
+        assert src.read(1)[:, :70].max() == 0
+
+
+def test_elongated_strip_is_labelled_in_tiles():
+    strip = np.full((16, 5000, 3), 10, np.uint8)
+    strip[2:14, 2000:2030, 0] = 230
+    result = stub_model(DiffuPrompterConfig(crf=False, min_area=16)).annotate(strip, ["car"])
+    assert [i.box for i in result.instances] == [(2000, 2, 2030, 14)]
+
+
+def test_sam_refuses_an_image_too_elongated_for_it_naming_its_size():
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from diffuprompter_plugin.engine.errors import InputImageError
+
+    prompter = EchoPrompter(DiffuPrompterConfig(crf=False))
+    prompter.predictor.transform = ResizeLongestSide(64)  # a tiny SAM
+    with pytest.raises(InputImageError, match="5000x16 px is too elongated"):
+        prompter.set_image(np.zeros((16, 5000, 3), np.uint8))
+
+
+def test_a_scene_in_a_brain_run_stores_previews_and_geotiffs_and_rethresholds_exactly(
+    tmp_path,
+):
+    import fiftyone as fo
+    from PIL import Image
+
+    from diffuprompter_plugin.labelling import compute_pseudo_labels
+    from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels
+
+    Image.fromarray(scene()).save(tmp_path / "scene.png")
+    dataset = fo.Dataset()
+    dataset.add_sample(fo.Sample(filepath=str(tmp_path / "scene.png")))
+    model = stub_model(TILED)
+    compute_pseudo_labels(dataset, "dp", classes=["car"], model=model)
+    sample = dataset.first()
+    heatmap = sample["dp_heatmap_car"]
+    assert heatmap.get_map().shape == (200, 210)  # preview: the scene is under PREVIEW_SIDE
+    with rasterio.open(heatmap["geotiff_path"]) as src:
+        assert (src.height, src.width) == (200, 210)
+    boxes = sorted(
+        tuple(round(v * s) for v, s in zip(d.bounding_box, (210, 200, 210, 200), strict=True))
+        for d in sample.dp_instances.detections
+    )
+    assert boxes == sorted((x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in OBJECTS.values())
+    rethreshold_pseudo_labels(dataset, "dp", "dp_again", prompter=model.prompter)
+    sample.reload()
+    again = [(d.bounding_box, d.mask.tobytes()) for d in sample.dp_again.detections]
+    assert sorted(again) == sorted(
+        (d.bounding_box, d.mask.tobytes()) for d in sample.dp_instances.detections
+    )
