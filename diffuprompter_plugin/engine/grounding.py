@@ -47,7 +47,10 @@ def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
     prompt_ids = tokenizer(template.format(class_name)).input_ids
     indices = list(range(1 + n_prefix, 1 + n_prefix + len(class_ids)))
     if indices[-1] >= tokenizer.model_max_length - 1:
-        raise ValueError(f"The prompt for '{class_name}' is too long for the text encoder")
+        raise ValueError(
+            f"The prompt for '{class_name[:60]}' is too long for the text encoder: "
+            f"{len(prompt_ids)} tokens, at most {tokenizer.model_max_length} fit"
+        )
     if [prompt_ids[i] for i in indices] != class_ids:
         raise ValueError(
             f"Cannot locate '{class_name}' in the prompt {template.format(class_name)!r}"
