@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .attention import capture_cross_attention
 from .config import DiffuPrompterConfig
@@ -118,14 +119,17 @@ class TextGrounder:
         self.dtype = dtype
 
     @torch.inference_mode()
-    def heatmaps(self, image: ImageLike, class_names: Sequence[str]) -> dict[str, np.ndarray]:
+    def heatmaps(
+        self, image: ImageLike, class_names: Sequence[str], progress: bool = False
+    ) -> dict[str, np.ndarray]:
         """Returns ``{class name: H x W float32 heatmap in [0, 1]}`` at the
-        image's own size; the VAE encodes the image once for all classes."""
+        image's own size; the VAE encodes the image once for all classes.
+        With ``progress``, a bar counts the classes done."""
         rgb = to_rgb_uint8(image)
         latent = self.encode(rgb)
         height, width = rgb.shape[:2]
         maps = {}
-        for name in class_names:
+        for name in tqdm(class_names, desc="Heatmaps", unit="class", disable=not progress):
             heat = self.latent_heatmap(latent, name)
             full = F.interpolate(heat[None, None], size=(height, width), mode="bilinear")
             maps[name] = full[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)

@@ -175,6 +175,7 @@ class DiffuPrompter(Annotator):
         image: ImageLike,
         class_names: Sequence[str],
         thresholds: Thresholds = None,
+        progress: bool = False,
     ) -> Annotation:
         """Heatmaps and instances of ``class_names`` in ``image``.
 
@@ -183,12 +184,17 @@ class DiffuPrompter(Annotator):
             class_names: one or more class names.
             thresholds: gamma for all classes, per class, or None for the
                 config's.
+            progress: show a bar over the classes' heatmaps, the long part
+                of a call on many classes (off by default: runs over many
+                images show their own bar per image).
 
         Raises:
             ValueError: empty or duplicate class names.
             InputImageError: the image cannot be used.
         """
-        rgb, heatmaps, binaries = self._ground(image, class_names, thresholds, binary_maps)
+        rgb, heatmaps, binaries = self._ground(
+            image, class_names, thresholds, binary_maps, progress
+        )
         return Annotation(heatmaps, self.prompter.prompt(rgb, heatmaps, binaries))
 
     def annotate_all(
@@ -219,12 +225,13 @@ class DiffuPrompter(Annotator):
         names: Sequence[str],
         thresholds: Thresholds,
         binarize: Callable[..., Any],
+        progress: bool = False,
     ) -> tuple[np.ndarray, dict[str, np.ndarray], Any]:
         """The RGB image, its heatmaps, and ``binarize(rgb, heatmaps, gammas,
         config)``: :func:`binary_maps` itself, or its submission to a pool."""
         names = validate_class_names(names)
         rgb = to_rgb_uint8(image)
-        heatmaps = self.grounder.heatmaps(rgb, names)
+        heatmaps = self.grounder.heatmaps(rgb, names, progress)
         gammas = self.prompter.thresholds_for(names, thresholds)
         return rgb, heatmaps, binarize(rgb, heatmaps, gammas, self.config)
 
