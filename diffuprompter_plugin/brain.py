@@ -36,8 +36,11 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
         classes: fixed class names applied to every sample, or None.
         class_field: Classification(s) field giving each sample's classes.
         settings: :meth:`DiffuPrompterConfig.to_dict` of the method.
-        models: which Stable Diffusion and SAM produced the labels.
+        models: which Stable Diffusion and SAM produced the labels: ids or
+            paths, ``PREBUILT`` for a model object whose source is unknown.
         smoke: True for runs with tiny random-weight models.
+        rethreshold_fields: ``fo.Detections`` fields that re-thresholding
+            wrote from this run's heatmaps; deleted with the run.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
         settings: dict[str, Any] | None = None,
         models: dict[str, Any] | None = None,
         smoke: bool = False,
+        rethreshold_fields: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         self.pred_field = pred_field
@@ -62,6 +66,7 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
         self.settings = settings or DiffuPrompterConfig().to_dict()
         self.models = models or {}
         self.smoke = smoke
+        self.rethreshold_fields = rethreshold_fields or []
         super().__init__(**kwargs)
 
     @property
@@ -84,8 +89,14 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
 
     @property
     def models_recorded(self) -> bool:
-        """False for a run made with an already-built model: its weights are
-        not on record, so resuming it or rerunning SAM needs them passed."""
+        """False for a run made with a model object of unknown source: its
+        weights are not on record, so resuming it needs the model passed."""
+        return self.sam_recorded and self.models.get("sd_model") != PREBUILT
+
+    @property
+    def sam_recorded(self) -> bool:
+        """False when the run's SAM is not on record, so rerunning SAM
+        (re-thresholding) needs one passed."""
         return self.models.get("sam_model") != PREBUILT
 
     def load_model(self, device: str | None = None, model: Any = None) -> Any:
@@ -99,7 +110,7 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
         """
         if model is not None:
             return model
-        self._require_recorded("model=")
+        self._require_recorded(self.models_recorded, "model=")
         from .engine.pipeline import DiffuPrompter
 
         return DiffuPrompter.from_pretrained(
@@ -129,7 +140,9 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
         if prompter is not None:
             return prompter
         if sam_model is None:
-            self._require_recorded("sam_model= (and sam_checkpoint=) or prompter=")
+            self._require_recorded(
+                self.sam_recorded, "sam_model= (and sam_checkpoint=) or prompter="
+            )
             sam_model = self.models["sam_model"]
             sam_checkpoint = sam_checkpoint or self.models.get("sam_checkpoint")
         from .engine.segmentation import SamPrompter
@@ -138,10 +151,11 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
             sam_model, sam_checkpoint, device=device, config=self.engine_config()
         )
 
-    def _require_recorded(self, remedy: str) -> None:
-        """Raises when the run's models are not on record; ``remedy`` says
+    @staticmethod
+    def _require_recorded(recorded: bool, remedy: str) -> None:
+        """Raises unless the models needed are on record; ``remedy`` says
         what to pass instead."""
-        if not self.models_recorded:
+        if not recorded:
             raise ValueError(
                 "This brain run was made with an already-built model, so its models "
                 f"are not on record: pass {remedy}"
@@ -152,9 +166,11 @@ class PseudoLabels(fob.BrainMethod):
     """The brain method: knows the run's fields and files, and removes them."""
 
     def get_fields(self, samples: Any, brain_key: str) -> list[str]:
-        return list(self.config.field_types())
+        return [*self.config.field_types(), *self.config.rethreshold_fields]
 
     def cleanup(self, samples: Any, brain_key: str) -> None:
+        """Deletes the run's fields, the re-threshold fields it fed, and its
+        heatmap folder."""
         dataset = samples._dataset
         fields = [f for f in self.get_fields(samples, brain_key) if dataset.has_sample_field(f)]
         dataset.delete_sample_fields(fields, error_level=1)

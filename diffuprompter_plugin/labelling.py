@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
@@ -26,8 +27,9 @@ from .engine.config import (
     DEFAULT_SD_MODEL,
     RUNTIME_SETTINGS,
     DiffuPrompterConfig,
+    model_source,
 )
-from .labels import class_slug, sample_classes, to_detections, write_heatmap
+from .labels import class_slug, heatmap_fields, sample_classes, to_detections, write_heatmap
 
 logger = logging.getLogger(__name__)
 
@@ -274,10 +276,13 @@ def _run(samples, brain_key, run_config, model, batch_size, progress, device=Non
     """Registers (or resumes) the run, annotates its pending samples and
     stores the results; everything is checked, and the model loaded, before
     anything is written."""
+    check_batch_size(batch_size)
     claims = RunClaims(samples._dataset, brain_key)
     pending = _pending(samples, brain_key, run_config, claims)
     if pending:
+        _check_writable(run_config.heatmap_dir)
         model = run_config.load_model(device, model)  # fails before anything is written
+        model.check_class_names(list(run_config.heatmap_fields))
     _begin(samples, brain_key, run_config, pending, claims)
     return _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims)
 
@@ -341,21 +346,24 @@ def _new_run_config(
         if not isinstance(field, str) or not field.isidentifier():
             raise ValueError(f"Invalid name {field!r}: use a Python identifier")
     settings, models = settings_models
-    run_config = PseudoLabelsConfig(
+    existing = (
+        stored_config(samples, brain_key) if brain_key in samples.list_brain_runs() else None
+    )
+    if existing is not None and output_dir is None:
+        heatmap_dir = existing.heatmap_dir  # the run's own folder, wherever it was made
+    else:
+        heatmap_dir = _heatmap_dir(samples, brain_key, output_dir)
+    return PseudoLabelsConfig(
         pred_field=pred_field,
-        heatmap_fields={n: f"{heatmap_field}_{class_slug(n)}" for n in names},
+        heatmap_fields=heatmap_fields(names, heatmap_field),
         error_field=f"{pred_field}_error",
-        heatmap_dir=_heatmap_dir(samples, brain_key, output_dir),
+        heatmap_dir=heatmap_dir,
         classes=names if classes is not None else None,
         class_field=class_field,
         settings=settings.to_dict(),
         models=models,
         smoke=smoke,
     )
-    if brain_key in samples.list_brain_runs() and output_dir is None:
-        # the run's own folder, even if the dataset was renamed since
-        run_config.heatmap_dir = samples.get_brain_info(brain_key).config.heatmap_dir
-    return run_config
 
 
 def _class_names(samples: Any, classes: Sequence[str] | None, class_field: str | None):
@@ -369,21 +377,61 @@ def _class_names(samples: Any, classes: Sequence[str] | None, class_field: str |
 
 
 def _settings_and_models(config, model, sd_model, sam_model, sam_checkpoint):
-    """The method settings and the record of which models label the run."""
+    """The method settings and the record of which models label the run: a
+    model from ``from_pretrained`` brings the ids and paths it was loaded
+    from (``sources``); a part built otherwise is recorded as ``PREBUILT``."""
     if model is not None:
-        return model.config, {"sd_model": type(model).__name__, "sam_model": PREBUILT}
+        sources = getattr(model, "sources", None) or {}
+        if not sources.get("sd_model") and not sources.get("sam_model"):
+            return model.config, {"sd_model": type(model).__name__, "sam_model": PREBUILT}
+        return model.config, {
+            "sd_model": sources.get("sd_model") or PREBUILT,
+            "sam_model": sources.get("sam_model") or PREBUILT,
+            "sam_checkpoint": sources.get("sam_checkpoint"),
+        }
     if not isinstance(config, DiffuPrompterConfig):
         config = DiffuPrompterConfig.from_dict(dict(config or {}))
     return config, {
-        "sd_model": str(sd_model or DEFAULT_SD_MODEL),
-        "sam_model": str(sam_model or DEFAULT_SAM_MODEL),
-        "sam_checkpoint": str(sam_checkpoint) if sam_checkpoint else None,
+        "sd_model": model_source(sd_model or DEFAULT_SD_MODEL),
+        "sam_model": model_source(sam_model or DEFAULT_SAM_MODEL),
+        "sam_checkpoint": model_source(sam_checkpoint),
     }
 
 
-def _heatmap_dir(samples: Any, brain_key: str, output_dir: str | None) -> str:
+def heatmap_root(samples: Any, output_dir: str | None = None) -> str:
+    """The folder of a dataset's heatmaps: ``output_dir``, or FiftyOne's
+    dataset dir, then ``__diffuprompter__/<dataset id>``. The id never
+    changes and is never reused, so renamed datasets, or names that simplify
+    alike (``p7-a``, ``p7(a)``), never share heatmaps."""
     root = output_dir or os.path.join(fo.config.default_dataset_dir, "__diffuprompter__")
-    return os.path.abspath(os.path.join(root, class_slug(samples._dataset.name), brain_key))
+    return os.path.abspath(os.path.join(root, str(samples._dataset._doc.id)))
+
+
+def _heatmap_dir(samples: Any, brain_key: str, output_dir: str | None) -> str:
+    return os.path.join(heatmap_root(samples, output_dir), brain_key)
+
+
+def check_batch_size(batch_size: Any) -> None:
+    """Raises ValueError unless ``batch_size`` is an integer >= 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, not {batch_size!r}")
+
+
+def _check_writable(folder: str) -> None:
+    """Raises ValueError unless ``folder`` is, or can be created as, a
+    writable folder; creates nothing."""
+    path = Path(folder)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(
+            f"Cannot write heatmaps to '{folder}': '{existing}' is a file; "
+            "choose another output_dir"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"Cannot write heatmaps to '{folder}': '{existing}' is not writable; "
+            "choose another output_dir"
+        )
 
 
 def _classes_in_field(samples: Any, class_field: str) -> list[str]:
@@ -404,6 +452,13 @@ def _classes_in_field(samples: Any, class_field: str) -> list[str]:
 
 
 def _check_new_fields(samples: Any, config: PseudoLabelsConfig) -> None:
+    names = [config.pred_field, config.error_field, *config.heatmap_fields.values()]
+    shared = sorted({n for n in names if names.count(n) > 1})
+    if shared:
+        raise ValueError(
+            f"Fields {shared} would hold both a heatmap and the instances or errors "
+            f"('{config.pred_field}', '{config.error_field}'): choose another heatmap_field"
+        )
     taken = [f for f in config.field_types() if samples._dataset.has_sample_field(f)]
     if taken:
         raise ValueError(f"Fields {taken} already exist; choose other field names or delete them")
@@ -427,8 +482,10 @@ def _declare_fields(samples: Any, config: PseudoLabelsConfig) -> None:
 
 def _check_resumable(samples: Any, brain_key: str, config: PseudoLabelsConfig) -> None:
     existing = stored_config(samples, brain_key)
-    keys = ("pred_field", "heatmap_fields", "models", "classes", "class_field")
+    keys = ("pred_field", "heatmap_fields", "heatmap_dir", "classes", "class_field")
     differs = [k for k in keys if getattr(existing, k, None) != getattr(config, k)]
+    if (existing.models_recorded or config.models_recorded) and existing.models != config.models:
+        differs.append("models")  # two already-built models cannot be compared
     differs += [
         name
         for name, value in config.settings.items()

@@ -25,13 +25,20 @@ from PIL import Image
 from .brain import SMOKE_LABEL
 from .engine.config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig
 from .engine.errors import ModelUnavailableError
-from .engine.models import cache_dir
+from .engine.models import cache_dir, missing_weights
 from .importers import import_classification_collection
 from .labelling import compute_pseudo_labels
 
 SMOKE_TAG = "smoke-test"
 SMOKE_CONFIG = DiffuPrompterConfig(loops=4, loop_batch_size=4, resolution=64, crf=False)
 SMOKE_CLASSES = ("storage tank", "ship")
+MODEL_ARGS = ("sd_model", "sam_model", "sam_checkpoint")
+MISSING_ADVICE = (
+    f"Download them with internet access (e.g. `hf download {DEFAULT_SD_MODEL} --local-dir "
+    "PATH`; SAM from https://github.com/facebookresearch/segment-anything#model-checkpoints), "
+    "then rerun with --sd-model PATH and/or --sam-checkpoint FILE, or try --smoke to check "
+    "the install offline."
+)
 
 
 def synthetic_images(folder: Path, count: int = 4) -> Path:
@@ -48,38 +55,60 @@ def synthetic_images(folder: Path, count: int = 4) -> Path:
     return folder
 
 
-def load_images(images: Path, name: str) -> fo.Dataset:
-    """The persistent dataset ``name`` of the folder's images.
+def load_images(images: Path, name: str, overwrite: bool = False) -> fo.Dataset:
+    """The persistent dataset ``name`` of the folder's images, saying what it did.
 
     A recognised collection (UC Merced, NWPU-RESISC45, ...) goes through
     :func:`import_classification_collection`, which maps its folders onto the
     paper's categories; other class subfolders become ``ground_truth`` as
     they are; a flat folder gives unlabelled samples. An existing dataset of
-    that name is reused, so an interrupted main job resumes where it stopped.
+    that name gets the folder's images it lacks, so an interrupted main job
+    resumes where it stopped and new images are labelled too; ``overwrite``
+    deletes it (with its runs and heatmaps) and imports afresh.
+
+    Raises:
+        ValueError: the folder holds no image.
     """
-    if fo.dataset_exists(name):
-        print(f"Using the existing dataset '{name}' (delete it to re-import)")
-        return fo.load_dataset(name)
-    if not images.is_dir():
-        raise FileNotFoundError(f"Image folder '{images}' does not exist")
+    if overwrite and fo.dataset_exists(name):
+        existing = fo.load_dataset(name)
+        existing.delete_brain_runs()
+        existing.delete()
+        print(f"Deleted the existing dataset '{name}' (--overwrite)")
+    had = len(fo.load_dataset(name)) if fo.dataset_exists(name) else None
     try:
         report = import_classification_collection(images, name)
     except ValueError:  # not a known collection: a plain image folder
-        has_classes = any(p.is_dir() for p in images.iterdir())
-        dataset_type = (
-            fo.types.ImageClassificationDirectoryTree if has_classes else fo.types.ImageDirectory
-        )
-        dataset = fo.Dataset.from_dir(
-            dataset_dir=str(images), dataset_type=dataset_type, name=name
-        )
-        dataset.persistent = True
+        _import_folder(images, name)
     else:
         print(f"Imported {report.added} images; skipped {len(report.skipped)}")
-        dataset = fo.load_dataset(name)
-    if len(dataset) == 0:
-        dataset.delete()
+    dataset = fo.load_dataset(name) if fo.dataset_exists(name) else None
+    if dataset is None or len(dataset) == 0:
+        if dataset is not None:
+            dataset.delete()
         raise ValueError(f"No images found in '{images}'")
+    if had is not None:
+        print(
+            f"Added {len(dataset) - had} new images from '{images}' to the existing dataset "
+            f"'{name}' ({had} were there; --overwrite re-imports)"
+        )
     return dataset
+
+
+def _import_folder(images: Path, name: str) -> None:
+    """Adds the images of a plain folder (with or without class subfolders)
+    that the dataset ``name`` lacks, creating it persistent if needed."""
+    has_classes = any(p.is_dir() for p in images.iterdir())
+    dataset_type = (
+        fo.types.ImageClassificationDirectoryTree if has_classes else fo.types.ImageDirectory
+    )
+    found = fo.Dataset.from_dir(dataset_dir=str(images), dataset_type=dataset_type)
+    try:
+        if not fo.dataset_exists(name):
+            found.clone(name, persistent=True)
+        else:
+            fo.load_dataset(name).merge_samples(found, key_field="filepath", skip_existing=True)
+    finally:
+        found.delete()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: CUDA if available)")
     parser.add_argument(
         "--loops", type=int, default=DiffuPrompterConfig.loops, help="noise draws L (LSAD)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an existing dataset of that name (runs, heatmaps) and import afresh; "
+        "without it, the folder's new images are added to it",
     )
     parser.add_argument("--no-app", action="store_true", help="do not open the App")
     parser.add_argument("--port", type=int, default=5151, help="the App's port")
@@ -140,7 +175,21 @@ def main(argv: list[str] | None = None) -> int:
             config=DiffuPrompterConfig(loops=args.loops),
         )
 
-    dataset = load_images(images, name)
+    if not Path(images).is_dir():
+        print(f"\nImage folder '{images}' does not exist", file=sys.stderr)
+        return 2
+    missing = [] if args.smoke else missing_weights(**{k: kwargs[k] for k in MODEL_ARGS})
+    if missing:  # checked before a dataset is made, both models at once
+        print(
+            "\nModel weights are missing:\n- " + "\n- ".join(missing) + "\n" + MISSING_ADVICE,
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        dataset = load_images(images, name, args.overwrite)
+    except ValueError as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 2
     if args.smoke:
         dataset.description = SMOKE_LABEL
         dataset.info["smoke"] = SMOKE_LABEL
@@ -163,11 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             **kwargs,
         )
     except ModelUnavailableError as e:
-        print(
-            f"\nModel weights are missing.\n{e}\nThen rerun with --sd-model PATH and/or "
-            "--sam-checkpoint FILE, or try --smoke to check the install offline.",
-            file=sys.stderr,
-        )
+        print(f"\nModel weights are missing.\n{e}\n{MISSING_ADVICE}", file=sys.stderr)
         return 2
     except ValueError as e:  # unsupported model, taken field names, changed settings
         print(f"\n{e}", file=sys.stderr)

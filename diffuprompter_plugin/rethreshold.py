@@ -12,6 +12,7 @@ import fiftyone.core.utils as fou
 
 from .brain import PseudoLabels, stored_config
 from .engine.config import check_setting
+from .labelling import check_batch_size
 from .labels import read_heatmap, scene_heatmap_path, to_detections
 
 
@@ -53,7 +54,8 @@ def rethreshold_pseudo_labels(
     Args:
         samples: a dataset or view with a finished or partial run.
         brain_key: the DiffuPrompter run whose heatmaps to use.
-        out_field: new ``fo.Detections`` field (overwritten if it exists).
+        out_field: new ``fo.Detections`` field (overwritten if it exists);
+            it is recorded with the run, so deleting the run deletes it.
         thresholds: gamma for all classes, ``{class: gamma}``, or a JSON file
             of that dict; None keeps the run's threshold.
         sam_model, sam_checkpoint, device: SAM to use (default: the run's
@@ -66,10 +68,14 @@ def rethreshold_pseudo_labels(
     config = stored_config(samples, brain_key)
     if not out_field.isidentifier():
         raise ValueError(f"Invalid field name {out_field!r}: use a Python identifier")
-    if out_field in PseudoLabels(config).get_fields(samples, brain_key):
+    if out_field in config.field_types():
         raise ValueError(f"Field '{out_field}' belongs to brain run '{brain_key}'")
+    check_batch_size(batch_size)
     thresholds = load_thresholds(thresholds)
     prompter = config.load_prompter(sam_model, sam_checkpoint, device, prompter)
+    if out_field not in config.rethreshold_fields:  # deleted with the run from now on
+        config.rethreshold_fields.append(out_field)
+        PseudoLabels.update_run_config(samples, brain_key, config)
     from .engine.image import opened
     from .engine.tiling import segment_scene
 

@@ -117,7 +117,7 @@ def model_inputs(inputs: types.Object, run: PseudoLabelsConfig | None = None) ->
             default=DEFAULT_SD_MODEL,
         )
     sam = "vit_h, vit_l, vit_b, or a folder with sam_config.json and sam.pth"
-    if run is not None and run.models_recorded:
+    if run is not None and run.sam_recorded:
         sam = f"{sam}; empty: the run's ({run.models['sam_model']})"
     elif run is not None:
         sam = f"{sam}; required: this run was made in Python with an already-built model"
@@ -126,7 +126,7 @@ def model_inputs(inputs: types.Object, run: PseudoLabelsConfig | None = None) ->
         label="SAM",
         description=sam,
         default=None if run is not None else DEFAULT_SAM_MODEL,
-        required=run is not None and not run.models_recorded,
+        required=run is not None and not run.sam_recorded,
     )
     inputs.str(
         "sam_checkpoint",
@@ -217,7 +217,7 @@ def progress_reporter(ctx: Any, label: str) -> Any:
     """A FiftyOne progress callback that reports to ``ctx.set_progress``."""
 
     def report(pb: Any) -> None:
-        ctx.set_progress(progress=pb.progress, label=f"{label}: {pb.complete}/{pb.total} samples")
+        ctx.set_progress(progress=pb.progress, label=f"{label}: {pb.iteration}/{pb.total} samples")
 
     return fo.report_progress(report, dt=2.0)
 
@@ -231,7 +231,19 @@ def reload_app(ctx: Any) -> None:
 def execute_from_sdk(
     operator: foo.Operator, samples: Any, params: dict[str, Any], delegate: bool
 ) -> Any:
-    """Runs ``operator`` on a collection from Python, queued when ``delegate``."""
+    """Runs ``operator`` on a collection from Python, queued when ``delegate``.
+
+    Raises:
+        ValueError: ``delegate`` on a non-persistent dataset, which FiftyOne
+            deletes when this process exits, before a worker could run the job.
+    """
+    dataset = samples._dataset
+    if delegate and not dataset.persistent:
+        raise ValueError(
+            f"Dataset '{dataset.name}' is not persistent, so it is deleted when this "
+            "process exits, before a worker runs the job: set dataset.persistent = True "
+            "first, or pass delegate=False"
+        )
     params = {k: v for k, v in params.items() if v is not None}
     return foo.execute_operator(
         operator.uri,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import fiftyone as fo
 import pytest
 
@@ -52,8 +54,9 @@ def test_missing_weights_stop_with_what_to_download(cache, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2
         assert "Model weights are missing" in err and "absent-sd" in err
+        assert "SAM 'vit_h' checkpoint is not in" in err  # both models reported at once
         assert "--sd-model PATH" in err
-        assert fo.load_dataset(name).list_brain_runs() == []
+        assert not fo.dataset_exists(name)  # checked before the dataset is made
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
@@ -93,6 +96,35 @@ def test_known_collection_is_mapped_and_rerun_resumes(cache, tmp_path, capsys):
         assert main(args) == 2  # same run, other classes: refused, not redone
         err = capsys.readouterr().err
         assert "Brain run 'smoke' exists with different" in err and "'classes'" in err
+    finally:
+        if fo.dataset_exists(f"{name}-smoke"):
+            fo.delete_dataset(f"{name}-smoke")
+
+
+def test_missing_folder_is_a_clean_error(cache, tmp_path, capsys):
+    assert main([str(tmp_path / "nowhere"), "--classes", "ship", "--no-app"]) == 2
+    assert f"Image folder '{tmp_path / 'nowhere'}' does not exist" in capsys.readouterr().err
+
+
+def test_new_images_are_added_to_the_existing_dataset_or_overwritten(cache, tmp_path, capsys):
+    name = "qs-grow"
+    args = ["--smoke", "--no-app", "--dataset", name, "--classes", "ship"]
+    try:
+        first = synthetic_images(tmp_path / "first", count=2)
+        assert main([str(first), *args]) == 0
+        second = tmp_path / "second"
+        synthetic_images(second, count=3)  # the same names in another folder: new files
+        capsys.readouterr()
+        assert main([str(second), *args]) == 0
+        assert "Added 3 new images" in capsys.readouterr().out
+        dataset = fo.load_dataset(f"{name}-smoke")
+        assert len(dataset) == 5 and dataset.count("smoke_instances") == 5
+        heatmaps = dataset.get_brain_info("smoke").config.heatmap_dir
+        assert main([str(first), *args, "--overwrite"]) == 0
+        assert "Deleted the existing dataset" in capsys.readouterr().out
+        dataset = fo.load_dataset(f"{name}-smoke")
+        assert len(dataset) == 2 and dataset.count("smoke_instances") == 2
+        assert not os.path.exists(heatmaps)  # the old dataset's heatmaps went with it
     finally:
         if fo.dataset_exists(f"{name}-smoke"):
             fo.delete_dataset(f"{name}-smoke")

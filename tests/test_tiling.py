@@ -24,7 +24,10 @@ class RedGrounder:
     def __init__(self) -> None:
         self.tiles = 0
 
-    def heatmaps(self, rgb, names, peaks=None):
+    def check_prompts(self, names):
+        pass
+
+    def heatmaps(self, rgb, names, peaks=None, progress=False):
         self.tiles += 1
         raw = rgb[..., 0].astype(np.float32) / 255
         span = raw.max() - raw.min()

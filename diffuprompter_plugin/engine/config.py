@@ -12,6 +12,7 @@ it cheaply.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,13 @@ DEFAULT_PRED_FIELD = "dp_instances"
 DEFAULT_HEATMAP_FIELD = "dp_heatmap"
 
 NORMALIZATIONS = ("minmax", "none")
+
+
+def model_source(model: Any) -> str | None:
+    """What a run records of a model argument: its hub id, registry type or
+    path as a string; None for no model, or for a model object (its weights
+    are not on record)."""
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
 
 
 @dataclass(frozen=True)

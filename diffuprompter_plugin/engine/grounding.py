@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .attention import capture_cross_attention
 from .config import DiffuPrompterConfig
@@ -47,7 +48,10 @@ def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
     prompt_ids = tokenizer(template.format(class_name)).input_ids
     indices = list(range(1 + n_prefix, 1 + n_prefix + len(class_ids)))
     if indices[-1] >= tokenizer.model_max_length - 1:
-        raise ValueError(f"The prompt for '{class_name}' is too long for the text encoder")
+        raise ValueError(
+            f"The prompt for '{class_name[:60]}' is too long for the text encoder: "
+            f"{len(prompt_ids)} tokens, at most {tokenizer.model_max_length} fit"
+        )
     if [prompt_ids[i] for i in indices] != class_ids:
         raise ValueError(
             f"Cannot locate '{class_name}' in the prompt {template.format(class_name)!r}"
@@ -121,22 +125,30 @@ class TextGrounder:
         self.device = device
         self.dtype = dtype
 
+    def check_prompts(self, class_names: Sequence[str]) -> None:
+        """Raises ValueError naming a class whose prompt the text encoder
+        cannot take (too long) or in which the class cannot be located."""
+        for name in class_names:
+            class_token_indices(self.sd.tokenizer, self.config.template, prompt_name(name))
+
     @torch.inference_mode()
     def heatmaps(
         self,
         image: ImageLike,
         class_names: Sequence[str],
         peaks: dict[str, float] | None = None,
+        progress: bool = False,
     ) -> dict[str, np.ndarray]:
         """Returns ``{class name: H x W float32 heatmap in [0, 1]}`` at the
         image's own size; the VAE encodes the image once for all classes.
         A given ``peaks`` dict receives each class's mean :func:`pyramid_peak`
-        over the draws: the tiling compares it across a scene's tiles."""
+        over the draws: the tiling compares it across a scene's tiles. With
+        ``progress``, a bar counts the classes done."""
         rgb = to_rgb_uint8(image)
         latent = self.encode(rgb)
         height, width = rgb.shape[:2]
         maps = {}
-        for name in class_names:
+        for name in tqdm(class_names, desc="Heatmaps", unit="class", disable=not progress):
             draw_peaks: list[torch.Tensor] = []
             heat = self.latent_heatmap(latent, name, draw_peaks)
             if peaks is not None:

@@ -148,6 +148,73 @@ def _ddpm_scheduler(scheduler: Any) -> Any:
     return DDPMScheduler.from_config(scheduler.config)
 
 
+def missing_weights(
+    sd_model: str | os.PathLike = DEFAULT_SD_MODEL,
+    sam_model: str | os.PathLike = DEFAULT_SAM_MODEL,
+    sam_checkpoint: str | os.PathLike | None = None,
+    timeout: float = 5.0,
+) -> list[str]:
+    """Why the weights of ``sd_model`` and of SAM cannot be had, one line
+    each (empty when both can), found without loading them: local files are
+    looked up, hub ids in the Hugging Face cache, and what is not cached is
+    asked of its server once, with ``timeout``, not retried."""
+    missing = []
+    sd = os.fspath(sd_model)
+    if _is_local(sd):
+        absent = [part for part in _SD_PARTS if not (Path(sd) / part).is_dir()]
+        if absent:
+            missing.append(f"Stable Diffusion folder '{sd}' lacks {absent}")
+    elif not _hub_has(sd, timeout):
+        missing.append(
+            f"Stable Diffusion '{sd}' is not in the Hugging Face cache and the hub "
+            "cannot be reached"
+        )
+    sam = os.fspath(sam_model)
+    if Path(sam).is_dir():
+        absent = [f for f in (SAM_CONFIG_FILE, SAM_WEIGHTS_FILE) if not (Path(sam) / f).is_file()]
+        if absent:
+            missing.append(f"SAM folder '{sam}' lacks {absent}")
+    elif sam not in SAM_CHECKPOINTS:
+        missing.append(f"SAM '{sam}' is neither {sorted(SAM_CHECKPOINTS)} nor a folder")
+    elif sam_checkpoint is not None:
+        if not Path(sam_checkpoint).is_file():
+            missing.append(f"SAM checkpoint '{os.fspath(sam_checkpoint)}' does not exist")
+    else:
+        url = SAM_CHECKPOINTS[sam][0]
+        if not (cache_dir() / url.rsplit("/", 1)[1]).is_file() and not _reachable(url, timeout):
+            missing.append(
+                f"SAM '{sam}' checkpoint is not in {cache_dir()} and {url} cannot be reached"
+            )
+    return missing
+
+
+def _is_local(name: str) -> bool:
+    """A path rather than a hub id (``org/name``)."""
+    return os.path.isabs(name) or name.startswith(".") or os.path.exists(name)
+
+
+def _hub_has(repo_id: str, timeout: float) -> bool:
+    """The model is in the local Hugging Face cache, or the hub answers for it."""
+    import huggingface_hub
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "model_index.json"), str):
+        return True
+    try:
+        huggingface_hub.model_info(repo_id, timeout=timeout)
+    except Exception:  # offline, unknown repo, gated: any failure means not available
+        return False
+    return True
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def load_sam(
     sam_model: str | os.PathLike | Any = DEFAULT_SAM_MODEL,
     sam_checkpoint: str | os.PathLike | None = None,

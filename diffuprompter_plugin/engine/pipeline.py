@@ -5,24 +5,20 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig
+from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig, model_source
 from .grounding import TextGrounder
 from .image import ImageLike, opened, to_rgb_uint8
-from .models import (
-    default_dtype,
-    load_sam,
-    load_stable_diffusion,
-    resolve_device,
-)
+from .models import default_dtype, load_stable_diffusion, resolve_device
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
 from .tiling import annotate_scene, needs_tiling
 
@@ -72,9 +68,26 @@ def _guarded(step: Callable[[], Any]) -> Any:
 
 class Annotator:
     """What the FiftyOne layer needs of an annotator: ``config``,
-    :meth:`annotate` and :meth:`annotate_all`."""
+    :meth:`check_class_names`, :meth:`annotate` and :meth:`annotate_all`.
+
+    Attributes:
+        config: the method settings.
+        sources: the ids and paths the models were loaded from
+            (``sd_model``, ``sam_model``, ``sam_checkpoint``; see
+            :func:`~.config.model_source`), empty when unknown.
+    """
 
     config: DiffuPrompterConfig
+    sources: Mapping[str, str | None] = MappingProxyType({})
+
+    def check_class_names(self, class_names: Sequence[str]) -> list[str]:
+        """The names, checked before any image is read: see
+        :func:`validate_class_names`.
+
+        Raises:
+            ValueError: a name this annotator cannot take.
+        """
+        return validate_class_names(class_names)
 
     def annotate(
         self, image: ImageLike, class_names: Sequence[str], thresholds: Thresholds = None
@@ -149,9 +162,22 @@ class DiffuPrompter(Annotator):
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         sd = load_stable_diffusion(sd_model, device, dtype)
-        sam = load_sam(sam_model, sam_checkpoint, device)
-        grounder = TextGrounder(sd, config, device, dtype)
-        return cls(grounder, SamPrompter(sam, config, device, dtype), config)
+        prompter = SamPrompter.from_pretrained(sam_model, sam_checkpoint, device, config, dtype)
+        model = cls(TextGrounder(sd, config, device, dtype), prompter, config)
+        model.sources = {**prompter.sources, "sd_model": model_source(sd_model)}
+        return model
+
+    def check_class_names(self, class_names: Sequence[str]) -> list[str]:
+        """As :meth:`Annotator.check_class_names`; also checks that each
+        class's prompt fits the text encoder, so a too-long name is refused
+        before any image is read.
+
+        Raises:
+            ValueError: invalid names, or a prompt longer than the encoder takes.
+        """
+        names = super().check_class_names(class_names)
+        self.grounder.check_prompts(names)
+        return names
 
     def heatmap(self, image: ImageLike, class_name: str) -> np.ndarray:
         """The LSAD heatmap of one class: H x W float32 in [0, 1]."""
@@ -162,6 +188,7 @@ class DiffuPrompter(Annotator):
         image: ImageLike,
         class_names: Sequence[str],
         thresholds: Thresholds = None,
+        progress: bool = False,
     ) -> Annotation:
         """Heatmaps and instances of ``class_names`` in ``image``.
 
@@ -170,12 +197,15 @@ class DiffuPrompter(Annotator):
             class_names: one or more class names.
             thresholds: gamma for all classes, per class, or None for the
                 config's.
+            progress: show a bar over the classes' heatmaps, the long part
+                of a call on many classes (off by default: runs over many
+                images show their own bar per image).
 
         Raises:
             ValueError: empty or duplicate class names.
             InputImageError: the image cannot be used.
         """
-        grounded = self._ground(image, class_names, thresholds, binary_maps)
+        grounded = self._ground(image, class_names, thresholds, binary_maps, progress)
         if isinstance(grounded, Annotation):
             return grounded
         rgb, heatmaps, binaries = grounded
@@ -209,6 +239,7 @@ class DiffuPrompter(Annotator):
         names: Sequence[str],
         thresholds: Thresholds,
         binarize: Callable[..., Any],
+        progress: bool = False,
     ) -> tuple[np.ndarray, dict[str, np.ndarray], Any] | Annotation:
         """The RGB image, its heatmaps, and ``binarize(rgb, heatmaps, gammas,
         config)``: :func:`binary_maps` itself, or its submission to a pool.
@@ -220,7 +251,7 @@ class DiffuPrompter(Annotator):
             if needs_tiling(raster.height, raster.width, self.config):
                 return annotate_scene(self, raster, names, thresholds)
             rgb = to_rgb_uint8(raster)
-        heatmaps = self.grounder.heatmaps(rgb, names)
+        heatmaps = self.grounder.heatmaps(rgb, names, progress=progress)
         gammas = self.prompter.thresholds_for(names, thresholds)
         return rgb, heatmaps, binarize(rgb, heatmaps, gammas, self.config)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import DEFAULT_SAM_MODEL, DiffuPrompterConfig
+from .config import DEFAULT_SAM_MODEL, DiffuPrompterConfig, model_source
 from .crf import binary_map
 from .errors import InputImageError
 from .image import ImageLike, to_rgb_uint8
@@ -67,6 +68,10 @@ class SamPrompter:
     """Turns heatmaps into instances with SAM; needs no diffusion model, so
     stored heatmaps can be re-thresholded cheaply.
 
+    Attributes:
+        sources: ``sam_model`` and ``sam_checkpoint`` as given to
+            :meth:`from_pretrained`; empty for a prompter built otherwise.
+
     Args:
         sam: a ``segment_anything`` Sam model.
         config: method settings (threshold, CRF, min_area, multimask).
@@ -75,6 +80,8 @@ class SamPrompter:
             ``torch.autocast`` with its weights kept in float32:
             ``segment_anything``'s prompt encoder does not take half weights.
     """
+
+    sources: Mapping[str, str | None] = MappingProxyType({})
 
     def __init__(
         self,
@@ -100,10 +107,18 @@ class SamPrompter:
         dtype: torch.dtype | None = None,
     ) -> SamPrompter:
         """Loads SAM (see :func:`~diffuprompter_plugin.engine.models.load_sam`); dtype
-        defaults to float16 on GPU, float32 on CPU."""
+        defaults to float16 on GPU, float32 on CPU. The prompter's ``sources``
+        record ``sam_model`` and ``sam_checkpoint`` when they are ids or paths."""
         device = resolve_device(device)
         sam = load_sam(sam_model, sam_checkpoint, device)
-        return cls(sam, config or DiffuPrompterConfig(), device, dtype or default_dtype(device))
+        prompter = cls(
+            sam, config or DiffuPrompterConfig(), device, dtype or default_dtype(device)
+        )
+        prompter.sources = {
+            "sam_model": model_source(sam_model),
+            "sam_checkpoint": model_source(sam_checkpoint),
+        }
+        return prompter
 
     def thresholds_for(self, class_names: list[str], thresholds: Thresholds) -> dict[str, float]:
         """Per-class gamma: a number for all, a dict (missing classes use the

@@ -1,0 +1,88 @@
+"""Every ```python block of the README runs, in order and in one namespace,
+as a reader would run them, with the tiny models in place of the real ones.
+
+``SUBSTITUTIONS`` swaps real model ids and slow settings for the tiny
+models'; ``SKIPPED`` names the blocks that need data a test cannot hold,
+with the reason. Both must still match the README, so a stale entry fails
+too. A block added to the README runs here unless it is listed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+from PIL import Image
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+SKIPPED = {
+    "import_classification_collection(": "needs the paper's collections under /data",
+    "evaluate_pseudo_labels(": "needs iSAID with ground-truth masks and a labelled subset",
+}
+"""A string found in a block -> why that block does not run here."""
+
+
+def substitutions(sd: str, sam: str) -> dict[str, str]:
+    """README text -> what runs here: the tiny models, at their 64 px size.
+    The operator run that the README queues runs at once here (no worker),
+    so that the resume queued after it finds its run."""
+    tiny = f"sd_model={sd!r}, sam_model={sam!r}, resolution=64, crf=False, device='cpu'"
+    return {
+        '"stable-diffusion-v1-5/stable-diffusion-v1-5"': repr(sd),
+        '"vit_h"': repr(sam),
+        "DiffuPrompterConfig(loops=50, threshold=0.4)": (
+            "DiffuPrompterConfig(loops=2, threshold=0.4, resolution=64, crf=False)"
+        ),
+        'class_field="ground_truth", loops=50, delegate=True': (
+            f'class_field="ground_truth", loops=2, {tiny}, delegate=False'
+        ),
+    }
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def _reader_files(folder: Path) -> None:
+    """The images and the persistent dataset the README's snippets name."""
+    rng = np.random.default_rng(0)
+    for name in ("tank_farm.tif", "harbour.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / name)
+    dataset = fo.Dataset("aid-subset", persistent=True)
+    dataset.add_samples(
+        fo.Sample(
+            filepath=str(folder / "harbour.png"), ground_truth=fo.Classification(label=label)
+        )
+        for label in ("ship", "harbor")
+    )
+
+
+def test_every_readme_python_block_runs(tiny_models, tmp_path, monkeypatch):
+    blocks = python_blocks(README.read_text())
+    swaps = substitutions(*tiny_models)
+    assert all(any(key in b for b in blocks) for key in [*swaps, *SKIPPED]), "stale entry"
+    monkeypatch.chdir(tmp_path)
+    _reader_files(tmp_path)
+    namespace: dict = {}
+    ran = 0
+    try:
+        for index, block in enumerate(blocks):
+            if any(key in block for key in SKIPPED):
+                continue
+            for old, new in swaps.items():
+                block = block.replace(old, new)
+            exec(compile(block, f"README.md python block {index + 1}", "exec"), namespace)
+            ran += 1
+        assert ran == len(blocks) - sum(any(k in b for k in SKIPPED) for b in blocks)
+        assert namespace["results"].processed == 2
+        dataset = namespace["dataset"]
+        assert not dataset.has_sample_field("dp_strict")  # deleted with its run "dp_aid"
+        assert dataset.list_brain_runs() == ["dp", "dp_archive"]  # operators, several GPUs
+        assert dataset.count("dp_instances") == 2
+        status = namespace["pseudo_labels_status"](dataset, "dp_archive")
+        assert (status["pending"], status["done"]) == (2, 0)  # queued for workers
+    finally:
+        fo.load_dataset("aid-subset").delete()
