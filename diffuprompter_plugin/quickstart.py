@@ -15,6 +15,7 @@ meaningless.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -219,10 +220,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(results.summary())
     if not args.no_app:
-        session = fo.launch_app(dataset, port=args.port, address=args.address)
-        print(f"App open at http://localhost:{args.port} (Ctrl-C to stop)")
-        session.wait(-1)
+        serve_app(dataset, args.port, args.address)
     return 0
+
+
+def serve_app(dataset: fo.Dataset, port: int, address: str) -> None:
+    """Serves the App until Ctrl-C or SIGTERM; either way the App's server
+    processes are stopped with it (SIGTERM would otherwise kill this process
+    alone and leave them running)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    session = fo.launch_app(dataset, port=port, address=address)
+    print(f"App open at http://localhost:{port} (Ctrl-C to stop)", flush=True)
+    try:
+        session.wait(-1)
+    finally:
+        session.close()
 
 
 if __name__ == "__main__":

@@ -128,3 +128,48 @@ def test_new_images_are_added_to_the_existing_dataset_or_overwritten(cache, tmp_
     finally:
         if fo.dataset_exists(f"{name}-smoke"):
             fo.delete_dataset(f"{name}-smoke")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_app_and_its_server_processes(cache, tmp_path):
+    """The App runs until SIGTERM (as a job scheduler or ``kill`` sends it);
+    then the quickstart and every process it started are gone."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "diffuprompter_plugin.quickstart", "--smoke"]
+    command += ["--port", str(port)]
+    home = tmp_path / "fiftyone"  # its own database, so the App's services are its own
+    env = dict(
+        os.environ,
+        FIFTYONE_DATABASE_DIR=str(home / "db"),
+        FIFTYONE_DEFAULT_DATASET_DIR=str(home / "datasets"),
+    )
+    env.pop("FIFTYONE_DATABASE_URI", None)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        deadline = time.time() + 300
+        for line in proc.stdout:
+            if "App open at" in line or time.time() > deadline:
+                break
+        assert proc.poll() is None, "the quickstart ended before serving the App"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "the App starts server processes"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert [p.cmdline() for p in alive] == []
+        assert code == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
