@@ -1,7 +1,13 @@
 """The plugin's operators: forms, validation, delegation and progress only."""
 
 from .evaluation import EvaluatePseudoLabels
-from .importers import ImportClassificationCollection, ImportIsaid, ImportNwpuVhr10
+from .export_geo import ExportGeo
+from .importers import (
+    ImportClassificationCollection,
+    ImportGeotiffs,
+    ImportIsaid,
+    ImportNwpuVhr10,
+)
 from .label_queued import LabelQueuedSamples
 from .resume import ResumePseudoLabels
 from .rethreshold import RethresholdPseudoLabels
@@ -15,7 +21,9 @@ OPERATORS = (
     ImportClassificationCollection,
     ImportIsaid,
     ImportNwpuVhr10,
+    ImportGeotiffs,
     EvaluatePseudoLabels,
+    ExportGeo,
 )
 
 

@@ -1,4 +1,4 @@
-"""Operators: import classification collections, iSAID and NWPU VHR-10."""
+"""Operators: import classification collections, iSAID, NWPU VHR-10 and GeoTIFF scenes."""
 
 from __future__ import annotations
 
@@ -147,3 +147,30 @@ class ImportNwpuVhr10(ImportOperator):
         from diffuprompter_plugin.importers import import_nwpu_vhr10
 
         return import_nwpu_vhr10(root, name, progress=progress, **self.given(ctx, "coco_json"))
+
+
+class ImportGeotiffs(ImportOperator):
+    operator_name = "import_geotiffs"
+    operator_label = "DiffuPrompter: import GeoTIFF scenes"
+    default_dataset = "geotiff-scenes"
+
+    def extra_inputs(self, inputs: types.Object) -> None:
+        inputs.str(
+            "bands",
+            label="Preview bands",
+            description="One or three 1-based band indices, e.g. 4,3,2; empty: 1,2,3 "
+            "(band 1 for one- and two-band scenes)",
+        )
+        inputs.int("preview_size", label="Preview size (px)", default=1024, min=64, max=8192)
+
+    def run(self, ctx, root, name, progress):
+        from diffuprompter_plugin.importers import import_geotiffs
+
+        text = ctx.params.get("bands") or ""
+        try:
+            bands = [int(b) for b in text.replace(",", " ").split()] or None
+        except ValueError as e:
+            raise ValueError(f"bands must be integers like 4,3,2, got {text!r}") from e
+        return import_geotiffs(
+            root, name, bands=bands, progress=progress, **self.given(ctx, "preview_size")
+        )

@@ -18,8 +18,12 @@ RUN = f"{PLUGIN}/run_diffuprompter"
 RESUME = f"{PLUGIN}/resume_pseudo_labels"
 WORKER = f"{PLUGIN}/label_queued_samples"
 RETHRESHOLD = f"{PLUGIN}/rethreshold_pseudo_labels"
-IMPORTS = [f"{PLUGIN}/import_{n}" for n in ("classification_collection", "isaid", "nwpu_vhr10")]
+IMPORTS = [
+    f"{PLUGIN}/import_{n}"
+    for n in ("classification_collection", "isaid", "nwpu_vhr10", "geotiffs")
+]
 EVALUATE = f"{PLUGIN}/evaluate_pseudo_labels"
+EXPORT_GEO = f"{PLUGIN}/export_geo"
 
 
 def _tiny_settings(tiny_models):
@@ -51,7 +55,11 @@ def test_plugin_registers_operators_without_heavy_imports():
         check=True,
         env=os.environ.copy(),
     ).stdout.splitlines()
-    assert out == ["[]", str(sorted([RESUME, RETHRESHOLD, RUN, WORKER, *IMPORTS, EVALUATE])), "[]"]
+    assert out == [
+        "[]",
+        str(sorted([RESUME, RETHRESHOLD, RUN, WORKER, *IMPORTS, EVALUATE, EXPORT_GEO])),
+        "[]",
+    ]
 
 
 def test_immediate_run_and_rethreshold_from_sdk(image_dataset, tiny_models):

@@ -1,9 +1,11 @@
-"""Importers of the paper's data: classification collections, iSAID, NWPU VHR-10."""
+"""Importers of the paper's data (classification collections, iSAID, NWPU VHR-10)
+and of GeoTIFF scenes."""
 
 from .categories import CATEGORIES, COLLECTIONS
 from .classification import import_classification_collection
 from .common import AnnotationError, ImportReport
 from .dlr import import_dlr_munich
+from .geotiff import import_geotiffs
 from .isaid import import_isaid
 from .nwpu import import_nwpu_vhr10
 
@@ -14,6 +16,7 @@ __all__ = [
     "ImportReport",
     "import_classification_collection",
     "import_dlr_munich",
+    "import_geotiffs",
     "import_isaid",
     "import_nwpu_vhr10",
 ]

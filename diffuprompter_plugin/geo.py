@@ -1,0 +1,243 @@
+"""Georeferenced polygons from instance masks: GeoPackage and GeoJSON export.
+
+Conventions (those of rasterio and GDAL):
+
+- A sample's ``transform`` ``[a, b, c, d, e, f]`` maps pixel *corners*:
+  ``x = a*col + b*row + c``, ``y = d*col + e*row + f``; pixel (col, row)
+  covers the square from corner (col, row) to corner (col + 1, row + 1).
+  Polygons trace pixel edges, so a polygon covers exactly its mask's pixels
+  and its planar area is ``pixels * |a*e - b*d|``.
+- A detection's mask is cropped to its box; its top-left pixel sits at
+  ``(round(x * width), round(y * height))`` of the scene, as in
+  :func:`diffuprompter_plugin.coco.full_mask`.
+- One instance is one feature: a MultiPolygon whose parts are the mask's
+  4-connected components, holes kept as interior rings.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.utils as fou
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from pyproj import CRS
+from rasterio import Affine
+from rasterio.features import shapes
+
+DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
+"""Output formats by file extension."""
+
+WGS84 = CRS.from_epsg(4326)
+"""GeoJSON's only CRS (RFC 7946 section 4)."""
+
+COLUMNS = {
+    "label": "object",
+    "score": "float64",
+    "area_px": "int64",
+    "area_m2": "float64",
+    "sample_id": "object",
+    "filepath": "object",
+    "detection_id": "object",
+}
+"""The attribute table of every exported layer, in order."""
+
+
+def georeference(sample: Any) -> tuple[CRS, Affine]:
+    """The sample's CRS and pixel-corner geotransform, from its ``crs`` (WKT)
+    and ``transform`` fields (set by
+    :func:`~diffuprompter_plugin.importers.import_geotiffs`).
+
+    Raises:
+        ValueError: the sample has no georeferencing, naming its file.
+    """
+    wkt = sample["crs"] if sample.has_field("crs") else None
+    transform = sample["transform"] if sample.has_field("transform") else None
+    if not wkt or not transform:
+        raise ValueError(
+            f"Sample '{sample.filepath}' has no georeferencing (fields 'crs' and "
+            "'transform'); import GeoTIFFs with import_geotiffs()"
+        )
+    return CRS.from_wkt(wkt), Affine(*transform)
+
+
+def mask_geometry(mask: np.ndarray, transform: Affine) -> shapely.MultiPolygon:
+    """The True pixels of a 2-D mask as a MultiPolygon in the coordinates of
+    ``transform`` (pixel corners of ``mask`` to map): one part per
+    4-connected component, holes as interior rings, exteriors counter-
+    clockwise in map coordinates. Empty for an empty mask."""
+    mask = np.asarray(mask, dtype=bool)
+    parts = [
+        shapely.geometry.shape(geometry)
+        for geometry, _ in shapes(mask.astype(np.uint8), mask=mask, transform=transform)
+    ]
+    return shapely.orient_polygons(shapely.MultiPolygon(parts))
+
+
+def detection_geometry(
+    detection: fo.Detection, width: int, height: int, transform: Affine
+) -> shapely.MultiPolygon:
+    """A box-cropped instance mask as a MultiPolygon through the scene's
+    ``transform`` (``width`` x ``height`` scene pixels); the mask is clipped
+    to the scene.
+
+    Raises:
+        ValueError: the detection has no mask.
+    """
+    mask = detection.get_mask()
+    if mask is None:
+        raise ValueError(f"Detection {detection.id} ({detection.label}) has no mask")
+    x, y, _, _ = detection.bounding_box
+    col, row = int(round(x * width)), int(round(y * height))
+    crop = mask[: height - row, : width - col]
+    return mask_geometry(crop, transform @ Affine.translation(col, row))
+
+
+def area_m2(geometry: shapely.Geometry, crs: CRS) -> float:
+    """Area in square metres of a geometry in ``crs`` coordinates.
+
+    Projected CRS: planar (grid) area, converted from the CRS's linear unit
+    (e.g. a UTM square of 100 x 100 m is 10,000 m^2 exactly; UTM grid area
+    differs from the ellipsoidal one by the scale factor, about 0.1 %).
+    Geographic CRS (lon/lat): geodesic area on the CRS's ellipsoid. Other
+    CRSs: NaN.
+    """
+    if crs.is_geographic:
+        area, _ = crs.get_geod().geometry_area_perimeter(geometry)
+        return abs(area)
+    if crs.is_projected:
+        metres = crs.axis_info[0].unit_conversion_factor
+        return geometry.area * metres**2
+    return float("nan")
+
+
+def sample_features(sample: Any, pred_field: str) -> gpd.GeoDataFrame:
+    """One row per instance of ``pred_field`` with its attributes
+    (:data:`COLUMNS`), in the sample's own CRS.
+
+    Raises:
+        ValueError: no georeferencing or no metadata, naming the file.
+    """
+    crs, transform = georeference(sample)
+    metadata = sample.metadata
+    if metadata is None or not metadata.width:
+        raise ValueError(f"Sample '{sample.filepath}' has no metadata: run compute_metadata()")
+    labels = sample[pred_field]
+    rows, geometries = [], []
+    for det in labels.detections if labels is not None else []:
+        geometry = detection_geometry(det, metadata.width, metadata.height, transform)
+        if geometry.is_empty:
+            continue
+        geometries.append(geometry)
+        rows.append(
+            {
+                "label": det.label,
+                "score": np.nan if det.confidence is None else float(det.confidence),
+                "area_px": int(round(geometry.area / abs(transform.determinant))),
+                "area_m2": area_m2(geometry, crs),
+                "sample_id": sample.id,
+                "filepath": sample.filepath,
+                "detection_id": det.id,
+            }
+        )
+    table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
+    return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries(geometries, crs=crs))
+
+
+def export_geo(
+    samples: Any,
+    pred_field: str,
+    path: str | os.PathLike,
+    crs: Any = None,
+    layer: str | None = None,
+    progress: bool | Callable | None = None,
+) -> dict[str, Any]:
+    """Writes the instance masks of a Detections field as georeferenced
+    polygons, one MultiPolygon feature per instance (see the module notes).
+
+    Format by extension: ``.gpkg`` is a GeoPackage layer in the samples'
+    native CRS (or ``crs``); ``.geojson``/``.json`` is RFC 7946 GeoJSON in
+    WGS84 lon/lat. Attributes: ``label``, ``score`` (the confidence),
+    ``area_px``, ``area_m2`` (see :func:`area_m2`, computed in the native
+    CRS), ``sample_id``, ``filepath``, ``detection_id``. The file is written
+    to a temporary name and then replaces ``path``, so a failed export leaves
+    nothing half-written.
+
+    Args:
+        samples: a dataset or view whose samples carry ``crs`` and
+            ``transform`` (imported with ``import_geotiffs``).
+        pred_field: the ``fo.Detections`` field with masks.
+        path: the output file.
+        crs: GeoPackage only: the CRS to write (anything pyproj accepts);
+            needed when the samples are in different CRSs.
+        layer: the GeoPackage layer name; default ``pred_field``.
+
+    Returns:
+        ``path``, ``samples``, ``features`` written and the output ``crs``
+        (WKT).
+
+    Raises:
+        ValueError: an unknown extension, a sample without georeferencing or
+            metadata (samples in pixel coordinates are refused, not written
+            without a CRS), or several CRSs without ``crs``.
+    """
+    path = os.fspath(path)
+    driver = DRIVERS.get(os.path.splitext(path)[1].lower())
+    if driver is None:
+        raise ValueError(f"Unknown format of '{path}': use one of {sorted(DRIVERS)}")
+    if driver == "GeoJSON" and crs is not None:
+        raise ValueError("GeoJSON is always WGS84 (RFC 7946); crs= applies to .gpkg only")
+    with fou.ProgressBar(total=len(samples), progress=progress) as pb:
+        frames = [sample_features(sample, pred_field) for sample in pb(samples)]
+    target = _output_crs(frames, driver, crs)
+    table = pd.concat([f.to_crs(target) for f in frames] or [_empty(target)], ignore_index=True)
+    layer = layer or pred_field
+    _write_replacing(gpd.GeoDataFrame(table, geometry="geometry", crs=target), path, driver, layer)
+    return {"path": path, "samples": len(frames), "features": len(table), "crs": target.to_wkt()}
+
+
+def _output_crs(frames: list[gpd.GeoDataFrame], driver: str, crs: Any) -> CRS:
+    if driver == "GeoJSON":
+        return WGS84
+    if crs is not None:
+        return CRS.from_user_input(crs)
+    native = list({f.crs.to_wkt(): f.crs for f in frames}.values())
+    if len(native) > 1:
+        names = ", ".join(sorted(c.name for c in native))
+        raise ValueError(f"The samples are in {len(native)} CRSs ({names}); pass crs=")
+    if not native:
+        raise ValueError("No samples to export")
+    return native[0]
+
+
+def _empty(crs: CRS) -> gpd.GeoDataFrame:
+    table = pd.DataFrame(columns=list(COLUMNS)).astype(COLUMNS)
+    return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries([], crs=crs))
+
+
+def _write_replacing(frame: gpd.GeoDataFrame, path: str, driver: str, layer: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=folder)
+    os.close(fd)
+    os.remove(temporary)  # the drivers create the file themselves
+    try:
+        options = {"RFC7946": "YES"} if driver == "GeoJSON" else {}
+        frame.to_file(
+            temporary,
+            driver=driver,
+            layer=layer,
+            geometry_type="MultiPolygon",
+            layer_options=options,
+        )
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
