@@ -122,11 +122,19 @@ class ImportIsaid(ImportOperator):
         inputs.int("patch_size", label="Patch size", default=512, min=64, max=4096)
         inputs.int("overlap", label="Patch overlap", default=0, min=0, max=4000)
         inputs.int("min_area", label="Min instance area (px)", default=10, min=1)
+        inputs.bool(
+            "full_scenes",
+            label="Full scenes",
+            default=False,
+            description="One sample per scene at native size instead of patches",
+        )
 
     def run(self, ctx, root, name, progress):
         from diffuprompter_plugin.importers import import_isaid
 
         options = self.given(ctx, "patch_size", "overlap", "min_area")
+        if ctx.params.get("full_scenes"):
+            options["patch_size"] = None
         split = ctx.params.get("split", "val")
         return import_isaid(root, split, name=name, progress=progress, **options)
 

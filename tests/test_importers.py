@@ -291,3 +291,37 @@ def test_dlr_frames_are_tiled_around_vehicles(tmp_path, dataset_name):
     tile = ds.match(fo.ViewField("offset") == [0, 0]).first()
     (poly,) = tile.gt_vehicles.polylines
     assert np.allclose(poly.points[0], [[0.24, 0.27], [0.36, 0.27], [0.36, 0.33], [0.24, 0.33]])
+
+
+def test_isaid_full_scenes_evaluate_like_patches(tmp_path, dataset_name):
+    from diffuprompter_plugin.evaluation import evaluate_pseudo_labels
+
+    ids = {"plane": 1, "Small_Vehicle": 2, "ship": 3}
+    _isaid_fixture(tmp_path / "iSAID", ids)
+    report = import_isaid(tmp_path / "iSAID", "val", name=dataset_name, patch_size=None)
+    assert report.added == 2 and not list(tmp_path.glob("**/*_0_0_*.png"))
+    scenes = fo.load_dataset(dataset_name)
+    scene = scenes.match(fo.ViewField("source_size") == [700, 300]).first()
+    assert scene.filepath == str(tmp_path / "iSAID/val/images/P0001.png")
+    assert (scene.metadata.width, scene.metadata.height, scene.offset) == (700, 300, [0, 0])
+    vehicle = next(d for d in scene.gt_masks.detections if d.label == "Small_Vehicle")
+    assert vehicle.mask.shape == (21, 41) and vehicle.area == 41 * 21  # not cut at x = 512
+    assert vehicle.bounding_box[0] == pytest.approx(500 / 700)
+
+    patches_name = f"{dataset_name}-patches"
+    import_isaid(
+        tmp_path / "iSAID", "val", name=patches_name, patch_dir=tmp_path / "patches", overlap=100
+    )
+    patches = fo.load_dataset(patches_name)
+    try:
+        for dataset in (scenes, patches):
+            for sample in dataset:
+                sample["pred"] = sample.gt_masks.copy()
+                for det in sample.pred.detections:
+                    det.confidence = 0.9
+                sample.save()
+            same = {"plane": "plane", "Small_Vehicle": "Small_Vehicle"}
+            result = evaluate_pseudo_labels(dataset, "pred", "gt_masks", "exact", same)
+            assert result["pycocotools"]["AP"] == pytest.approx(1.0) and result["agree"]
+    finally:
+        patches.delete()

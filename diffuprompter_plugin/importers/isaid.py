@@ -114,13 +114,14 @@ def import_isaid(
     annotations: str | os.PathLike | None = None,
     image_dir: str | os.PathLike | None = None,
     patch_dir: str | os.PathLike | None = None,
-    patch_size: int = 512,
+    patch_size: int | None = 512,
     overlap: int = 0,
     min_area: int = 10,
     keep_empty: bool = True,
     progress: bool | Callable | None = None,
 ) -> ImportReport:
-    """Imports an iSAID split as ``patch_size`` patches with instance masks.
+    """Imports an iSAID split as ``patch_size`` patches with instance masks,
+    or as full scenes with ``patch_size=None``.
 
     Layout: ``<root>/<split>/Annotations/iSAID_<split>.json`` and the DOTA
     images in ``<root>/<split>/images/`` (both overridable). Patches step by
@@ -128,7 +129,9 @@ def import_isaid(
     the official devkit, and images smaller than a patch stay whole. Each
     patch sample has ``gt_masks`` (labels are iSAID's own category names),
     ``source_image``, ``offset`` [x, y], ``source_size`` [w, h] and ``split``.
-    Missing or unreadable images are reported in ``skipped``.
+    Missing or unreadable images are reported in ``skipped``. Full-scene
+    samples are the original images (nothing is written), with offset [0, 0],
+    so evaluation can run on scenes as well as on patches.
 
     Raises:
         AnnotationError: malformed JSON or polygons (nothing is written).
@@ -155,7 +158,9 @@ def import_isaid(
 def _patches(
     images, names, by_image, image_dir, patch_dir, s, progress, known, report
 ) -> Iterator[fo.Sample]:
-    patch_dir.mkdir(parents=True, exist_ok=True)
+    scene = s["size"] is None
+    if not scene:
+        patch_dir.mkdir(parents=True, exist_ok=True)
     with fou.ProgressBar(total=len(images), progress=progress) as pb:
         for image_id, info in images.items():
             pb.update()
@@ -164,9 +169,17 @@ def _patches(
             if image is None:
                 continue
             height, width = image.shape[:2]
-            for window in windows(width, height, s["size"], s["overlap"]):
+            for window in (
+                [(0, 0, width, height)]
+                if scene
+                else windows(width, height, s["size"], s["overlap"])
+            ):
                 x0, y0, x1, y1 = window
-                path = str(patch_dir / f"{source.stem}_{x0}_{y0}_{x1 - x0}x{y1 - y0}.png")
+                path = (
+                    str(source)
+                    if scene
+                    else str(patch_dir / f"{source.stem}_{x0}_{y0}_{x1 - x0}x{y1 - y0}.png")
+                )
                 if path in known:
                     report.existing += 1
                     continue
