@@ -24,8 +24,7 @@ from PIL import Image
 from pyproj import CRS, Transformer
 from rasterio.enums import Resampling
 
-from ..engine.errors import InputImageError
-from ..engine.image import stretch_to_uint8
+from ..engine.image import STRETCH_PERCENTILES
 from .common import ImportReport, run_import
 
 GEOTIFF_EXTENSIONS = {".tif", ".tiff"}
@@ -57,27 +56,39 @@ def scene_bands(path: str, count: int, bands: Sequence[int] | None) -> tuple[int
 def render_preview(src: rasterio.DatasetReader, bands: Sequence[int], size: int) -> np.ndarray:
     """The scene's full extent as an H x W x 3 uint8 RGB image whose longest
     side is at most ``size``: a decimated read (served from overviews when
-    the file has them), stretched like the engine stretches its input;
-    nodata pixels (and NaN) are black and do not set the stretch.
+    the file has them), stretched as the engine stretches its input (uint8
+    kept, floats in [0, 1] times 255, else the :data:`STRETCH_PERCENTILES`
+    of the valid pixels); nodata and NaN pixels are black and do not set the
+    stretch.
 
     Raises:
-        OSError: the data cannot be read or stretched, naming the file.
+        OSError: the data cannot be read, naming the file.
     """
     scale = min(1.0, size / max(src.width, src.height))
     shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
     try:
         data = src.read(
-            list(bands),
-            out_shape=(len(bands), *shape),
-            masked=True,
-            resampling=Resampling.average,
+            list(bands), out_shape=(len(bands), *shape), masked=True, resampling=Resampling.average
         )
-        values = np.moveaxis(data.filled(0), 0, -1)
-        valid = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(values).all(axis=-1)
-        rgb = stretch_to_uint8(values, valid)
-    except (rasterio.errors.RasterioError, InputImageError) as e:
+    except rasterio.errors.RasterioError as e:
         raise OSError(f"cannot read '{src.name}': {e}") from e
+    values = np.moveaxis(data.filled(0), 0, -1).astype(np.float64)
+    valid = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(values).all(axis=-1)
+    rgb = np.zeros(values.shape, np.uint8)
+    if valid.any():
+        rgb[valid] = _stretch(values[valid], np.dtype(src.dtypes[bands[0] - 1]))
     return np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
+
+
+def _stretch(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return values.astype(np.uint8)
+    if dtype.kind == "f" and values.min() >= 0 and values.max() <= 1:
+        return np.round(values * 255).astype(np.uint8)
+    low, high = np.percentile(values, STRETCH_PERCENTILES)
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    return np.round(np.clip((values - low) / (high - low), 0, 1) * 255).astype(np.uint8)
 
 
 def footprint(crs: CRS, transform: rasterio.Affine, width: int, height: int) -> fo.GeoLocation:
