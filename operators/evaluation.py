@@ -28,10 +28,8 @@ class EvaluatePseudoLabels(foo.Operator):
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
         inputs.view_target(ctx)
-        fields = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Detections))
+        fields = forms.detections_fields(ctx, inputs)
         if not fields:
-            prop = inputs.view("no_fields", types.Warning(label="No Detections fields"))
-            prop.invalid = True
             return types.Property(inputs, view=types.View(label="Evaluate"))
         inputs.enum("pred_field", fields, label="Pseudo-labels", required=True, default=fields[0])
         inputs.enum("gt_field", fields, label="Ground truth", required=True, default=fields[-1])

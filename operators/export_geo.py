@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -24,10 +23,8 @@ class ExportGeo(foo.Operator):
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
         inputs.view_target(ctx)
-        fields = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Detections))
+        fields = forms.detections_fields(ctx, inputs)
         if not fields:
-            prop = inputs.view("no_fields", types.Warning(label="No Detections fields"))
-            prop.invalid = True
             return types.Property(inputs, view=types.View(label="Export polygons"))
         inputs.enum("pred_field", fields, label="Instances", required=True, default=fields[0])
         inputs.str(

@@ -250,3 +250,13 @@ def execute_from_sdk(
         ctx={"view": samples.view(), "params": params},
         request_delegation=delegate,
     )
+
+
+def detections_fields(ctx: Any, inputs: types.Object) -> list[str]:
+    """The dataset's ``fo.Detections`` fields, sorted; when there are none,
+    ``inputs`` gets a warning that keeps the form from submitting."""
+    fields = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Detections))
+    if not fields:
+        prop = inputs.view("no_fields", types.Warning(label="No Detections fields"))
+        prop.invalid = True
+    return fields

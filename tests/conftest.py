@@ -67,3 +67,14 @@ def image_dataset(tmp_path):
     dataset.add_samples(samples)
     yield dataset
     dataset.delete()
+
+
+@pytest.fixture
+def dataset_name():
+    """A fresh dataset name, deleted after the test."""
+    import fiftyone as fo
+
+    name = f"test-{os.urandom(4).hex()}"
+    yield name
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)

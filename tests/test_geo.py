@@ -27,14 +27,6 @@ ORIGIN = (500_000.0, 5_000_000.0)  # UTM 33N, 15 deg E, about 45.15 deg N
 PLUGIN = "@diffuprompter/diffuprompter"
 
 
-@pytest.fixture
-def dataset_name():
-    name = f"geo-test-{os.urandom(4).hex()}"
-    yield name
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-
-
 def _write_scene(path, data, crs=UTM33, transform=None, nodata=None):
     """Writes a (bands, rows, cols) array as a GeoTIFF."""
     bands, height, width = data.shape

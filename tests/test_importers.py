@@ -27,14 +27,6 @@ def _image(path, size=(40, 30), mode="RGB"):
     Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(path)
 
 
-@pytest.fixture
-def dataset_name():
-    name = f"import-test-{os.urandom(4).hex()}"
-    yield name
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-
-
 def test_windows_shift_edge_patches_inside():
     assert windows(1000, 600, 512, 0) == [
         (0, 0, 512, 512),
