@@ -24,7 +24,7 @@ from PIL import Image
 from pyproj import CRS, Transformer
 from rasterio.enums import Resampling
 
-from ..engine.image import STRETCH_PERCENTILES
+from ..engine.raster import STRETCH_PERCENTILES, stretch
 from .common import ImportReport, run_import
 
 GEOTIFF_EXTENSIONS = {".tif", ".tiff"}
@@ -85,10 +85,7 @@ def _stretch(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return values.astype(np.uint8)
     if dtype.kind == "f" and values.min() >= 0 and values.max() <= 1:
         return np.round(values * 255).astype(np.uint8)
-    low, high = np.percentile(values, STRETCH_PERCENTILES)
-    if high <= low:
-        return np.zeros(values.shape, np.uint8)
-    return np.round(np.clip((values - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+    return stretch(values, *np.percentile(values, STRETCH_PERCENTILES))
 
 
 def footprint(crs: CRS, transform: rasterio.Affine, width: int, height: int) -> fo.GeoLocation:
