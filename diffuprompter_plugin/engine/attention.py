@@ -20,12 +20,17 @@ import torch
 import torch.nn.functional as F
 
 
+TOKEN_SLOTS = 8
+"""Class-token slots per sample, padded with zero weight: one shape for
+classes of one to eight sub-tokens, so a compiled U-Net is not re-traced."""
+
+
 class CrossAttentionStore:
     """Collects class-token attention maps of one U-Net call.
 
     Each sample of the batch may look at another class: sample ``b`` reads
     the tokens ``token_index[b]``, weighted by ``token_weight[b]`` (one over
-    the class's sub-token count; zero on padding).
+    the class's sub-token count; zero on padding up to :data:`TOKEN_SLOTS`).
 
     Attributes:
         token_index: (B, K) long, or (1, K) for one class in all samples.
@@ -57,7 +62,7 @@ class CrossAttentionStore:
             device: where the U-Net runs.
         """
         rows = [token_indices] if isinstance(token_indices[0], int) else token_indices
-        width = max(len(r) for r in rows)
+        width = max(TOKEN_SLOTS, *(len(r) for r in rows))
         index = [list(r) + [r[0]] * (width - len(r)) for r in rows]
         weight = [[1 / len(r)] * len(r) + [0.0] * (width - len(r)) for r in rows]
         self.token_index = torch.tensor(index, dtype=torch.long, device=device)
