@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-
 TOKEN_SLOTS = 8
 """Class-token slots per sample, padded with zero weight: one shape for
 classes of one to eight sub-tokens, so a compiled U-Net is not re-traced."""
@@ -214,10 +213,18 @@ def cross_attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]
 
 def install_capture(unet: torch.nn.Module) -> CrossAttentionStore:
     """Puts capture processors on the U-Net's ``attn2`` modules for good and
-    returns their store, inactive until :meth:`CrossAttentionStore.reset`.
-    Processors that stay in place keep a compiled U-Net's graph valid."""
+    returns their store, inactive until :meth:`CrossAttentionStore.reset`;
+    a U-Net that has them already keeps them and their store. Processors
+    that stay in place keep a compiled U-Net's graph valid."""
+    modules = cross_attention_modules(unet)
+    processors = [module.processor for module in modules.values()]
+    first = processors[0]
+    if isinstance(first, CrossAttentionCapture) and all(
+        isinstance(p, CrossAttentionCapture) and p.store is first.store for p in processors
+    ):
+        return first.store
     store = CrossAttentionStore()
-    for name, module in cross_attention_modules(unet).items():
+    for name, module in modules.items():
         module.set_processor(CrossAttentionCapture(store, name))
     return store
 
@@ -225,11 +232,13 @@ def install_capture(unet: torch.nn.Module) -> CrossAttentionStore:
 @contextlib.contextmanager
 def capture_cross_attention(unet: torch.nn.Module) -> Iterator[CrossAttentionStore]:
     """Installs capture processors on ``attn2`` modules for the ``with`` block
-    and restores the original processors afterwards."""
+    and restores the processors they replaced afterwards."""
     modules = cross_attention_modules(unet)
     originals = {name: module.processor for name, module in modules.items()}
+    store = install_capture(unet)
     try:
-        yield install_capture(unet)
+        yield store
     finally:
+        store.active = False
         for name, module in modules.items():
             module.set_processor(originals[name])
