@@ -39,9 +39,9 @@ def test_eq9_heatmap_is_the_normalised_mean_of_loop_maps(prompter, rgb):
     latent = g.encode(rgb)
     with torch.no_grad():
         calls = list(g.loop_maps(latent, ["ship"]))
-        loops = torch.cat([maps for _, maps in calls])
-        heat = g.latent_heatmaps(latent, ["ship"])[0]
-    assert [classes.tolist() for classes, _ in calls] == [[0]] * 5
+        loops = torch.cat([call.maps for call in calls])
+        heat = g.latent_heatmaps(latent, ["ship"])[0][0]
+    assert [call.classes.tolist() for call in calls] == [[0]] * 5
     assert loops.shape == (5, 8, 8)
     assert torch.allclose(loops.amax(dim=(1, 2)), torch.ones(5))
     torch.testing.assert_close(heat, normalize(loops.mean(0), "minmax"))
@@ -70,8 +70,8 @@ def test_more_loops_lower_variance_across_seeds(prompter, rgb):
             )
             latent = g.encode(rgb)
             with torch.no_grad():
-                (_, loop_maps), *_ = g.loop_maps(latent, ["vehicle"])
-                maps.append(loop_maps.mean(0))
+                (call,) = g.loop_maps(latent, ["vehicle"])
+                maps.append(call.maps.mean(0))
         return torch.stack(maps).std(0).mean().item()
 
     one, sixteen = spread(1), spread(16)
