@@ -1,6 +1,12 @@
 """Engine speed and memory: tiny models on the CPU, full-size architectures
-(SD v1.5 U-Net/VAE/CLIP-L + SAM ViT-H, random weights) on a GPU when present,
-and the speed-up of batched loops over one loop per U-Net call.
+(SD v1.5 U-Net/VAE/CLIP-L + SAM ViT-H, random weights) on a GPU when present.
+
+Rows: one image's heatmap and SAM+CRF stages, batched loops against one loop
+per U-Net call; the compile warm-up, the bare U-Net and the heatmap stage's
+ratio to it; heatmap cost per class for 1, 5 and 10 classes; CRF images/s by
+worker count (512 px, L=1); the whole pipeline at L=50 in s per image·class
+for 1 and 10 classes through ``annotate_all`` and a brain run, with the GPU
+busy fraction.
 
     .venv/bin/python benchmarks/bench_engine.py [--full-cpu-loops 2]
 
@@ -10,16 +16,27 @@ Timing does not depend on weight values, so random weights give real figures.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from types import SimpleNamespace
+
+from throwaway import HOME  # sets FiftyOne's folders: must precede fiftyone
+
+# isort: split
 
 import numpy as np
 import torch
 from memory import peak_rss_mib
 
 from diffuprompter_plugin import DiffuPrompter, DiffuPrompterConfig
+from diffuprompter_plugin.engine.models import compiles_unet
 from diffuprompter_plugin.engine.tiny import clip_text_encoder, tiny_tokenizer, write_tiny_models
+
+CLASSES = [
+    "storage tank", "ship", "harbor", "airplane", "bridge",
+    "vehicle", "tennis court", "baseball diamond", "roundabout", "helicopter",
+]  # fmt: skip
 
 
 def full_size_models() -> tuple[SimpleNamespace, object]:
@@ -56,12 +73,10 @@ def measure(model: DiffuPrompter, image: np.ndarray, repeats: int) -> dict[str, 
     for _ in range(repeats):
         start = time.perf_counter()
         heatmaps = model.grounder.heatmaps(image, ["storage tank"])
-        if cuda:
-            torch.cuda.synchronize()
+        synchronize(model)
         mid = time.perf_counter()
         model.prompter.segment(image, heatmaps)
-        if cuda:
-            torch.cuda.synchronize()
+        synchronize(model)
         heat_s.append(mid - start)
         total_s.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else peak_rss_mib() / 2**10
@@ -73,31 +88,161 @@ def measure(model: DiffuPrompter, image: np.ndarray, repeats: int) -> dict[str, 
     }
 
 
-def measure_stream(model: DiffuPrompter, images: list[np.ndarray], workers: int) -> float:
-    """Seconds per image of ``annotate_all`` with DenseCRF on, in ``workers``
-    processes beside the models (0: inline)."""
-    model.config = model.config.replace(crf=True, crf_workers=workers)
-    items = [(i, image, ["storage tank"]) for i, image in enumerate(images)]
-    list(model.annotate_all(items[:2]))  # warm-up (and worker start-up)
-    start = time.perf_counter()
-    results = list(model.annotate_all(items))
-    assert not any(isinstance(r, Exception) for _, r in results)
-    return (time.perf_counter() - start) / len(images)
+def synchronize(model: DiffuPrompter) -> None:
+    if model.grounder.device.type == "cuda":
+        torch.cuda.synchronize()
 
 
-def stream(label: str, sd, sam, device: str, loops: int, workers: int) -> None:
-    """Prints seconds per 512 px image of ``annotate_all``, CRF inline and in
-    ``workers`` processes."""
-    config = DiffuPrompterConfig(loops=loops, loop_batch_size=loops, resolution=512)
-    model = DiffuPrompter.from_pretrained(sd, sam, device=device, config=config)
+def timed(step, model: DiffuPrompter, repeats: int = 1) -> float:
+    """Median seconds of ``step()`` (the GPU drained before and after)."""
+    times = []
+    for _ in range(repeats):
+        synchronize(model)
+        start = time.perf_counter()
+        step()
+        synchronize(model)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def images_512(count: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    images = [(rng.random((512, 512, 3)) * 255).astype(np.uint8) for _ in range(8)]
-    inline, pooled = measure_stream(model, images, 0), measure_stream(model, images, workers)
+    return [(rng.random((512, 512, 3)) * 255).astype(np.uint8) for _ in range(count)]
+
+
+class GpuBusy:
+    """Fraction of wall time the GPU spends in the engine's stages, from CUDA
+    events around every heatmap and SAM call of ``model`` (an upper bound:
+    gaps inside a stage count as busy)."""
+
+    def __init__(self, model: DiffuPrompter) -> None:
+        self.model = model
+        self.spans: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        for stage, name in ((model.grounder, "heatmaps"), (model.prompter, "prompt")):
+            setattr(stage, name, self._timed(getattr(stage, name)))
+
+    def _timed(self, call):
+        def wrapper(*args, **kwargs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                end.record()
+                self.spans.append((start, end))
+
+        return wrapper
+
+    def fraction(self, step) -> float:
+        self.spans.clear()
+        wall = timed(step, self.model)
+        return sum(a.elapsed_time(b) for a, b in self.spans) / 1000 / wall
+
+
+def model_for(sd, sam, device: str, **settings) -> DiffuPrompter:
+    config = DiffuPrompterConfig(resolution=512, **settings)
+    return DiffuPrompter.from_pretrained(sd, sam, device=device, config=config)
+
+
+def unet_rows(label: str, model: DiffuPrompter, loops: int) -> None:
+    """Compile warm-up, bare U-Net time at batch ``loops``, the heatmap stage
+    and its ratio to the bare U-Net, and the heatmap cost per class for 1, 5
+    and 10 classes sharing U-Net calls."""
+    g = model.grounder
+    image = images_512(1)[0]
+    compiled = compiles_unet(model.config.compile_unet, g.device)
+    first = timed(lambda: g.heatmaps(image, ["ship"]), model)
+    heat = timed(lambda: g.heatmaps(image, ["ship"]), model, 3)
+    warmup = f"{first - heat:.1f} s (first call)" if compiled else "n/a (not compiled)"
+    print(f"{label}: compile warm-up {warmup}", flush=True)
+    unet, store = g.sd.capturing_unet(compiled)
+    latent = g.encode(image).expand(loops, -1, -1, -1)
+    embeds = g.embed_prompt("ship")[0].expand(loops, -1, -1)
+    steps = torch.full((loops,), 40, device=g.device)
+
+    def bare() -> None:
+        with torch.inference_mode():
+            unet(latent, steps, encoder_hidden_states=embeds)
+
+    store.active = False
+    bare()  # warm-up (a compiled U-Net traces its capture-free graph once)
+    bare_s = timed(bare, model, 3)
     print(
-        f"{label}, L={loops}, CRF on: {inline:.3f} s/img inline, "
-        f"{pooled:.3f} s/img with {workers} CRF workers ({inline / pooled:.2f}x)",
+        f"{label}: bare U-Net, batch {loops}: {bare_s * 1000:.1f} ms; heatmap stage "
+        f"(L={loops}, 1 class) {heat * 1000:.1f} ms = {heat / bare_s:.2f}x the bare U-Net",
         flush=True,
     )
+    for classes in (1, 5, 10):
+        names = CLASSES[:classes]
+        g.heatmaps(image, names)  # warm-up of this call pattern
+        per_class = timed(lambda names=names: g.heatmaps(image, names), model, 2) / classes
+        print(f"{label}: heatmaps of {classes:>2} classes: {per_class:.3f} s/class", flush=True)
+
+
+def crf_rows(label: str, model: DiffuPrompter, counts: list[int], images: int) -> None:
+    """CRF-bound work: 512 px images, L=1, one class; images/s of
+    ``annotate_all`` by CRF worker count (0: inline)."""
+    own = model.config
+    stream = [(i, image, ["ship"]) for i, image in enumerate(images_512(images))]
+    rates = {}
+    for workers in counts:
+        model.config = own.replace(loops=1, loop_batch_size=1, crf=True, crf_workers=workers)
+        list(model.annotate_all(stream[:1]))  # warm-up
+        rates[workers] = images / timed(lambda: list(model.annotate_all(stream)), model)
+        print(
+            f"{label}: CRF, L=1, {workers} workers: {rates[workers]:.2f} images/s "
+            f"({rates[workers] / rates[counts[0]]:.2f}x inline)",
+            flush=True,
+        )
+    model.config = own
+
+
+def pipeline_rows(label: str, model: DiffuPrompter, images: int) -> None:
+    """Seconds per image·class of the whole pipeline (CRF on, in the
+    config's workers) for 1 and 10 classes, through ``annotate_all`` and
+    through a brain run, and the GPU busy fraction over the run."""
+    busy = GpuBusy(model) if model.grounder.device.type == "cuda" else None
+    batch = images_512(images)
+    list(model.annotate_all([(0, batch[0], CLASSES[:1])]))  # warm-up
+    for classes in (1, 10):
+        items = [(i, image, CLASSES[:classes]) for i, image in enumerate(batch)]
+
+        def annotate_all(items=items) -> None:
+            assert not any(isinstance(r, Exception) for _, r in model.annotate_all(items))
+
+        stream = timed(annotate_all, model) / (images * classes)
+        run = brain_run(model, batch, CLASSES[:classes]) / (images * classes)
+        fraction = f"{busy.fraction(annotate_all):.0%}" if busy else "n/a (no CUDA)"
+        print(
+            f"{label}: whole pipeline, L={model.config.loops}, {classes:>2} classes, "
+            f"{model.config.crf_workers} CRF workers: annotate_all {stream:.3f} s, "
+            f"brain run {run:.3f} s per image·class; GPU busy {fraction}",
+            flush=True,
+        )
+
+
+def brain_run(model: DiffuPrompter, images: list[np.ndarray], classes: list[str]) -> float:
+    """Seconds of ``compute_pseudo_labels`` over ``images`` saved as files."""
+    import fiftyone as fo
+    from PIL import Image
+
+    from diffuprompter_plugin import compute_pseudo_labels
+
+    dataset = fo.Dataset()
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(f"{HOME}/bench_{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    dataset.add_samples(fo.Sample(filepath=p) for p in paths)
+    elapsed = timed(
+        lambda: compute_pseudo_labels(
+            dataset, "bench", classes=classes, model=model, progress=False
+        ),
+        model,
+    )
+    assert len(dataset.exists("dp_instances")) == len(images)
+    dataset.delete()
+    return elapsed
 
 
 def row(name: str, figures: dict[str, float]) -> str:
@@ -137,6 +282,8 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=2, help="images per pipeline row")
+    parser.add_argument("--crf-images", type=int, default=6, help="images per CRF row")
     parser.add_argument(
         "--full-cpu-loops",
         type=int,
@@ -151,18 +298,28 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.manual_seed(0)
+    cores = os.cpu_count() or 1
     print(
         f"torch {torch.__version__}, CUDA: {torch.cuda.is_available()}, "
-        f"threads: {torch.get_num_threads()}"
+        f"threads: {torch.get_num_threads()}, cores: {cores}"
     )
+    counts = sorted({0, 1, 2, cores - 1} - {-1}) if cores > 2 else [0, 1, 2]
     with tempfile.TemporaryDirectory() as folder:
-        sd, sam = write_tiny_models(folder)
-        run("tiny models, CPU, 64 px", str(sd), str(sam), "cpu", 64, 50, args.repeats, True)
-        stream("tiny models, CPU, 512 px", str(sd), str(sam), "cpu", 4, 2)
+        sd, sam = (str(p) for p in write_tiny_models(folder))
+        label = "tiny models, CPU"
+        run(f"{label}, 64 px", sd, sam, "cpu", 64, 50, args.repeats, True)
+        tiny = model_for(sd, sam, "cpu", loop_batch_size=50, crf_workers=min(2, cores))
+        unet_rows(f"{label}, 512 px", tiny, 50)
+        crf_rows(f"{label}, 512 px", tiny, [0, 1, 2], args.crf_images)
+        pipeline_rows(f"{label}, 512 px", tiny, args.images)
     if torch.cuda.is_available():
         sd, sam = full_size_models()
-        run("SD1.5 + SAM ViT-H, GPU fp16, 512 px", sd, sam, "cuda", 512, 50, args.repeats, True)
-        stream("SD1.5 + SAM ViT-H, GPU fp16, 512 px", sd, sam, "cuda", 50, 4)
+        label = "SD1.5 + SAM ViT-H, GPU fp16, 512 px"
+        run(label, sd, sam, "cuda", 512, 50, args.repeats, True)
+        full = model_for(sd, sam, "cuda", loop_batch_size=50, crf_workers=cores - 1)
+        unet_rows(label, full, 50)
+        crf_rows(label, full, counts, 4 * cores)
+        pipeline_rows(label, full, 4 * args.images)
     else:
         print("full-size models on GPU: skipped (no CUDA device)")
     if args.full_cpu_loops:

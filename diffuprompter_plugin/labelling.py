@@ -499,23 +499,34 @@ def _check_resumable(samples: Any, brain_key: str, config: PseudoLabelsConfig) -
 
 
 def _annotate_samples(samples, ids, model, config, batch_size, progress) -> None:
-    """Annotates the samples ``ids`` in batches, saving each batch as it ends."""
-    with fou.ProgressBar(total=len(ids), progress=progress) as pb:
-        for chunk in fou.iter_slices(ids, batch_size):
-            items = []
-            with samples.save_context(batch_size=batch_size) as saver:
-                for sample in samples.select(chunk):
-                    names = config.classes or sample_classes(sample, config.class_field)
-                    if names:
-                        items.append((sample, sample.filepath, names))
-                        continue
-                    _write(sample, ValueError(f"no class in field '{config.class_field}'"), config)
-                    saver.save(sample)
-                    pb.update()
-                for sample, result in model.annotate_all(items):
-                    _write(sample, result, config)
-                    saver.save(sample)
-                    pb.update()
+    """Annotates the samples ``ids`` as one stream through
+    ``model.annotate_all``, so that its CRF pool serves the whole run, and
+    saves the results ``batch_size`` at a time as they come."""
+    with (
+        fou.ProgressBar(total=len(ids), progress=progress) as pb,
+        samples.save_context(batch_size=batch_size) as saver,
+    ):
+
+        def store(sample: fo.Sample, result: Any) -> None:
+            _write(sample, result, config)
+            saver.save(sample)
+            pb.update()
+
+        for sample, result in model.annotate_all(_items(samples, ids, config, batch_size, store)):
+            store(sample, result)
+
+
+def _items(samples, ids, config, batch_size, store: Callable[[fo.Sample, Any], None]):
+    """The samples ``ids`` as lazy ``annotate_all`` items, read from the
+    database ``batch_size`` at a time; a sample with no class goes straight to
+    ``store`` with its error."""
+    for chunk in fou.iter_slices(ids, batch_size):
+        for sample in samples.select(chunk):
+            names = config.classes or sample_classes(sample, config.class_field)
+            if names:
+                yield sample, sample.filepath, names
+            else:
+                store(sample, ValueError(f"no class in field '{config.class_field}'"))
 
 
 def _write(sample: fo.Sample, result: Any, config: PseudoLabelsConfig) -> None:

@@ -38,8 +38,10 @@ def test_eq9_heatmap_is_the_normalised_mean_of_loop_maps(prompter, rgb):
     g = _grounder(prompter, loops=5, loop_batch_size=1)
     latent = g.encode(rgb)
     with torch.no_grad():
-        loops = torch.cat(list(g.loop_maps(latent, "ship")))
-        heat = g.latent_heatmap(latent, "ship")
+        calls = list(g.loop_maps(latent, ["ship"]))
+        loops = torch.cat([call.maps for call in calls])
+        heat = g.latent_heatmaps(latent, ["ship"])[0][0]
+    assert [call.classes.tolist() for call in calls] == [[0]] * 5
     assert loops.shape == (5, 8, 8)
     assert torch.allclose(loops.amax(dim=(1, 2)), torch.ones(5))
     torch.testing.assert_close(heat, normalize(loops.mean(0), "minmax"))
@@ -68,7 +70,8 @@ def test_more_loops_lower_variance_across_seeds(prompter, rgb):
             )
             latent = g.encode(rgb)
             with torch.no_grad():
-                maps.append(torch.cat(list(g.loop_maps(latent, "vehicle"))).mean(0))
+                (call,) = g.loop_maps(latent, ["vehicle"])
+                maps.append(call.maps.mean(0))
         return torch.stack(maps).std(0).mean().item()
 
     one, sixteen = spread(1), spread(16)
@@ -104,3 +107,58 @@ def test_prompt_name_spaces_underscores():
     assert prompt_name(" ground-track  field ") == "ground track field"
     with pytest.raises(ValueError, match="Invalid class name"):
         prompt_name("__")
+
+
+def _count_calls(module: torch.nn.Module, calls: list[int]):
+    return module.register_forward_hook(lambda m, args, out: calls.append(len(args)))
+
+
+def test_classes_share_unet_calls_and_image_work(prompter, rgb):
+    names = ["ship", "harbor", "storage tank"]
+    g = _grounder(prompter, loops=2, loop_batch_size=6)
+    unet, text, vae = [], [], []
+    handles = [
+        _count_calls(g.sd.unet, unet),
+        _count_calls(g.sd.text_encoder, text),
+        _count_calls(g.sd.vae.encoder, vae),
+    ]
+    try:
+        shared = g.heatmaps(rgb, names)
+        assert (len(unet), len(text), len(vae)) == (1, 3, 1)  # 3 classes x 2 loops: one call
+        g.heatmaps(rgb[::-1].copy(), names)
+        assert (len(unet), len(text), len(vae)) == (2, 3, 2)  # prompts embedded once
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name in names:
+        alone = _grounder(prompter, loops=2, loop_batch_size=1).heatmaps(rgb, [name])[name]
+        np.testing.assert_allclose(shared[name], alone, atol=1e-5)
+
+
+def test_compiled_unet_gives_the_eager_heatmaps(tiny_models, rgb, monkeypatch):
+    """The capture traces into one graph (``fullgraph=True`` fails on any graph
+    break); dynamo's eager backend keeps the CPU test fast, the GPU runs
+    inductor. The compiled U-Net is built once per model."""
+    from helpers import TINY_CONFIG
+
+    from diffuprompter_plugin import DiffuPrompter
+
+    compiles = []
+
+    def compile_(module, **kwargs):
+        compiles.append(module)
+        return real_compile(module, backend="eager", fullgraph=True)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", compile_)
+    config = TINY_CONFIG.replace(loops=2, loop_batch_size=2)
+    model = DiffuPrompter.from_pretrained(*tiny_models, device="cpu", config=config)
+    eager = model.grounder.heatmaps(rgb, ["ship", "harbor"])
+    model.config = config.replace(compile_unet="on")
+    compiled = model.grounder.heatmaps(rgb, ["ship", "harbor"])
+    again = model.grounder.heatmaps(rgb, ["ship", "harbor"])
+    assert compiles == [model.grounder.sd.unet]
+    assert model.grounder.sd.compiled_unet is not None
+    for name in eager:
+        np.testing.assert_allclose(compiled[name], eager[name], atol=1e-5)
+        np.testing.assert_array_equal(again[name], compiled[name])

@@ -25,6 +25,7 @@ DEFAULT_PRED_FIELD = "dp_instances"
 DEFAULT_HEATMAP_FIELD = "dp_heatmap"
 
 NORMALIZATIONS = ("minmax", "none")
+COMPILE_CHOICES = ("auto", "on", "off")
 
 
 def model_source(model: Any) -> str | None:
@@ -100,7 +101,10 @@ class DiffuPrompterConfig:
             latent is noised; the paper's "t = 40" read as the index passed to
             the scheduler's ``add_noise``.
         loops: number L of noise draws averaged by LSAD (Eq. 9).
-        loop_batch_size: noise draws run together in one U-Net call.
+        loop_batch_size: (class, noise draw) pairs run together in one U-Net
+            call; an image's classes share calls when they fit.
+        compile_unet: ``torch.compile`` the U-Net: ``"auto"`` (on CUDA only),
+            ``"on"`` or ``"off"``. The warm-up is paid once per process.
         threshold: binarisation threshold gamma of Eq. 10.
         normalization: the ``Norm`` of Eq. 4, ``"minmax"`` or ``"none"``.
         resolution: longest side, in pixels, at which Stable Diffusion sees
@@ -135,6 +139,13 @@ class DiffuPrompterConfig:
     )
     loop_batch_size: int = _setting(
         25, "Loop batch size", "Draws per U-Net call", low=1, runtime=True, form=True
+    )
+    compile_unet: str = _setting(
+        "auto",
+        "Compiled U-Net",
+        "torch.compile the U-Net (auto: on CUDA only)",
+        choices=COMPILE_CHOICES,
+        runtime=True,
     )
     threshold: float = _setting(
         0.4,

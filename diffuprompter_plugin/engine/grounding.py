@@ -8,18 +8,19 @@ and average the draws (LSAD, Eq. 9).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .attention import capture_cross_attention
 from .config import DiffuPrompterConfig
 from .image import ImageLike, to_rgb_uint8
-from .models import StableDiffusion
+from .models import StableDiffusion, compiles_unet
 
 EPS = 1e-12
 LATENT_STRIDE = 64
@@ -103,6 +104,20 @@ def pyramid_peak(pyramid: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([level.float().amax(dim=(1, 2)) for level in pyramid]).mean(0)
 
 
+class LoopCall(NamedTuple):
+    """What one U-Net call of :meth:`TextGrounder.loop_maps` gives.
+
+    Attributes:
+        classes: (b,) long, the class index of each (class, draw) pair.
+        maps: (b, h, w) float32 Eq. 4 maps.
+        peaks: (b,) float32 :func:`pyramid_peak` of each pair.
+    """
+
+    classes: torch.Tensor
+    maps: torch.Tensor
+    peaks: torch.Tensor
+
+
 class TextGrounder:
     """Produces DiffuPrompter heatmaps with Stable Diffusion.
 
@@ -124,6 +139,7 @@ class TextGrounder:
         self.config = config
         self.device = device
         self.dtype = dtype
+        self._embeddings: dict[tuple[str, str], tuple[torch.Tensor, list[int]]] = {}
 
     def check_prompts(self, class_names: Sequence[str]) -> None:
         """Raises ValueError naming a class whose prompt the text encoder
@@ -140,22 +156,19 @@ class TextGrounder:
         progress: bool = False,
     ) -> dict[str, np.ndarray]:
         """Returns ``{class name: H x W float32 heatmap in [0, 1]}`` at the
-        image's own size; the VAE encodes the image once for all classes.
-        A given ``peaks`` dict receives each class's mean :func:`pyramid_peak`
-        over the draws: the tiling compares it across a scene's tiles. With
-        ``progress``, a bar counts the classes done."""
+        image's own size; the VAE encodes the image once for all classes,
+        whose noise draws share U-Net calls (see :meth:`loop_maps`). A given
+        ``peaks`` dict receives each class's mean :func:`pyramid_peak` over
+        the draws: the tiling compares it across a scene's tiles. With
+        ``progress``, a bar counts the U-Net calls done."""
         rgb = to_rgb_uint8(image)
-        latent = self.encode(rgb)
-        height, width = rgb.shape[:2]
-        maps = {}
-        for name in tqdm(class_names, desc="Heatmaps", unit="class", disable=not progress):
-            draw_peaks: list[torch.Tensor] = []
-            heat = self.latent_heatmap(latent, name, draw_peaks)
-            if peaks is not None:
-                peaks[name] = float(torch.cat(draw_peaks).mean())
-            full = F.interpolate(heat[None, None], size=(height, width), mode="bilinear")
-            maps[name] = full[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
-        return maps
+        names = list(class_names)
+        heat, class_peaks = self.latent_heatmaps(self.encode(rgb), names, progress)
+        if peaks is not None:
+            peaks.update(zip(names, class_peaks.tolist(), strict=True))
+        full = F.interpolate(heat[:, None], size=rgb.shape[:2], mode="bilinear")[:, 0]
+        maps = full.clamp(0, 1).cpu().numpy().astype(np.float32)
+        return dict(zip(names, maps, strict=True))
 
     def encode(self, rgb: np.ndarray) -> torch.Tensor:
         """VAE latent (1, 4, h/8, w/8) of an RGB uint8 image at the working size,
@@ -168,7 +181,14 @@ class TextGrounder:
         return latent * self.sd.vae.config.scaling_factor
 
     def embed_prompt(self, class_name: str) -> tuple[torch.Tensor, list[int]]:
-        """CLIP embedding (1, 77, D) of the prompt and the class token indices."""
+        """CLIP embedding (1, 77, D) of the prompt and the class token indices;
+        computed once per template and class, then reused."""
+        key = (self.config.template, class_name)
+        if key not in self._embeddings:
+            self._embeddings[key] = self._embed(class_name)
+        return self._embeddings[key]
+
+    def _embed(self, class_name: str) -> tuple[torch.Tensor, list[int]]:
         name = prompt_name(class_name)
         tokenizer = self.sd.tokenizer
         indices = class_token_indices(tokenizer, self.config.template, name)
@@ -183,37 +203,55 @@ class TextGrounder:
 
     def noise(self, latent: torch.Tensor) -> torch.Tensor:
         """The L seeded noise draws (L, 4, h, w): drawn on the CPU, so they are
-        the same on every device and for every loop batch size."""
+        the same on every device, for every loop batch size and every class."""
         generator = torch.Generator().manual_seed(self.config.seed)
         shape = (self.config.loops, *latent.shape[1:])
         return torch.randn(shape, generator=generator).to(self.device, latent.dtype)
 
-    def loop_maps(
-        self, latent: torch.Tensor, class_name: str, peaks: list | None = None
-    ) -> Iterator[torch.Tensor]:
-        """Yields Eq. 4 maps (b, h, w) for each micro-batch of noise draws;
-        appends each micro-batch's (b,) :func:`pyramid_peak` to ``peaks``."""
-        embeds, indices = self.embed_prompt(class_name)
+    def loop_maps(self, latent: torch.Tensor, class_names: Sequence[str]) -> Iterator[LoopCall]:
+        """Runs the C x L (class, noise draw) pairs, class by class, in U-Net
+        calls of ``loop_batch_size`` pairs, so that classes share a call when
+        they fit in it; yields one :class:`LoopCall` per U-Net call."""
+        embeds, indices = zip(*(self.embed_prompt(name) for name in class_names), strict=True)
+        embeds = torch.cat(embeds)
+        noise = self.noise(latent)
+        loops = self.config.loops
+        classes = torch.arange(len(class_names)).repeat_interleave(loops)
+        draws = torch.arange(loops).repeat(len(class_names))
         size = tuple(latent.shape[-2:])
-        timestep = self.config.timestep
-        with capture_cross_attention(self.sd.unet) as store:
-            for noise in self.noise(latent).split(self.config.loop_batch_size):
-                batch = noise.shape[0]
-                timesteps = torch.full((batch,), timestep, device=self.device, dtype=torch.long)
+        compiled = compiles_unet(self.config.compile_unet, self.device)
+        unet, store = self.sd.capturing_unet(compiled)
+        batch_size = self.config.loop_batch_size
+        try:
+            for call_classes, call_draws in zip(
+                classes.split(batch_size), draws.split(batch_size), strict=True
+            ):
+                batch = len(call_classes)
+                timesteps = torch.full(
+                    (batch,), self.config.timestep, device=self.device, dtype=torch.long
+                )
                 latents = latent.expand(batch, -1, -1, -1)
-                noisy = self.sd.scheduler.add_noise(latents, noise, timesteps)
-                store.reset(indices, size)
-                self.sd.unet(noisy, timesteps, encoder_hidden_states=embeds.expand(batch, -1, -1))
+                noisy = self.sd.scheduler.add_noise(latents, noise[call_draws], timesteps)
+                store.reset([indices[c] for c in call_classes.tolist()], size, self.device)
+                unet(noisy, timesteps, encoder_hidden_states=embeds[call_classes.to(self.device)])
                 pyramid = store.resolution_maps()
-                if peaks is not None:
-                    peaks.append(pyramid_peak(pyramid))
-                yield aggregate_pyramid(pyramid, size, self.config.normalization)
+                maps = aggregate_pyramid(pyramid, size, self.config.normalization)
+                yield LoopCall(call_classes.to(self.device), maps, pyramid_peak(pyramid))
+        finally:
+            store.active = False
 
-    def latent_heatmap(
-        self, latent: torch.Tensor, class_name: str, peaks: list | None = None
-    ) -> torch.Tensor:
-        """LSAD (Eq. 9): the mean of the L loop maps, normalised, at latent size."""
-        total = None
-        for maps in self.loop_maps(latent, class_name, peaks):
-            total = maps.sum(0) if total is None else total + maps.sum(0)
-        return normalize(total / self.config.loops, self.config.normalization)
+    def latent_heatmaps(
+        self, latent: torch.Tensor, class_names: Sequence[str], progress: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LSAD (Eq. 9): per class, the mean of its L loop maps, normalised,
+        (C, h, w) at latent size; and the mean :func:`pyramid_peak` of its
+        draws, (C,). With ``progress``, a bar counts the U-Net calls."""
+        total = torch.zeros(len(class_names), *latent.shape[-2:], device=self.device)
+        peaks = torch.zeros(len(class_names), device=self.device)
+        calls = math.ceil(len(class_names) * self.config.loops / self.config.loop_batch_size)
+        loop_calls = self.loop_maps(latent, class_names)
+        for call in tqdm(loop_calls, total=calls, desc="U-Net calls", disable=not progress):
+            total.index_add_(0, call.classes, call.maps)
+            peaks.index_add_(0, call.classes, call.peaks)
+        loops = self.config.loops
+        return normalize(total / loops, self.config.normalization), peaks / loops

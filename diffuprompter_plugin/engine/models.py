@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .attention import CrossAttentionStore, install_capture
 from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL
 from .errors import ModelUnavailableError
 
@@ -48,7 +49,12 @@ SAM_WEIGHTS_FILE = "sam.pth"
 
 @dataclass
 class StableDiffusion:
-    """The Stable Diffusion parts DiffuPrompter uses (no safety checker)."""
+    """The Stable Diffusion parts DiffuPrompter uses (no safety checker).
+
+    The U-Net gets its cross-attention capture once, on first use, and its
+    compiled form is built once and kept here: every grounder sharing these
+    parts pays the compile warm-up only once per process.
+    """
 
     vae: Any
     unet: Any
@@ -56,6 +62,19 @@ class StableDiffusion:
     text_encoder: Any
     scheduler: Any
     name: str
+    attention: CrossAttentionStore | None = field(default=None, repr=False)
+    compiled_unet: Any = field(default=None, repr=False)
+
+    def capturing_unet(self, compiled: bool) -> tuple[Any, CrossAttentionStore]:
+        """The U-Net with its cross-attention capture installed, compiled with
+        ``torch.compile`` when ``compiled``, and the capture's store."""
+        if self.attention is None:
+            self.attention = install_capture(self.unet)
+        if not compiled:
+            return self.unet, self.attention
+        if self.compiled_unet is None:
+            self.compiled_unet = torch.compile(self.unet)
+        return self.compiled_unet, self.attention
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -68,6 +87,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def default_dtype(device: torch.device) -> torch.dtype:
     """float16 on GPUs, float32 on the CPU."""
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def compiles_unet(setting: str, device: torch.device) -> bool:
+    """Whether ``DiffuPrompterConfig.compile_unet`` compiles on ``device``:
+    ``"auto"`` does on CUDA, where it pays off, and not on the CPU."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 def cache_dir() -> Path:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
@@ -16,15 +15,21 @@ import numpy as np
 import torch
 
 from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig, model_source
+from .crf import binary_map
 from .grounding import TextGrounder
 from .image import ImageLike, opened, to_rgb_uint8
 from .models import default_dtype, load_stable_diffusion, resolve_device
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
 from .tiling import annotate_scene, needs_tiling
+from .workers import worker_pool
 
 ITEM_ERRORS = (OSError, ValueError, RuntimeError)
 """Errors that fail one image in :meth:`Annotator.annotate_all` (unreadable
 file, bad input, out of memory) without stopping the others."""
+
+IMAGES_PER_WORKER = 2
+"""Images in flight per CRF worker in :meth:`DiffuPrompter.annotate_all`:
+while the oldest image waits for its CRF, the others' keep every worker busy."""
 
 Item = tuple[Any, ImageLike, Sequence[str]]
 """(key, image, class names): the key comes back with the image's result."""
@@ -205,30 +210,31 @@ class DiffuPrompter(Annotator):
             ValueError: empty or duplicate class names.
             InputImageError: the image cannot be used.
         """
-        grounded = self._ground(image, class_names, thresholds, binary_maps, progress)
+        grounded = self._ground(image, class_names, thresholds, progress)
         if isinstance(grounded, Annotation):
             return grounded
-        rgb, heatmaps, binaries = grounded
+        rgb, heatmaps, gammas = grounded
+        binaries = binary_maps(rgb, heatmaps, gammas, self.config)
         return Annotation(heatmaps, self.prompter.prompt(rgb, heatmaps, binaries))
 
     def annotate_all(
         self, items: Iterable[Item], thresholds: Thresholds = None
     ) -> Iterator[tuple[Any, Annotation | Exception]]:
         """As :meth:`Annotator.annotate_all`. With ``config.crf_workers`` > 0,
-        the DenseCRF of each image runs in that many worker processes while
-        the models work on up to as many following images."""
+        one pool of that many single-threaded processes runs the DenseCRF of
+        every (image, class) of the whole stream, while the models work on
+        the following images; up to :data:`IMAGES_PER_WORKER` images per
+        worker are in flight, so no worker waits for the models."""
         workers = self.config.crf_workers if self.config.crf else 0
         if workers == 0:
             yield from super().annotate_all(items, thresholds)
             return
-        context = multiprocessing.get_context("spawn")  # no CUDA state in workers
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with worker_pool(workers) as pool:
             pending: deque = deque()
             for key, image, names in items:
-                submit = partial(pool.submit, binary_maps)
-                grounded = _guarded(partial(self._ground, image, names, thresholds, submit))
-                pending.append((key, grounded))
-                if len(pending) > workers:
+                submit = partial(self._submit_crf, pool, image, names, thresholds)
+                pending.append((key, _guarded(submit)))
+                if len(pending) > IMAGES_PER_WORKER * workers:
                     yield self._finish(*pending.popleft())
             while pending:
                 yield self._finish(*pending.popleft())
@@ -238,12 +244,10 @@ class DiffuPrompter(Annotator):
         image: ImageLike,
         names: Sequence[str],
         thresholds: Thresholds,
-        binarize: Callable[..., Any],
         progress: bool = False,
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], Any] | Annotation:
-        """The RGB image, its heatmaps, and ``binarize(rgb, heatmaps, gammas,
-        config)``: :func:`binary_maps` itself, or its submission to a pool.
-        A scene larger than ``config.tile_size`` is labelled in tiles
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]] | Annotation:
+        """The RGB image, its heatmaps and the per-class thresholds. A scene
+        larger than ``config.tile_size`` is labelled in tiles
         (:func:`~diffuprompter_plugin.engine.tiling.annotate_scene`) and its
         Annotation returned."""
         names = validate_class_names(names)
@@ -252,17 +256,32 @@ class DiffuPrompter(Annotator):
                 return annotate_scene(self, raster, names, thresholds)
             rgb = to_rgb_uint8(raster)
         heatmaps = self.grounder.heatmaps(rgb, names, progress=progress)
-        gammas = self.prompter.thresholds_for(names, thresholds)
-        return rgb, heatmaps, binarize(rgb, heatmaps, gammas, self.config)
+        return rgb, heatmaps, self.prompter.thresholds_for(names, thresholds)
+
+    def _submit_crf(
+        self, pool: Executor, image: ImageLike, names: Sequence[str], thresholds: Thresholds
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Future]] | Annotation:
+        """Grounds an image and submits the DenseCRF of each class to
+        ``pool``; a tiled scene comes back labelled."""
+        grounded = self._ground(image, names, thresholds)
+        if isinstance(grounded, Annotation):
+            return grounded
+        rgb, heatmaps, gammas = grounded
+        futures = {
+            name: pool.submit(binary_map, rgb, heatmap, gammas[name], self.config)
+            for name, heatmap in heatmaps.items()
+        }
+        return rgb, heatmaps, futures
 
     def _finish(self, key: Any, grounded: Any) -> tuple[Any, Annotation | Exception]:
-        """The SAM stage of an image whose CRF was submitted by :meth:`_ground`."""
+        """The SAM stage of an image whose CRF was submitted by :meth:`_submit_crf`."""
         if isinstance(grounded, (Exception, Annotation)):
             return key, grounded
-        rgb, heatmaps, binaries = grounded
+        rgb, heatmaps, futures = grounded
 
         def prompt() -> Annotation:
-            return Annotation(heatmaps, self.prompter.prompt(rgb, heatmaps, binaries.result()))
+            binaries = {name: future.result() for name, future in futures.items()}
+            return Annotation(heatmaps, self.prompter.prompt(rgb, heatmaps, binaries))
 
         return key, _guarded(prompt)
 
