@@ -318,6 +318,7 @@ def _label_claimed(samples, brain_key, run_config, model, batch_size, progress, 
             _annotate_samples(samples, todo, model, run_config, batch_size, False)
 
         finaliser = work(claims, label, batch_size, pb.set_iteration)
+        pb.set_iteration(pb.total)  # work ends when no sample is left to any worker
     method = run_config.build()
     results = _collect_results(samples, brain_key, run_config, method)
     if finaliser:

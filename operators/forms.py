@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import fiftyone as fo
@@ -213,13 +216,21 @@ def device_param(params: dict[str, Any]) -> str | None:
     return None if device == "auto" else device
 
 
-def progress_reporter(ctx: Any, label: str) -> Any:
-    """A FiftyOne progress callback that reports to ``ctx.set_progress``."""
+def progress_reporter(ctx: Any, label: str, dt: float = 2.0) -> Callable[[Any], None]:
+    """A FiftyOne ``ProgressBar`` callback that reports to ``ctx.set_progress``
+    at most every ``dt`` seconds, and always when the bar reaches its total
+    (FiftyOne's own ``report_progress`` can skip that last report)."""
+    last = -math.inf
 
     def report(pb: Any) -> None:
-        ctx.set_progress(progress=pb.progress, label=f"{label}: {pb.iteration}/{pb.total} samples")
+        nonlocal last
+        done = pb.total is not None and pb.iteration >= pb.total
+        if done or time.monotonic() - last >= dt:
+            last = time.monotonic()
+            label_text = f"{label}: {pb.iteration}/{pb.total} samples"
+            ctx.set_progress(progress=pb.progress, label=label_text)
 
-    return fo.report_progress(report, dt=2.0)
+    return report
 
 
 def reload_app(ctx: Any) -> None:

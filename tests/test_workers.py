@@ -75,7 +75,9 @@ def test_three_workers_label_every_sample_exactly_once(tiles, tmp_path):
         docs = wait_terminal(ids, timeout=300)
     finally:
         stop_workers(workers)
-    assert [d.run_state for d in docs] == [ExecutionRunState.COMPLETED] * 3, docs[0].result
+    assert [d.run_state for d in docs] == [ExecutionRunState.COMPLETED] * 3, [
+        d.result.error for d in docs
+    ]
     assert set(annotation_counts(tiles.values("filepath")).values()) == {1}
     assert [d.status.progress for d in docs] == [1.0] * 3
     paths = tiles.values("filepath")
