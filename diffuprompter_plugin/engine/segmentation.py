@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -15,38 +14,54 @@ from .config import DEFAULT_SAM_MODEL, DiffuPrompterConfig, model_source
 from .crf import binary_map
 from .errors import InputImageError
 from .image import ImageLike, to_rgb_uint8
+from .mask_runs import MaskRuns
 from .models import default_dtype, load_sam, resolve_device
 from .prompts import Box, Region, components, mask_box, regions
 
 
-@dataclass
 class Instance:
     """One object found in an image.
 
     Attributes:
         label: the class name.
-        mask: (y1 - y0) x (x1 - x0) bool mask inside the box: instances of a
-            large scene take memory by their size, not the scene's.
+        runs: its mask, cropped to its box, as runs of pixels
+            (:class:`~.mask_runs.MaskRuns`): instances of a large scene take
+            memory by their outline, not by their box or the scene.
         box: (x0, y0, x1, y1) pixels, x1/y1 exclusive.
         score: mean heatmap value inside the mask times SAM's predicted IoU of
             the chosen candidate, in [0, 1].
+
+    Args:
+        mask: the (y1 - y0) x (x1 - x0) bool mask inside the box, or its runs.
     """
 
-    label: str
-    mask: np.ndarray
-    box: Box
-    score: float
+    __slots__ = ("label", "runs", "box", "score")
+
+    def __init__(self, label: str, mask: np.ndarray | MaskRuns, box: Box, score: float) -> None:
+        self.label = label
+        self.runs = mask if isinstance(mask, MaskRuns) else MaskRuns.encode(mask)
+        self.box = box
+        self.score = score
+
+    def __repr__(self) -> str:
+        return f"Instance({self.label!r}, box={self.box}, area={self.area}, score={self.score:.3f})"
 
     @classmethod
     def from_full_mask(cls, label: str, mask: np.ndarray, score: float) -> Instance:
         """The instance of a non-empty H x W image-size mask, cropped to its box."""
         x0, y0, x1, y1 = box = mask_box(mask)
-        return cls(label, mask[y0:y1, x0:x1].copy(), box, score)
+        return cls(label, mask[y0:y1, x0:x1], box, score)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The (y1 - y0) x (x1 - x0) bool mask inside the box, decoded anew
+        on each access."""
+        return self.runs.decode()
 
     @property
     def area(self) -> int:
         """Pixel count of the mask."""
-        return int(self.mask.sum())
+        return self.runs.area
 
     def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
         """The mask pasted into an all-False ``shape`` (H, W) array."""
@@ -58,7 +73,7 @@ class Instance:
     def shifted(self, dx: int, dy: int) -> Instance:
         """The same instance with its box moved by (dx, dy) pixels."""
         x0, y0, x1, y1 = self.box
-        return Instance(self.label, self.mask, (x0 + dx, y0 + dy, x1 + dx, y1 + dy), self.score)
+        return Instance(self.label, self.runs, (x0 + dx, y0 + dy, x1 + dx, y1 + dy), self.score)
 
 
 Thresholds = float | Mapping[str, float] | None

@@ -49,6 +49,7 @@ import numpy as np
 
 from .config import DiffuPrompterConfig
 from .heatmap_store import HeatmapWriter, heatmap_preview, read_heatmap_window
+from .mask_runs import MaskRuns
 from .raster import Box, Raster
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
 
@@ -127,14 +128,15 @@ def _crop(inst: Instance, window: Box) -> np.ndarray:
     inside = _intersection(inst.box, window)
     if inside:
         x0, y0, x1, y1 = inside
-        out[y0 - window[1] : y1 - window[1], x0 - window[0] : x1 - window[0]] = inst.mask[
-            y0 - inst.box[1] : y1 - inst.box[1], x0 - inst.box[0] : x1 - inst.box[0]
-        ]
+        bx, by = inst.box[:2]
+        own = inst.runs.crop((x0 - bx, y0 - by, x1 - bx, y1 - by))
+        out[y0 - window[1] : y1 - window[1], x0 - window[0] : x1 - window[0]] = own.decode()
     return out
 
 
 def _union(group: list[Instance]) -> Instance:
-    """One instance of a group: mask union, union box, highest score."""
+    """One instance of a group: mask union (joined run by run, never a dense
+    mask of the union box), union box, highest score."""
     if len(group) == 1:
         return group[0]
     box = (
@@ -143,10 +145,9 @@ def _union(group: list[Instance]) -> Instance:
         max(i.box[2] for i in group),
         max(i.box[3] for i in group),
     )
-    mask = np.zeros((box[3] - box[1], box[2] - box[0]), bool)
-    for inst in group:
-        mask |= _crop(inst, box)
-    return Instance(group[0].label, mask, box, max(i.score for i in group))
+    shape = (box[3] - box[1], box[2] - box[0])
+    parts = [(i.runs, i.box[0] - box[0], i.box[1] - box[1]) for i in group]
+    return Instance(group[0].label, MaskRuns.union(shape, parts), box, max(i.score for i in group))
 
 
 def merge_instances(tiles: Sequence[tuple[Box, list[Instance]]]) -> list[Instance]:
