@@ -44,7 +44,7 @@ class Instance:
         self.score = score
 
     def __repr__(self) -> str:
-        return f"Instance({self.label!r}, box={self.box}, area={self.area}, score={self.score:.3f})"
+        return f"Instance({self.label!r}, {self.box}, area={self.area}, score={self.score:.3g})"
 
     @classmethod
     def from_full_mask(cls, label: str, mask: np.ndarray, score: float) -> Instance:
