@@ -28,8 +28,9 @@ def test_install_script_announces_each_install_and_lets_pip_show_progress():
         assert any(line.strip().startswith("step ") for line in lines[i - 4 : i]), lines[i]
 
 
-def test_annotate_shows_progress_over_classes_when_asked(prompter, rgb, capsys):
+def test_annotate_shows_progress_over_unet_calls_when_asked(prompter, rgb, capsys):
     prompter.annotate(rgb, ["ship", "harbor", "storage tank"])
-    assert "Heatmaps" not in capsys.readouterr().err  # off by default
+    assert "U-Net calls" not in capsys.readouterr().err  # off by default
     prompter.annotate(rgb, ["ship", "harbor", "storage tank"], progress=True)
-    assert "3/3" in capsys.readouterr().err
+    # 3 classes x 4 loops, 2 (class, loop) pairs per U-Net call
+    assert "U-Net calls: 100%" in capsys.readouterr().err.replace("\r", "\n")

@@ -25,12 +25,14 @@ SKIPPED = {
 """A string found in a block -> why that block does not run here."""
 
 
-def substitutions(sd: str, sam: str) -> dict[str, str]:
-    """README text -> what runs here: the tiny models, at their 64 px size.
-    The operator run that the README queues runs at once here (no worker),
-    so that the resume queued after it finds its run."""
+def substitutions(sd: str, sam: str, data: Path) -> dict[str, str]:
+    """README text -> what runs here: the tiny models, at their 64 px size,
+    and ``data`` for the README's ``/data`` folder. The operator run that the
+    README queues runs at once here (no worker), so that the resume queued
+    after it finds its run."""
     tiny = f"sd_model={sd!r}, sam_model={sam!r}, resolution=64, crf=False, device='cpu'"
     return {
+        '"/data/scenes': f'"{data}/scenes',
         '"stable-diffusion-v1-5/stable-diffusion-v1-5"': repr(sd),
         '"vit_h"': repr(sam),
         "DiffuPrompterConfig(loops=50, threshold=0.4)": (
@@ -47,8 +49,20 @@ def python_blocks(text: str) -> list[str]:
 
 
 def _reader_files(folder: Path) -> None:
-    """The images and the persistent dataset the README's snippets name."""
+    """The images, GeoTIFF scenes and persistent dataset the README's
+    snippets name."""
+    import rasterio
+    from rasterio.transform import from_origin
+
     rng = np.random.default_rng(0)
+    (folder / "scenes").mkdir()
+    for k in range(2):  # UTM 33N, 0.5 m pixels
+        with rasterio.open(
+            folder / "scenes" / f"scene_{k}.tif", "w", driver="GTiff", width=96, height=64,
+            count=3, dtype="uint8", crs="EPSG:32633",
+            transform=from_origin(500000 + 100 * k, 4500000, 0.5, 0.5),
+        ) as dst:  # fmt: skip
+            dst.write(rng.integers(0, 255, (3, 64, 96), dtype=np.uint8))
     for name in ("tank_farm.tif", "harbour.png"):
         Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / name)
     dataset = fo.Dataset("aid-subset", persistent=True)
@@ -62,7 +76,7 @@ def _reader_files(folder: Path) -> None:
 
 def test_every_readme_python_block_runs(tiny_models, tmp_path, monkeypatch):
     blocks = python_blocks(README.read_text())
-    swaps = substitutions(*tiny_models)
+    swaps = substitutions(*tiny_models, tmp_path)
     assert all(any(key in b for b in blocks) for key in [*swaps, *SKIPPED]), "stale entry"
     monkeypatch.chdir(tmp_path)
     _reader_files(tmp_path)
@@ -84,5 +98,11 @@ def test_every_readme_python_block_runs(tiny_models, tmp_path, monkeypatch):
         assert dataset.count("dp_instances") == 2
         status = namespace["pseudo_labels_status"](dataset, "dp_archive")
         assert (status["pending"], status["done"]) == (2, 0)  # queued for workers
+        scenes = fo.load_dataset("scenes")
+        assert scenes.count("dp_instances") == 2 and scenes.first().crs is not None
+        assert (tmp_path / "scenes_dp.gpkg").stat().st_size > 0  # the GIS block's export
+        assert (tmp_path / "scenes_dp.geojson").stat().st_size > 0
     finally:
-        fo.load_dataset("aid-subset").delete()
+        for name in ("aid-subset", "scenes"):
+            if fo.dataset_exists(name):
+                fo.delete_dataset(name)

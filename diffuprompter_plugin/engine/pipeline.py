@@ -202,9 +202,9 @@ class DiffuPrompter(Annotator):
             class_names: one or more class names.
             thresholds: gamma for all classes, per class, or None for the
                 config's.
-            progress: show a bar over the classes' heatmaps, the long part
-                of a call on many classes (off by default: runs over many
-                images show their own bar per image).
+            progress: show a bar over the U-Net calls of the classes'
+                heatmaps, the long part of a call on many classes (off by
+                default: runs over many images show their own bar per image).
 
         Raises:
             ValueError: empty or duplicate class names.
