@@ -225,27 +225,28 @@ def _nwpu_fixture(root, lines):
     (root / "ground truth" / "002.txt").write_text("(1,2),(11,12),10\n\n")
 
 
+def _nwpu_mask_json(images, image_id, category, polygon):
+    """A mask JSON listing ``images`` (file, width, height) with one
+    ``category`` (id, name) instance on image ``image_id``."""
+    xs, ys = polygon[::2], polygon[1::2]
+    box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+    annotation = {"id": 1, "image_id": image_id, "category_id": category[0], "iscrowd": 0}
+    annotation.update(segmentation=[polygon], bbox=box, area=box[2] * box[3])
+    return {
+        "images": [
+            {"id": i, "file_name": f, "width": w, "height": h}
+            for i, (f, w, h) in enumerate(images)
+        ],
+        "annotations": [annotation],
+        "categories": [{"id": category[0], "name": category[1]}],
+    }
+
+
 def test_nwpu_boxes_masks_and_negatives(tmp_path, dataset_name):
     root = tmp_path / "NWPU VHR-10 dataset"
     _nwpu_fixture(root, "(10,20),(30,40),1\n( 5, 6),(15, 16),3  \n\n")
-    coco = {
-        "images": [
-            {"id": 0, "file_name": "001.jpg", "width": 100, "height": 80},
-            {"id": 1, "file_name": "002.jpg", "width": 60, "height": 50},  # no objects
-        ],
-        "annotations": [
-            {
-                "id": 7,
-                "image_id": 0,
-                "category_id": 3,
-                "iscrowd": 0,
-                "segmentation": [[5, 6, 14, 6, 14, 15, 5, 15]],
-                "bbox": [5, 6, 9, 9],
-                "area": 81,
-            }
-        ],
-        "categories": [{"id": 3, "name": "storage_tank"}],
-    }
+    images = [("001.jpg", 100, 80), ("002.jpg", 60, 50)]  # 002: listed, no objects
+    coco = _nwpu_mask_json(images, 0, (3, "storage_tank"), [5, 6, 14, 6, 14, 15, 5, 15])
     (root / "annotations.json").write_text(json.dumps(coco))
     report = import_nwpu_vhr10(root, dataset_name)
     assert report.added == 3
@@ -357,21 +358,7 @@ def test_importing_nothing_from_a_folder_says_why(tmp_path, dataset_name):
 def test_nwpu_split_json_leaves_out_positives_it_does_not_list(tmp_path, dataset_name):
     root = tmp_path / "NWPU VHR-10 dataset"
     _nwpu_fixture(root, "(10,20),(30,40),1\n")
-    val = {
-        "images": [{"id": 1, "file_name": "002.jpg", "width": 60, "height": 50}],
-        "annotations": [
-            {
-                "id": 1,
-                "image_id": 1,
-                "category_id": 10,
-                "iscrowd": 0,
-                "segmentation": [[1, 2, 11, 2, 11, 12, 1, 12]],
-                "bbox": [1, 2, 10, 10],
-                "area": 100,
-            }
-        ],
-        "categories": [{"id": 10, "name": "vehicle"}],
-    }
+    val = _nwpu_mask_json([("002.jpg", 60, 50)], 0, (10, "vehicle"), [1, 2, 11, 2, 11, 12, 1, 12])
     split = tmp_path / "NWPU_instances_val.json"
     split.write_text(json.dumps(val))
     report = import_nwpu_vhr10(root, dataset_name, coco_json=split)
