@@ -122,8 +122,7 @@ def coco_metrics(
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
-    metrics = dict(zip(METRIC_NAMES, map(float, evaluator.stats[:6]), strict=True))
+    metrics = summary(evaluator.eval["precision"], evaluator.params.iouThrs)
     precision = evaluator.eval["precision"][:, :, :, 0, -1]  # T x R x K, all areas, max_dets
     per_class = {}
     for k, name in enumerate(categories):
@@ -131,6 +130,35 @@ def coco_metrics(
         per_class[name] = float(values[values > -1].mean()) if (values > -1).any() else -1.0
     metrics["per_class"] = per_class
     return metrics
+
+
+def summary(precision: np.ndarray, iou_thresholds: np.ndarray) -> dict[str, float]:
+    """AP, AP50, AP75, AP_S, AP_M, AP_L at the last ``maxDets``, as
+    ``COCOeval.summarize`` computes them (-1 where nothing is defined).
+
+    ``summarize`` itself is not used: its overall AP is taken at a fixed 100
+    detections and is -1 whenever ``maxDets`` does not include 100.
+
+    Args:
+        precision: ``COCOeval.eval["precision"]``, T x R x K x A x M
+            (IoU thresholds, recall points, classes, area ranges all/S/M/L,
+            maxDets).
+        iou_thresholds: the T IoU thresholds.
+    """
+
+    def mean(values: np.ndarray) -> float:
+        values = values[values > -1]
+        return float(values.mean()) if values.size else -1.0
+
+    at = {iou: np.flatnonzero(np.isclose(iou_thresholds, iou)) for iou in (0.5, 0.75)}
+    return {
+        "AP": mean(precision[..., 0, -1]),
+        "AP50": mean(precision[at[0.5], ..., 0, -1]),
+        "AP75": mean(precision[at[0.75], ..., 0, -1]),
+        "AP_S": mean(precision[..., 1, -1]),
+        "AP_M": mean(precision[..., 2, -1]),
+        "AP_L": mean(precision[..., 3, -1]),
+    }
 
 
 def export_coco(samples: Any, pred_field: str, path: str | os.PathLike) -> dict[str, int]:

@@ -436,6 +436,7 @@ def test_max_dets_defaults_to_the_dataset_convention(tmp_path):
     dataset.save()
     report = evaluate_pseudo_labels(dataset, "pred", "gt", "isaid")
     assert (report["max_dets"], _metric(report, "AP50")) == (1000, (1.0, 1.0))
+    assert _metric(report, "AP") == (1.0, 1.0)  # COCOeval.summarize would give -1
     report = evaluate_pseudo_labels(dataset, "pred", "gt", "explicit", max_dets=10)
     assert report["max_dets"] == 10 and report["pycocotools"]["AP50"] < 0.1
 
