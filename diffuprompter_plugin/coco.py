@@ -18,6 +18,9 @@ from pycocotools import mask as mask_utils
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
 
+COCO_MAX_DETS = 100
+"""Detections kept per image and class by COCO's evaluation (``maxDets``)."""
+
 
 def full_mask(detection: fo.Detection, width: int, height: int) -> np.ndarray:
     """The detection's instance mask placed on a ``height x width`` canvas."""
@@ -83,35 +86,79 @@ def to_coco(
     return {"images": images, "annotations": annotations, "categories": cats}
 
 
+def detection_results(samples: Any, field: str, categories: Sequence[str]) -> list[dict[str, Any]]:
+    """A predictions field as pycocotools ``loadRes`` input: RLE and score,
+    without ``bbox``. With a ``bbox``, ``loadRes`` sets each detection's area
+    to the box's w x h, which bins thin or diagonal masks into the wrong
+    AP_S/M/L range (Detectron2 and MMDetection drop it for the same reason);
+    without it, the area is the mask's pixel count, as for ground truth."""
+    annotations = to_coco(samples, field, categories, scores=True)["annotations"]
+    return [{k: v for k, v in ann.items() if k != "bbox"} for ann in annotations]
+
+
 def coco_metrics(
-    samples: Any, pred_field: str, gt_field: str, categories: Sequence[str]
+    samples: Any,
+    pred_field: str,
+    gt_field: str,
+    categories: Sequence[str],
+    max_dets: int = COCO_MAX_DETS,
 ) -> dict[str, Any]:
     """pycocotools ``segm`` metrics: AP, AP50, AP75, AP_S, AP_M, AP_L, and
-    AP per class (-1 where a class has no ground truth)."""
+    AP per class (-1 where a class has no ground truth), keeping the
+    ``max_dets`` highest-scored detections per image and class."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     gt = COCO()
     gt.dataset = to_coco(samples, gt_field, categories, scores=False)
     gt.createIndex()
-    detections = to_coco(samples, pred_field, categories, scores=True)["annotations"]
+    detections = detection_results(samples, pred_field, categories)
     if not detections:  # nothing predicted: AP 0 where there is ground truth
         present = {a["category_id"] for a in gt.dataset["annotations"]}
         per_class = {n: 0.0 if i + 1 in present else -1.0 for i, n in enumerate(categories)}
         return {**dict.fromkeys(METRIC_NAMES, 0.0), "per_class": per_class}
     evaluator = COCOeval(gt, gt.loadRes(detections), iouType="segm")
+    evaluator.params.maxDets = [1, 10, max_dets]
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
-    metrics = dict(zip(METRIC_NAMES, map(float, evaluator.stats[:6]), strict=True))
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # T x R x K, all areas, 100 dets
+    metrics = summary(evaluator.eval["precision"], evaluator.params.iouThrs)
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # T x R x K, all areas, max_dets
     per_class = {}
     for k, name in enumerate(categories):
         values = precision[:, :, k]
         per_class[name] = float(values[values > -1].mean()) if (values > -1).any() else -1.0
     metrics["per_class"] = per_class
     return metrics
+
+
+def summary(precision: np.ndarray, iou_thresholds: np.ndarray) -> dict[str, float]:
+    """AP, AP50, AP75, AP_S, AP_M, AP_L at the last ``maxDets``, as
+    ``COCOeval.summarize`` computes them (-1 where nothing is defined).
+
+    ``summarize`` itself is not used: its overall AP is taken at a fixed 100
+    detections and is -1 whenever ``maxDets`` does not include 100.
+
+    Args:
+        precision: ``COCOeval.eval["precision"]``, T x R x K x A x M
+            (IoU thresholds, recall points, classes, area ranges all/S/M/L,
+            maxDets).
+        iou_thresholds: the T IoU thresholds.
+    """
+
+    def mean(values: np.ndarray) -> float:
+        values = values[values > -1]
+        return float(values.mean()) if values.size else -1.0
+
+    at = {iou: np.flatnonzero(np.isclose(iou_thresholds, iou)) for iou in (0.5, 0.75)}
+    return {
+        "AP": mean(precision[..., 0, -1]),
+        "AP50": mean(precision[at[0.5], ..., 0, -1]),
+        "AP75": mean(precision[at[0.75], ..., 0, -1]),
+        "AP_S": mean(precision[..., 1, -1]),
+        "AP_M": mean(precision[..., 2, -1]),
+        "AP_L": mean(precision[..., 3, -1]),
+    }
 
 
 def export_coco(samples: Any, pred_field: str, path: str | os.PathLike) -> dict[str, int]:

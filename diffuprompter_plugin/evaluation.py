@@ -8,10 +8,11 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import fiftyone as fo
 import numpy as np
 from fiftyone import ViewField as F
 
-from .coco import METRIC_NAMES, coco_metrics
+from .coco import COCO_MAX_DETS, METRIC_NAMES, coco_metrics
 from .importers.categories import CATEGORIES, normalize
 
 DEFAULT_CLASS_MAP = {
@@ -65,13 +66,53 @@ def mapped_view(samples: Any, gt_field: str, mapping: Mapping[str, str]) -> Any:
     ).map_labels(gt_field, dict(mapping))
 
 
-def _ensure_metadata(samples: Any) -> None:
-    """Computes image sizes where missing (COCO masks need them)."""
-    if samples.exists("metadata", False).count():
-        samples.compute_metadata()
+def default_max_dets(samples: Any) -> int:
+    """The dataset's detections-per-image convention: ``info["max_dets"]``
+    (1000 for iSAID imports, as in its devkit), else COCO's 100."""
+    return int(samples._dataset.info.get("max_dets", COCO_MAX_DETS))
 
 
-def _check_fields(samples: Any, pred_field: str, gt_field: str) -> list[str]:
+def require_metadata(samples: Any) -> None:
+    """Computes image sizes where missing (COCO masks need them).
+
+    Raises:
+        ValueError: an image's size cannot be read (missing file or not an
+            image), naming the files.
+    """
+    if not samples.exists("metadata", False).count():
+        return
+    samples.compute_metadata()
+    unreadable = samples.exists("metadata", False).values("filepath")
+    if unreadable:
+        raise ValueError(
+            f"Cannot read the size of {len(unreadable)} image(s), which evaluation needs: "
+            f"the file is missing or not an image: {', '.join(unreadable[:5])}"
+        )
+
+
+def _require_masks(view: Any, field: str, classes: Sequence[str]) -> None:
+    """Raises a ValueError naming the field, classes and a file where an
+    evaluated object of ``field`` has no instance mask."""
+    unmasked = view.filter_labels(
+        field, F("label").is_in(list(classes)) & ~F("mask").exists() & ~F("mask_path").exists()
+    )
+    count = unmasked.count(f"{field}.detections")
+    if count:
+        labels = ", ".join(sorted(unmasked.distinct(f"{field}.detections.label")))
+        raise ValueError(
+            f"{count} objects of field '{field}' ({labels}) have no instance mask, e.g. in "
+            f"'{unmasked.first().filepath}'; mask AP needs a mask on every object"
+        )
+
+
+def _check_inputs(
+    samples: Any, pred_field: str, gt_field: str, class_map: Mapping[str, str] | None
+) -> tuple[Any, list[str], list[str]]:
+    """Everything evaluation needs, checked before anything is stored.
+
+    Returns:
+        (the mapped view, pseudo-label classes, unmatched ground-truth classes).
+    """
     for field in (pred_field, gt_field):
         if not samples.has_field(field):
             raise ValueError(f"Field '{field}' does not exist")
@@ -87,8 +128,20 @@ def _check_fields(samples: Any, pred_field: str, gt_field: str) -> list[str]:
             f"{missing} predictions in '{pred_field}' have no confidence; AP needs a score "
             "for every prediction"
         )
-    _ensure_metadata(samples)
-    return samples.distinct(f"{gt_field}.detections.label")
+    gt_labels = samples.distinct(f"{gt_field}.detections.label")
+    mapping, unmatched = resolve_class_map(gt_labels, class_map)
+    if not mapping:
+        raise ValueError(
+            f"No ground-truth class of '{gt_field}' ({', '.join(gt_labels)}) maps onto a "
+            "pseudo-label class; name them in class_map={'ground-truth name': "
+            "'pseudo-label name'}"
+        )
+    require_metadata(samples)
+    view = mapped_view(samples, gt_field, mapping)
+    classes = sorted(set(mapping.values()))
+    for field in (gt_field, pred_field):
+        _require_masks(view, field, classes)
+    return view, classes, unmatched
 
 
 def evaluate_pseudo_labels(
@@ -97,49 +150,88 @@ def evaluate_pseudo_labels(
     gt_field: str,
     eval_key: str,
     class_map: Mapping[str, str] | None = None,
+    max_dets: int | None = None,
+    pr_curves_path: str | os.PathLike | bool | None = None,
     progress: bool | Callable | None = None,
 ) -> dict[str, Any]:
-    """Mask AP of pseudo-labels, with FiftyOne's COCO evaluation and pycocotools.
+    """Mask AP of pseudo-labels, with pycocotools and FiftyOne's COCO evaluation.
 
-    FiftyOne's ``evaluate_detections(method="coco", use_masks=True,
-    compute_mAP=True)`` runs as a stored evaluation run under ``eval_key``
-    (the App's evaluation views work), on the ground truth renamed by the
-    class map. pycocotools adds AP_S/AP_M/AP_L on RLE of full-image masks
-    with true pixel areas; both report AP, AP50 and AP75.
+    pycocotools runs on RLE of full-image masks whose areas (ground truth and
+    detections alike) are pixel counts, so AP_S/AP_M/AP_L bin objects by
+    mask area. FiftyOne's ``evaluate_detections(method="coco",
+    use_masks=True, compute_mAP=True)`` then runs as a stored evaluation run
+    under ``eval_key`` (the App's evaluation views work), on the ground truth
+    renamed by the class map. Both keep ``max_dets`` detections per image
+    and class and report AP, AP50 and AP75; pycocotools' figures lead,
+    because FiftyOne ranks tied scores differently (README, "Evaluating
+    pseudo-labels").
+
+    Every input is checked first: on bad input nothing is stored (no
+    evaluation run, no ``<eval_key>_tp/_fp/_fn`` fields).
+
+    Args:
+        max_dets: detections kept per image and class; by default the
+            dataset's convention (:func:`default_max_dets`).
+        pr_curves_path: where to write the IoU-0.5 PR curves as an HTML
+            page; True picks ``<dataset dir>/__diffuprompter__/<dataset>/
+            <eval_key>_pr.html``; None or False writes nothing.
 
     Returns:
-        ``{"classes", "unmatched_gt_classes", "fiftyone", "pycocotools",
-        "agree"}``; ``agree`` says whether AP, AP50 and AP75 match to 1e-6.
+        ``{"eval_key", "max_dets", "classes", "unmatched_gt_classes",
+        "fiftyone", "pycocotools", "agree", "table", "pr_curves",
+        "pr_curves_file"}``; ``agree`` says whether AP, AP50 and AP75 match
+        to 1e-6, ``table`` is :func:`report_rows`, ``pr_curves`` the plotly
+        traces and ``pr_curves_file`` the page written (or None).
 
     Raises:
         ValueError: missing or empty fields, predictions without confidence,
-            or a class map naming unknown classes.
+            objects without masks, ground-truth classes that map onto no
+            pseudo-label class, unreadable images, or a class map naming
+            unknown classes; each names the field, class or file.
     """
-    gt_labels = _check_fields(samples, pred_field, gt_field)
-    mapping, unmatched = resolve_class_map(gt_labels, class_map)
-    view = mapped_view(samples, gt_field, mapping)
-    classes = sorted(set(mapping.values()))
-    results = view.evaluate_detections(
-        pred_field,
-        gt_field,
-        eval_key=eval_key,
-        method="coco",
-        use_masks=True,
-        compute_mAP=True,
-        classes=classes,
-        progress=progress,
-    )
+    view, classes, unmatched = _check_inputs(samples, pred_field, gt_field, class_map)
+    max_dets = default_max_dets(samples) if max_dets is None else int(max_dets)
+    coco = coco_metrics(view, pred_field, gt_field, classes, max_dets)
+    try:
+        results = view.evaluate_detections(
+            pred_field,
+            gt_field,
+            eval_key=eval_key,
+            method="coco",
+            use_masks=True,
+            compute_mAP=True,
+            classes=classes,
+            max_preds=max_dets,
+            progress=progress,
+        )
+    except BaseException:
+        if eval_key in samples._dataset.list_evaluations():
+            samples._dataset.delete_evaluation(eval_key)
+        raise
     fo_metrics = fiftyone_metrics(results, classes)
-    coco = coco_metrics(view, pred_field, gt_field, classes)
     agree = all(abs(fo_metrics[m] - coco[m]) < 1e-6 for m in ("AP", "AP50", "AP75"))
-    return {
+    report = {
         "eval_key": eval_key,
+        "max_dets": max_dets,
         "classes": classes,
         "unmatched_gt_classes": unmatched,
         "fiftyone": fo_metrics,
         "pycocotools": coco,
         "agree": agree,
+        "pr_curves": pr_curves(view, eval_key),
+        "pr_curves_file": None,
     }
+    report["table"] = report_rows(report)
+    if pr_curves_path is True:
+        pr_curves_path = os.path.join(
+            fo.config.default_dataset_dir,
+            "__diffuprompter__",
+            samples._dataset.name,
+            f"{eval_key}_pr.html",
+        )
+    if pr_curves_path:
+        report["pr_curves_file"] = save_pr_curves(view, eval_key, pr_curves_path)
+    return report
 
 
 def fiftyone_metrics(results: Any, classes: Sequence[str]) -> dict[str, Any]:
@@ -186,7 +278,7 @@ def calibrate_thresholds(
     done = samples.exists(config.pred_field)
     if gt_field not in done.get_field_schema():
         raise ValueError(f"Ground-truth field '{gt_field}' does not exist")
-    _ensure_metadata(done)
+    require_metadata(done)
     mapping, _ = resolve_class_map(done.distinct(f"{gt_field}.detections.label"), class_map)
     classes = sorted(set(mapping.values()) & set(config.heatmap_fields))
     if not classes:
@@ -207,7 +299,8 @@ def calibrate_thresholds(
                 prompter=prompter,
                 progress=False,
             )
-            sweep[float(gamma)] = coco_metrics(view, scratch, gt_field, classes)["per_class"]
+            metrics = coco_metrics(view, scratch, gt_field, classes, default_max_dets(samples))
+            sweep[float(gamma)] = metrics["per_class"]
     finally:
         if samples._dataset.has_sample_field(scratch):
             samples._dataset.delete_sample_field(scratch)

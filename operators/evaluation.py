@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -47,15 +45,17 @@ class EvaluatePseudoLabels(foo.Operator):
             description='{"ground-truth name": "pseudo-label name"}; defaults map '
             "plane, small/large vehicle and playground",
         )
+        inputs.int(
+            "max_dets",
+            label="Detections per image (optional)",
+            description="Kept per image and class; default: the dataset's convention "
+            "(iSAID 1000, COCO 100)",
+            min=1,
+        )
         return types.Property(inputs, view=types.View(label="Evaluate pseudo-labels"))
 
     def execute(self, ctx: Any) -> dict[str, Any]:
-        from diffuprompter_plugin.evaluation import (
-            evaluate_pseudo_labels,
-            pr_curves,
-            report_rows,
-            save_pr_curves,
-        )
+        from diffuprompter_plugin.evaluation import evaluate_pseudo_labels
 
         params = ctx.params
         text = params.get("class_map") or ""
@@ -63,27 +63,18 @@ class EvaluatePseudoLabels(foo.Operator):
             class_map = json.loads(text) if text.strip() else None
         except json.JSONDecodeError as e:
             raise ValueError(f"class_map is not valid JSON: {e}") from e
-        view = ctx.target_view()
-        eval_key = params.get("eval_key", "dp_eval")
         report = evaluate_pseudo_labels(
-            view,
+            ctx.target_view(),
             params["pred_field"],
             params["gt_field"],
-            eval_key,
+            params.get("eval_key", "dp_eval"),
             class_map=class_map,
+            max_dets=params.get("max_dets"),
+            pr_curves_path=True,
             progress=forms.progress_reporter(ctx, "Evaluate"),
         )
-        folder = os.path.join(fo.config.default_dataset_dir, "__diffuprompter__", ctx.dataset.name)
-        html = save_pr_curves(view, eval_key, os.path.join(folder, f"{eval_key}_pr.html"))
         forms.reload_app(ctx)
-        return {
-            "table": report_rows(report),
-            "pr_curves": pr_curves(view, eval_key),
-            "pr_curves_file": html,
-            "unmatched_gt_classes": report["unmatched_gt_classes"],
-            "agree": report["agree"],
-            "report": report,
-        }
+        return report
 
     def resolve_output(self, ctx: Any) -> types.Property:
         outputs = types.Object()
@@ -101,6 +92,7 @@ class EvaluatePseudoLabels(foo.Operator):
             ),
         )
         outputs.str("pr_curves_file", label="PR curves saved to")
+        outputs.int("max_dets", label="Detections kept per image and class")
         outputs.list("unmatched_gt_classes", types.String(), label="GT classes not labelled")
         outputs.bool("agree", label="FiftyOne and pycocotools agree on AP/AP50/AP75")
         return types.Property(outputs, view=types.View(label="Evaluation"))
@@ -112,6 +104,7 @@ class EvaluatePseudoLabels(foo.Operator):
         gt_field: str,
         eval_key: str,
         class_map: dict[str, str] | None = None,
+        max_dets: int | None = None,
         delegate: bool = False,
     ) -> Any:
         """Runs the evaluation from Python."""
@@ -120,5 +113,6 @@ class EvaluatePseudoLabels(foo.Operator):
             gt_field=gt_field,
             eval_key=eval_key,
             class_map=json.dumps(class_map) if class_map else None,
+            max_dets=max_dets,
         )
         return forms.execute_from_sdk(self, sample_collection, params, delegate)

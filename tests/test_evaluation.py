@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
 import fiftyone as fo
 import numpy as np
 import pytest
+import real_shapes
 from helpers import EchoPrompter
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
-from diffuprompter_plugin.coco import export_coco, full_mask
+from diffuprompter_plugin.coco import METRIC_NAMES, detection_results, export_coco, full_mask
 from diffuprompter_plugin.engine.config import DiffuPrompterConfig
 from diffuprompter_plugin.engine.pipeline import Annotation, Annotator
 from diffuprompter_plugin.evaluation import (
@@ -20,6 +24,7 @@ from diffuprompter_plugin.evaluation import (
     evaluate_pseudo_labels,
     resolve_class_map,
 )
+from diffuprompter_plugin.importers import import_nwpu_vhr10
 from diffuprompter_plugin.labelling import compute_pseudo_labels
 from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels
 
@@ -293,3 +298,211 @@ def test_evaluate_operator_reports_table_and_pr_curves(tmp_path):
         assert dataset.list_evaluations() == ["op_eval"]
     finally:
         dataset.delete()
+
+
+def _nwpu_from_coco(root, gt):
+    """An NWPU VHR-10 folder whose mask JSON is ``gt``: one box line per
+    instance, images of the JSON's sizes."""
+    positives = root / "positive image set"
+    positives.mkdir(parents=True)
+    (root / "ground truth").mkdir()
+    for image in gt["images"]:
+        size = (image["height"], image["width"], 3)
+        Image.fromarray(np.zeros(size, np.uint8)).save(positives / image["file_name"])
+        lines = [
+            "({},{}),({},{}),1".format(*map(int, (x, y, x + w, y + h)))
+            for a in gt["annotations"]
+            if a["image_id"] == image["id"]
+            for x, y, w, h in [a["bbox"]]
+        ]
+        (root / "ground truth" / image["file_name"].replace(".jpg", ".txt")).write_text(
+            "\n".join(lines)
+        )
+    (root / "annotations.json").write_text(json.dumps(gt))
+
+
+@pytest.fixture
+def real_shapes_dataset(tmp_path):
+    """NWPU import of the real-shaped polygon set, and its COCO JSON."""
+    name = f"real-shapes-{os.urandom(4).hex()}"
+    gt = real_shapes.coco_json()
+    root = tmp_path / "NWPU VHR-10 dataset"
+    _nwpu_from_coco(root, gt)
+    import_nwpu_vhr10(root, name)
+    dataset = fo.load_dataset(name)
+    yield dataset, gt, root / "annotations.json"
+    dataset.delete()
+
+
+def _add_results(dataset, gt, results, field="pred"):
+    """Stores pycocotools results (RLE) as a Detections field."""
+    files = {im["id"]: im["file_name"] for im in gt["images"]}
+    names = {c["id"]: c["name"].replace("_", " ") for c in gt["categories"]}
+    for sample in dataset.match_tags("positive"):
+        name = os.path.basename(sample.filepath)
+        sample[field] = fo.Detections(
+            detections=[
+                fo.Detection.from_mask(
+                    mask_utils.decode(r["segmentation"]).astype(bool),
+                    label=names[r["category_id"]],
+                    confidence=r["score"],
+                )
+                for r in results
+                if files[r["image_id"]] == name
+            ]
+        )
+        sample.save()
+
+
+def _pycocotools(gt_path, results, max_dets=100):
+    gt = COCO(str(gt_path))
+    evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), iouType="segm")
+    evaluator.params.maxDets = [1, 10, max_dets]
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return dict(zip(METRIC_NAMES, evaluator.stats[:6], strict=True))
+
+
+def test_ground_truth_against_itself_scores_one_on_real_shapes(real_shapes_dataset):
+    dataset, gt, _ = real_shapes_dataset
+    results = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "segmentation": a["segmentation"],
+            "score": 1.0 - 0.01 * a["id"],
+        }
+        for a in gt["annotations"]
+    ]
+    for r in results:  # polygons -> RLE exactly as COCO.annToRLE
+        image = gt["images"][r["image_id"]]
+        rles = mask_utils.frPyObjects(r["segmentation"], image["height"], image["width"])
+        r["segmentation"] = mask_utils.merge(rles)
+    _add_results(dataset, gt, results)
+    report = evaluate_pseudo_labels(dataset.match_tags("positive"), "pred", "gt_masks", "gt_vs_gt")
+    assert [report["pycocotools"][m] for m in METRIC_NAMES] == pytest.approx([1.0] * 6)
+    assert (report["fiftyone"]["AP"], report["agree"]) == (1.0, True)
+
+
+def test_equal_to_pycocotools_run_on_the_json(real_shapes_dataset):
+    dataset, gt, gt_path = real_shapes_dataset
+    results = real_shapes.predictions(gt)
+    _add_results(dataset, gt, results)
+    report = evaluate_pseudo_labels(dataset.match_tags("positive"), "pred", "gt_masks", "json")
+    official = _pycocotools(gt_path, results)
+    assert 0.2 < official["AP"] < 0.9 and official["AP_S"] > -1 and official["AP_L"] > -1
+    for name in METRIC_NAMES:
+        assert report["pycocotools"][name] == pytest.approx(official[name], abs=1e-12), name
+    assert report["fiftyone"]["AP"] == pytest.approx(official["AP"], abs=1e-12)
+
+
+def test_detection_areas_are_mask_areas(tmp_path):
+    shape = (120, 120)
+    diagonal = np.eye(20, dtype=bool)
+    canvas = np.zeros(shape, bool)
+    canvas[:20, :20] = diagonal
+    dataset = _dataset(tmp_path, [([], [("ship", canvas, 0.9)])], (120, 120))
+    (result,) = detection_results(dataset, "pred", ["ship"])
+    assert "bbox" not in result
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "width": 120, "height": 120}], "annotations": []}
+    gt.dataset["categories"] = [{"id": 1, "name": "ship"}]
+    gt.createIndex()
+    with_box = gt.loadRes([{**copy.deepcopy(result), "bbox": [0, 0, 20, 20]}])
+    assert with_box.anns[1]["area"] == 400  # what a bbox in the results did
+    assert gt.loadRes([copy.deepcopy(result)]).anns[1]["area"] == 20
+
+    # A false positive 2 px wide along a 60-px diagonal: 119 px of mask (small),
+    # a 60 x 60 box (medium). Binned by box it left AP_S at 1.0.
+    band = np.zeros(shape, bool)
+    for i in range(60):
+        band[60 + i, 60 + i : 62 + i] = True
+    square = _rect(shape, 5, 5, 10, 10)
+    scenes = [([("ship", square)], [("ship", band, 0.95), ("ship", square, 0.9)])]
+    report = evaluate_pseudo_labels(_dataset(tmp_path, scenes, (120, 120)), "pred", "gt", "area")
+    assert report["pycocotools"]["AP_S"] == pytest.approx(0.5)
+
+
+def test_max_dets_defaults_to_the_dataset_convention(tmp_path):
+    shape = (48, 64)
+    squares = [_rect(shape, 2 * (k % 30), 4 * (k // 30), 2, 4) for k in range(120)]
+    scenes = [([("vehicle", m) for m in squares], [("vehicle", m, 0.5) for m in squares])]
+    dataset = _dataset(tmp_path, scenes)
+    report = evaluate_pseudo_labels(dataset, "pred", "gt", "coco")
+    assert report["max_dets"] == 100
+    assert _metric(report, "AP50") == pytest.approx((100 / 120, 100 / 120), abs=0.01)
+    dataset.info["max_dets"] = 1000  # what import_isaid records
+    dataset.save()
+    report = evaluate_pseudo_labels(dataset, "pred", "gt", "isaid")
+    assert (report["max_dets"], _metric(report, "AP50")) == (1000, (1.0, 1.0))
+    assert _metric(report, "AP") == (1.0, 1.0)  # COCOeval.summarize would give -1
+    report = evaluate_pseudo_labels(dataset, "pred", "gt", "explicit", max_dets=10)
+    assert report["max_dets"] == 10 and report["pycocotools"]["AP50"] < 0.1
+
+
+def _assert_nothing_stored(dataset):
+    assert dataset.list_evaluations() == []
+    assert not [f for f in dataset.get_field_schema() if f.startswith("bad")]
+    fields = dataset.get_field_schema(flat=True)
+    assert not [f for f in fields if f.endswith(("_tp", "_fp", "_fn", ".bad"))]
+
+
+def test_bad_input_is_refused_before_anything_is_stored(tmp_path):
+    shape = (48, 64)
+    square = _rect(shape, 5, 5, 10, 8)
+    scenes = [
+        ([("ship", square)], [("ship", square, 0.9), ("ship", square, 0.8)]),
+        ([("ship", square)], [("ship", square, 0.7)]),
+    ]
+    dataset = _dataset(tmp_path, scenes)
+    first, second = dataset.first(), dataset.last()
+    # ground truth with boxes only
+    dataset.clone_sample_field("gt", "boxes")
+    for sample in dataset:
+        for det in sample.boxes.detections:
+            det.mask = None
+        sample.save()
+    with pytest.raises(ValueError, match=r"2 objects of field 'boxes' \(ship\) have no"):
+        evaluate_pseudo_labels(dataset, "pred", "boxes", "bad")
+    _assert_nothing_stored(dataset)
+    # half of the predictions without masks
+    first.pred.detections[1].mask = None
+    first.save()
+    second.pred.detections[0].mask = None
+    second.save()
+    with pytest.raises(ValueError, match=r"2 objects of field 'pred' \(ship\) have no .*img0"):
+        evaluate_pseudo_labels(dataset, "pred", "gt", "bad")
+    _assert_nothing_stored(dataset)
+    # ground-truth classes that map onto nothing
+    dataset.clone_sample_field("gt", "odd")
+    for sample in dataset:
+        for det in sample.odd.detections:
+            det.label = "Soccer_ball_field"
+        sample.save()
+    with pytest.raises(ValueError, match=r"No ground-truth class of 'odd' \(Soccer_ball_field\)"):
+        evaluate_pseudo_labels(dataset, "pred", "odd", "bad")
+    _assert_nothing_stored(dataset)
+    # a missing image file without metadata
+    os.remove(second.filepath)
+    second.metadata = None
+    second.save()
+    with pytest.raises(ValueError, match=r"Cannot read the size of 1 image.*img1\.png"):
+        evaluate_pseudo_labels(dataset, "pred", "gt", "bad")
+    _assert_nothing_stored(dataset)
+
+
+def test_tied_scores_are_ranked_differently_by_fiftyone(tmp_path):
+    shape = (48, 64)
+    a, b = _rect(shape, 2, 2, 10, 10), _rect(shape, 30, 20, 10, 10)
+    scenes = [  # image 0: an FP tied with image 1's TP at 0.5
+        ([("ship", a)], [("ship", a, 0.9), ("ship", b, 0.5)]),
+        ([("ship", a)], [("ship", a, 0.5)]),
+    ]
+    report = evaluate_pseudo_labels(_dataset(tmp_path, scenes), "pred", "gt", "ties")
+    # pycocotools: image order among ties, TP FP TP -> precision 2/3 at recall 1
+    assert report["pycocotools"]["AP"] == pytest.approx((51 + 50 * 2 / 3) / 101)
+    # FiftyOne: true positives before false positives among ties -> 1.0
+    assert report["fiftyone"]["AP"] == pytest.approx(1.0)
+    assert not report["agree"]
+    assert report["table"][0]["AP"] == round(report["pycocotools"]["AP"], 4)

@@ -193,11 +193,12 @@ def test_isaid_patches_clip_instances_by_category_name(tmp_path, dataset_name):
     assert first.metadata.width == 512 and first.metadata.height == 300
     dets = {d.label: d for d in first.gt_masks.detections}
     assert set(dets) == {"plane", "Small_Vehicle"}  # the 8-px ship sliver is dropped
-    assert dets["plane"].area == 441  # cv2 fills polygon vertices inclusively: 21 x 21
-    assert dets["Small_Vehicle"].mask.shape == (21, 12)  # clipped at x = 512
+    assert dets["plane"].area == 400  # pycocotools' 20 x 20 (cv2.fillPoly gave 21 x 21)
+    assert dets["Small_Vehicle"].mask.shape == (20, 12)  # clipped at x = 512
     shifted = ds.match(fo.ViewField("offset") == [188, 0]).first()
     (vehicle,) = shifted.gt_masks.detections
-    assert vehicle.area == 41 * 21 and vehicle.bounding_box[0] == pytest.approx(312 / 512)
+    assert vehicle.area == 40 * 20 and vehicle.bounding_box[0] == pytest.approx(312 / 512)
+    assert ds.info["max_dets"] == 1000  # the devkit's evaluation convention
     assert os.path.isfile(shifted.filepath)
     assert shifted.source_image.endswith("P0001.png")
 
@@ -224,24 +225,28 @@ def _nwpu_fixture(root, lines):
     (root / "ground truth" / "002.txt").write_text("(1,2),(11,12),10\n\n")
 
 
+def _nwpu_mask_json(images, image_id, category, polygon):
+    """A mask JSON listing ``images`` (file, width, height) with one
+    ``category`` (id, name) instance on image ``image_id``."""
+    xs, ys = polygon[::2], polygon[1::2]
+    box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+    annotation = {"id": 1, "image_id": image_id, "category_id": category[0], "iscrowd": 0}
+    annotation.update(segmentation=[polygon], bbox=box, area=box[2] * box[3])
+    return {
+        "images": [
+            {"id": i, "file_name": f, "width": w, "height": h}
+            for i, (f, w, h) in enumerate(images)
+        ],
+        "annotations": [annotation],
+        "categories": [{"id": category[0], "name": category[1]}],
+    }
+
+
 def test_nwpu_boxes_masks_and_negatives(tmp_path, dataset_name):
     root = tmp_path / "NWPU VHR-10 dataset"
     _nwpu_fixture(root, "(10,20),(30,40),1\n( 5, 6),(15, 16),3  \n\n")
-    coco = {
-        "images": [{"id": 0, "file_name": "001.jpg", "width": 100, "height": 80}],
-        "annotations": [
-            {
-                "id": 7,
-                "image_id": 0,
-                "category_id": 3,
-                "iscrowd": 0,
-                "segmentation": [[5, 6, 14, 6, 14, 15, 5, 15]],
-                "bbox": [5, 6, 9, 9],
-                "area": 81,
-            }
-        ],
-        "categories": [{"id": 3, "name": "storage_tank"}],
-    }
+    images = [("001.jpg", 100, 80), ("002.jpg", 60, 50)]  # 002: listed, no objects
+    coco = _nwpu_mask_json(images, 0, (3, "storage_tank"), [5, 6, 14, 6, 14, 15, 5, 15])
     (root / "annotations.json").write_text(json.dumps(coco))
     report = import_nwpu_vhr10(root, dataset_name)
     assert report.added == 3
@@ -252,9 +257,11 @@ def test_nwpu_boxes_masks_and_negatives(tmp_path, dataset_name):
     assert [d.label for d in pos.gt_boxes.detections] == ["airplane", "storage tank"]
     assert pos.gt_boxes.detections[0].bounding_box == pytest.approx([0.1, 0.25, 0.2, 0.25])
     (mask,) = pos.gt_masks.detections
-    assert (mask.label, mask.area) == ("storage tank", 100)
+    assert (mask.label, mask.area) == ("storage tank", 81)  # pycocotools: 9 x 9 px
     neg = ds.match_tags("negative").first()
     assert neg.gt_boxes.detections == [] and neg.gt_masks.detections == []
+    empty = ds.match(fo.ViewField("nwpu_id") == "positive/002").first()
+    assert empty.gt_masks.detections == []
 
 
 def test_nwpu_malformed_line_names_file_and_line(tmp_path, dataset_name):
@@ -297,7 +304,7 @@ def test_isaid_full_scenes_evaluate_like_patches(tmp_path, dataset_name):
     assert scene.filepath == str(tmp_path / "iSAID/val/images/P0001.png")
     assert (scene.metadata.width, scene.metadata.height, scene.offset) == (700, 300, [0, 0])
     vehicle = next(d for d in scene.gt_masks.detections if d.label == "Small_Vehicle")
-    assert vehicle.mask.shape == (21, 41) and vehicle.area == 41 * 21  # not cut at x = 512
+    assert vehicle.mask.shape == (20, 40) and vehicle.area == 40 * 20  # not cut at x = 512
     assert vehicle.bounding_box[0] == pytest.approx(500 / 700)
 
     patches_name = f"{dataset_name}-patches"
@@ -317,3 +324,83 @@ def test_isaid_full_scenes_evaluate_like_patches(tmp_path, dataset_name):
             assert result["pycocotools"]["AP"] == pytest.approx(1.0) and result["agree"]
     finally:
         patches.delete()
+
+
+def test_rsd46_train_test_folders_are_recognised(tmp_path, dataset_name):
+    root = tmp_path / "RSD46-WHU"
+    _image(root / "train" / "Oil tank" / "oil_1.jpg")
+    _image(root / "train" / "Dock" / "dock_1.jpg")
+    _image(root / "test" / "Oil tank" / "oil_9.jpg")
+    _image(root / "test" / "Water" / "water_1.jpg")
+    report = import_classification_collection(root, dataset_name)
+    assert report.added == 3
+    ds = fo.load_dataset(dataset_name)
+    assert ds.count_values("split") == {"train": 2, "test": 1}
+    assert ds.count_values("ground_truth.label") == {"storage tank": 2, "harbor": 1}
+
+
+def test_importing_nothing_from_a_folder_says_why(tmp_path, dataset_name):
+    root = tmp_path / "RSSCN7"
+    _image(root / "aGrass" / "a001.jpg")
+    _image(root / "gParking" / "g001.jpg")
+    with pytest.raises(ValueError, match=r"No folder .* maps onto a target category .*"):
+        import_classification_collection(root, dataset_name)
+    with pytest.raises(ValueError, match="include_candidates=True"):
+        import_classification_collection(root, dataset_name)
+    empty = tmp_path / "AID"
+    (empty / "Bridge").mkdir(parents=True)
+    (empty / "Bridge" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"hold no images: .*Bridge"):
+        import_classification_collection(empty, dataset_name)
+    assert not fo.dataset_exists(dataset_name)
+
+
+def test_nwpu_split_json_leaves_out_positives_it_does_not_list(tmp_path, dataset_name):
+    root = tmp_path / "NWPU VHR-10 dataset"
+    _nwpu_fixture(root, "(10,20),(30,40),1\n")
+    val = _nwpu_mask_json([("002.jpg", 60, 50)], 0, (10, "vehicle"), [1, 2, 11, 2, 11, 12, 1, 12])
+    split = tmp_path / "NWPU_instances_val.json"
+    split.write_text(json.dumps(val))
+    report = import_nwpu_vhr10(root, dataset_name, coco_json=split)
+    assert report.added == 2
+    assert report.skipped == [
+        (str(root / "positive image set" / "001.jpg"), f"not in the mask JSON {split}")
+    ]
+    ds = fo.load_dataset(dataset_name)
+    assert sorted(ds.values("nwpu_id")) == ["negative/001", "positive/002"]
+    pos = ds.match_tags("positive").first()
+    assert [(d.label, d.area) for d in pos.gt_masks.detections] == [("vehicle", 100)]
+
+
+def test_masks_equal_pycocotools_decoding_of_real_shapes(tmp_path, dataset_name):
+    from pycocotools.coco import COCO
+    from real_shapes import IMAGES, coco_json
+
+    from diffuprompter_plugin.coco import full_mask
+
+    gt = coco_json()
+    root = tmp_path / "iSAID"
+    for name, size in IMAGES.items():
+        _image(root / "val" / "images" / name, size)
+    path = root / "val" / "Annotations" / "iSAID_val.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(gt))
+    import_isaid(root, "val", name=dataset_name, patch_dir=tmp_path / "p", patch_size=64)
+    coco = COCO(str(path))
+    files = {im["file_name"]: im["id"] for im in gt["images"]}
+    ds = fo.load_dataset(dataset_name)
+    compared = 0
+    for sample in ds:
+        x0, y0 = sample.offset
+        width, height = sample.metadata.width, sample.metadata.height
+        by_id = {d.source_id: d for d in sample.gt_masks.detections}
+        image_id = files[os.path.basename(sample.source_image)]
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
+            truth = coco.annToMask(ann).astype(bool)[y0 : y0 + height, x0 : x0 + width]
+            if truth.sum() < 10:  # import_isaid's min_area
+                assert ann["id"] not in by_id
+                continue
+            mask = full_mask(by_id[ann["id"]], width, height)
+            np.testing.assert_array_equal(mask, truth)
+            compared += 1
+    assert compared > 30  # every shape, cut by 64-px patches

@@ -34,8 +34,14 @@ def detect_collection(root: Path) -> Collection:
     )
 
 
-def class_folders(root: Path, collection: Collection) -> list[Path]:
-    """The class folders of a collection root, following its layout.
+SPLIT_FOLDERS = {"train", "training", "val", "validation", "test", "testing"}
+"""Folder names (normalised) of a collection shipped as split folders, each
+holding the class folders (RSD46-WHU: ``train/`` and ``test/``)."""
+
+
+def class_folders(root: Path, collection: Collection) -> list[tuple[Path, str | None]]:
+    """The class folders of a collection root, following its layout, each
+    with its split folder's name (None when the collection has no splits).
 
     Raises:
         ValueError: the expected folders are missing.
@@ -49,7 +55,46 @@ def class_folders(root: Path, collection: Collection) -> list[Path]:
             f"'{base}' has no class folders; {collection.name} keeps images in "
             f"<root>/{collection.image_dir + '/' if collection.image_dir else ''}<class>/"
         )
-    return folders
+    if all(normalize(f.name) in SPLIT_FOLDERS for f in folders):
+        return [
+            (c, split.name) for split in folders for c in sorted(split.iterdir()) if c.is_dir()
+        ]
+    return [(folder, None) for folder in folders]
+
+
+def _image_paths(
+    root: Path, collection: Collection, include_candidates: bool
+) -> list[tuple[str, str, str, str, str | None]]:
+    """``(path, source class, category, mapping, split)`` of every image in
+    the folders that map onto a category.
+
+    Raises:
+        ValueError: no folder maps onto a category, or those that do hold
+            no images, naming the folders found.
+    """
+    folders = class_folders(root, collection)
+    mapped = []
+    for folder, split in folders:
+        category, candidate = collection.category(folder.name, include_candidates)
+        if category is not None:
+            mapped.append((folder, category, "candidate" if candidate else "direct", split))
+    if not mapped:
+        found = sorted({f.name for f, _ in folders})
+        hint = "" if include_candidates else " (include_candidates=True adds scene-level ones)"
+        raise ValueError(
+            f"No folder of '{root}' is a {collection.name} class that maps onto a target "
+            f"category{hint}; found: {', '.join(found)}"
+        )
+    paths = [
+        (os.path.abspath(os.path.join(folder, f)), folder.name, category, mapping, split)
+        for folder, category, mapping, split in mapped
+        for f in sorted(os.listdir(folder))
+        if is_image(f)
+    ]
+    if not paths:
+        names = ", ".join(str(folder) for folder, *_ in mapped)
+        raise ValueError(f"The target-category folders of '{root}' hold no images: {names}")
+    return paths
 
 
 def import_classification_collection(
@@ -64,7 +109,9 @@ def import_classification_collection(
 
     Each sample gets ``ground_truth`` (a Classification with the paper's
     category), ``source_collection``, ``source_class`` and ``mapping``
-    (``direct`` or ``candidate``). Folders of other classes are skipped.
+    (``direct`` or ``candidate``), and ``split`` where the collection comes
+    in split folders (RSD46-WHU's ``train/`` and ``test/``, each holding the
+    class folders). Folders of other classes are skipped.
     Images already in the dataset (same file) are skipped, so several roots
     merge without duplicates and re-imports add nothing. Unreadable images
     are listed in the report's ``skipped``. Nothing is written if it fails.
@@ -81,7 +128,8 @@ def import_classification_collection(
         progress: FiftyOne progress option.
 
     Raises:
-        ValueError: unknown collection or layout.
+        ValueError: unknown collection or layout, or nothing to import (no
+            folder maps onto a category, or those that do hold no images).
     """
     root = Path(root)
     if not root.is_dir():
@@ -91,40 +139,27 @@ def import_classification_collection(
     found = find_collection(collection) if collection else detect_collection(root)
     if found is None:
         raise ValueError(f"Unknown collection '{collection}': use one of {sorted(COLLECTIONS)}")
-    folders = class_folders(root, found)
-    return run_import(name, partial(_samples, found, folders, include_candidates, progress))
+    paths = _image_paths(root, found, include_candidates)
+    return run_import(name, partial(_samples, found, paths, progress))
 
 
 def _samples(
     collection: Collection,
-    folders: list[Path],
-    include_candidates: bool,
+    paths: list[tuple[str, str, str, str, str | None]],
     progress: bool | Callable | None,
     known: set[str],
     report: ImportReport,
 ) -> Iterator[fo.Sample]:
-    mapped = []
-    for folder in folders:
-        category, candidate = collection.category(folder.name, include_candidates)
-        if category is not None:
-            mapped.append((folder, category, "candidate" if candidate else "direct"))
-    paths = [
-        (os.path.join(folder, f), folder.name, category, mapping)
-        for folder, category, mapping in mapped
-        for f in sorted(os.listdir(folder))
-        if is_image(f)
-    ]
     with fou.ProgressBar(total=len(paths), progress=progress) as pb:
-        for path, source_class, category, mapping in paths:
+        for path, source_class, category, mapping, split in paths:
             pb.update()
-            path = os.path.abspath(path)
             if path in known:
                 report.existing += 1
                 continue
             metadata = report.load(image_metadata, path)
             if metadata is None:
                 continue
-            yield fo.Sample(
+            sample = fo.Sample(
                 filepath=path,
                 metadata=metadata,
                 ground_truth=fo.Classification(label=category),
@@ -132,3 +167,6 @@ def _samples(
                 source_class=source_class,
                 mapping=mapping,
             )
+            if split is not None:
+                sample["split"] = split
+            yield sample

@@ -93,12 +93,12 @@ def read_image(path: str) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def staged_import(name: str) -> Iterator[tuple[fo.Dataset, set[str]]]:
+def staged_import(name: str, info: dict | None = None) -> Iterator[tuple[fo.Dataset, set[str]]]:
     """Yields a staging dataset and the file paths already in dataset ``name``.
 
     On success the staged samples are added to ``name`` (created persistent if
-    absent); on any error the staging dataset is deleted and ``name`` is left
-    exactly as it was.
+    absent) and ``info`` is merged into its ``info``; on any error the staging
+    dataset is deleted and ``name`` is left exactly as it was.
     """
     exists = fo.dataset_exists(name)
     known = set(fo.load_dataset(name).values("filepath")) if exists else set()
@@ -109,15 +109,22 @@ def staged_import(name: str) -> Iterator[tuple[fo.Dataset, set[str]]]:
         staging.delete()
         raise
     if exists:
-        fo.load_dataset(name).add_collection(staging)
+        dataset = fo.load_dataset(name)
+        dataset.add_collection(staging)
         staging.delete()
     else:
-        staging.name = name
-        staging.persistent = True
+        dataset = staging
+        dataset.name = name
+        dataset.persistent = True
+    if info:
+        dataset.info.update(info)
+        dataset.save()
 
 
 def run_import(
-    name: str, samples: Callable[[set[str], ImportReport], Iterable[fo.Sample]]
+    name: str,
+    samples: Callable[[set[str], ImportReport], Iterable[fo.Sample]],
+    info: dict | None = None,
 ) -> ImportReport:
     """Imports into dataset ``name`` atomically (see :func:`staged_import`).
 
@@ -125,9 +132,11 @@ def run_import(
         name: the dataset to create or add to.
         samples: called with the file paths already in the dataset and the
             report; yields the new samples and records skipped files.
+        info: entries for the dataset's ``info`` (e.g. the evaluation
+            convention ``max_dets``).
     """
     report = ImportReport(name)
-    with staged_import(name) as (staging, known):
+    with staged_import(name, info) as (staging, known):
         report.added = add_in_batches(staging, samples(known, report))
     return report
 

@@ -16,6 +16,10 @@ import fiftyone.core.utils as fou
 import numpy as np
 
 from .common import AnnotationError, ImportReport, read_image, run_import, windows
+from .polygons import polygon_rle, window_mask
+
+ISAID_MAX_DETS = 1000
+"""Detections kept per image and class by the iSAID devkit's evaluation."""
 
 
 def load_coco(path: Path) -> tuple[dict, dict[int, str], dict[int, list]]:
@@ -63,18 +67,17 @@ def polygons(ann: dict, path: Path) -> list[np.ndarray]:
     return shapes
 
 
-def rasterize(shapes: list[np.ndarray], window: tuple[int, int, int, int]) -> np.ndarray:
-    """Bool mask of the polygons inside a window (x0, y0, x1, y1)."""
-    x0, y0, x1, y1 = window
-    canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    cv2.fillPoly(canvas, [np.round(s - (x0, y0)).astype(np.int32) for s in shapes], 1)
-    return canvas.astype(bool)
-
-
 def instance_detections(
-    anns: list[dict], names: dict[int, str], path: Path, window, min_area: int
+    anns: list[dict],
+    names: dict[int, str],
+    path: Path,
+    window: tuple[int, int, int, int],
+    image_size: tuple[int, int],
+    min_area: int,
 ) -> list[fo.Detection]:
-    """The instances of one window, clipped to it; fragments under
+    """The instances of one window (x0, y0, x1, y1) of a ``image_size``
+    (width, height) image, rasterised as pycocotools does (see
+    :mod:`.polygons`) and clipped to the window; fragments under
     ``min_area`` pixels are dropped."""
     x0, y0, x1, y1 = window
     width, height = x1 - x0, y1 - y0
@@ -83,7 +86,7 @@ def instance_detections(
         bx, by, bw, bh = ann["bbox"]
         if bx >= x1 or by >= y1 or bx + bw <= x0 or by + bh <= y0:
             continue
-        mask = rasterize(polygons(ann, path), window)
+        mask = window_mask(polygon_rle(polygons(ann, path), *image_size), window)
         area = int(mask.sum())
         if area < min_area:
             continue
@@ -133,6 +136,14 @@ def import_isaid(
     samples are the original images (nothing is written), with offset [0, 0],
     so evaluation can run on scenes as well as on patches.
 
+    Masks come from the JSON's polygons, not from the instance PNGs (which
+    the polygons were traced from): each is rasterised on the full image as
+    pycocotools does and then cut to the patch, so a mask equals what every
+    COCO tool decodes from the same JSON. The dataset's
+    ``info["max_dets"]`` is set to the devkit's 1000 detections per image,
+    which :func:`~diffuprompter_plugin.evaluation.evaluate_pseudo_labels`
+    uses by default.
+
     Raises:
         AnnotationError: malformed JSON or polygons (nothing is written).
     """
@@ -151,7 +162,9 @@ def import_isaid(
         path=annotations,
     )
     return run_import(
-        name, partial(_patches, images, names, by_image, image_dir, patch_dir, settings, progress)
+        name,
+        partial(_patches, images, names, by_image, image_dir, patch_dir, settings, progress),
+        info={"max_dets": ISAID_MAX_DETS},
     )
 
 
@@ -184,7 +197,12 @@ def _patches(
                     report.existing += 1
                     continue
                 detections = instance_detections(
-                    by_image.get(image_id, []), names, s["path"], window, s["min_area"]
+                    by_image.get(image_id, []),
+                    names,
+                    s["path"],
+                    window,
+                    (width, height),
+                    s["min_area"],
                 )
                 if not detections and not s["keep_empty"]:
                     continue

@@ -69,9 +69,14 @@ def import_nwpu_vhr10(
     Layout: ``positive image set/``, ``negative image set/`` and
     ``ground truth/NNN.txt``. Positive samples get ``gt_boxes``; with the
     instance-mask COCO JSON (``coco_json``, or ``annotations.json`` in the
-    root) they also get ``gt_masks``. Negatives are tagged ``negative`` with
-    empty ground truth. ``nwpu_set`` and ``nwpu_id`` (e.g. ``positive/001``)
-    identify a sample, since both sets number their files from 001.
+    root) they also get ``gt_masks``, rasterised as pycocotools does (see
+    :mod:`.polygons`). A mask JSON is a split: positives it does not list
+    (e.g. the 520 training images when importing RSPrompter's
+    ``NWPU_instances_val.json``) are left out and listed in ``skipped``, so
+    that no image without mask ground truth is evaluated. Negatives are
+    tagged ``negative`` with empty ground truth (they have no objects).
+    ``nwpu_set`` and ``nwpu_id`` (e.g. ``positive/001``) identify a sample,
+    since both sets number their files from 001.
 
     Raises:
         ValueError: the layout is not NWPU VHR-10's.
@@ -126,9 +131,12 @@ def _samples(root, sets, masks, coco_json, progress, known, report) -> Iterator[
             if masks is not None:
                 anns, names = [], {}
                 if image_set == "positive":  # negatives reuse the positives' file names
-                    anns, names = by_name.get(path.name, ([], {}))
+                    if path.name not in by_name:
+                        report.skipped.append((str(path), f"not in the mask JSON {coco_json}"))
+                        continue
+                    anns, names = by_name[path.name]
                 window = (0, 0, *size)
                 sample["gt_masks"] = fo.Detections(
-                    detections=instance_detections(anns, names, coco_json, window, 1)
+                    detections=instance_detections(anns, names, coco_json, window, size, 1)
                 )
             yield sample
