@@ -20,6 +20,7 @@ _EXPORTS = {
     "compute_pseudo_labels": "labelling",
     "resume_pseudo_labels": "labelling",
     "queue_pseudo_labels": "labelling",
+    "start_pseudo_labels": "labelling",
     "pseudo_labels_status": "labelling",
     "RunInProgressError": "claims",
     "rethreshold_pseudo_labels": "rethreshold",

@@ -207,6 +207,27 @@ def queue_pseudo_labels(
     ]
 
 
+def start_pseudo_labels(
+    samples: Any,
+    brain_key: str,
+    workers: int = 1,
+    progress: bool | Callable | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Labels the collection here (``workers`` = 1, :func:`compute_pseudo_labels`)
+    or queues it for ``workers`` delegated workers (:func:`queue_pseudo_labels`),
+    as the App's run form does; ``kwargs`` are their shared arguments.
+
+    Returns:
+        the finished run's :meth:`PseudoLabelsResults.summary`, or
+        ``{"brain_key": ..., "queued": [operation ids]}``.
+    """
+    if workers > 1:
+        queued = queue_pseudo_labels(samples, brain_key, workers, **kwargs)
+        return {"brain_key": brain_key, "queued": [q.result["id"] for q in queued]}
+    return compute_pseudo_labels(samples, brain_key, progress=progress, **kwargs).summary()
+
+
 def label_queued_samples(
     samples: Any,
     brain_key: str,

@@ -103,11 +103,14 @@ class RunDiffuPrompter(foo.Operator):
         return True
 
     def execute(self, ctx: Any) -> dict[str, Any]:
-        from diffuprompter_plugin.labelling import compute_pseudo_labels, queue_pseudo_labels
+        from diffuprompter_plugin.labelling import start_pseudo_labels
 
         params = ctx.params
         by_field = params.get("class_source", "field" if params.get("class_field") else "list")
-        run = dict(
+        summary = start_pseudo_labels(
+            ctx.target_view(),
+            params["brain_key"],
+            workers=params.get("workers") or 1,
             classes=params.get("classes") if by_field == "list" else None,
             class_field=params.get("class_field") if by_field == "field" else None,
             pred_field=params.get("pred_field", DEFAULT_PRED_FIELD),
@@ -117,17 +120,10 @@ class RunDiffuPrompter(foo.Operator):
             sam_checkpoint=params.get("sam_checkpoint") or None,
             device=forms.device_param(params),
             config=forms.method_settings(params),
-        )
-        workers = params.get("workers") or 1
-        if workers > 1:
-            queued = queue_pseudo_labels(ctx.target_view(), params["brain_key"], workers, **run)
-            return {"brain_key": params["brain_key"], "queued": [q.result["id"] for q in queued]}
-        progress = forms.progress_reporter(ctx, "DiffuPrompter")
-        results = compute_pseudo_labels(
-            ctx.target_view(), params["brain_key"], progress=progress, **run
+            progress=forms.progress_reporter(ctx, "DiffuPrompter"),
         )
         forms.reload_app(ctx)
-        return results.summary()
+        return summary
 
     def resolve_output(self, ctx: Any) -> types.Property:
         return forms.run_outputs()

@@ -194,3 +194,14 @@ def test_import_operator_from_sdk(tmp_path):
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
+
+
+def test_run_form_with_workers_queues_the_run_for_them(image_dataset, tiny_models):
+    from diffuprompter_plugin import pseudo_labels_status
+
+    out = foo.get_operator(RUN)(
+        image_dataset, "dp", class_field="ground_truth", workers=2, **_tiny_settings(tiny_models)
+    )
+    assert out.result["brain_key"] == "dp" and len(out.result["queued"]) == 2
+    assert pseudo_labels_status(image_dataset, "dp")["pending"] == 4
+    assert image_dataset.count("dp_instances") == 0  # left to the two workers
