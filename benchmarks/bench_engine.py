@@ -197,6 +197,40 @@ def crf_rows(label: str, model: DiffuPrompter, counts: list[int], images: int) -
     model.config = own
 
 
+def crf_pool_rows(counts: list[int], images: int, config: DiffuPrompterConfig) -> None:
+    """DenseCRF alone (Eq. 10 on 512 px images with a smooth heatmap), the
+    work the pool takes off the models: images/s inline and through
+    ``worker_pool`` by worker count, so its scaling with cores shows apart
+    from the models' own use of the CPU."""
+    from diffuprompter_plugin.engine.crf import binary_map
+    from diffuprompter_plugin.engine.workers import worker_pool
+
+    rgbs = images_512(images)
+    yy, xx = np.mgrid[0:512, 0:512]
+    heatmap = (np.exp(-((yy - 256) ** 2 + (xx - 200) ** 2) / 8000.0)).astype(np.float32)
+    config = config.replace(crf=True)
+    rates = {}
+    for workers in counts:
+        start = time.perf_counter()
+        if workers == 0:
+            for rgb in rgbs:
+                binary_map(rgb, heatmap, config.threshold, config)
+        else:
+            with worker_pool(workers) as pool:
+                list(pool.map(binary_map, [rgbs[0]], [heatmap], [config.threshold], [config]))
+                start = time.perf_counter()  # workers started and warm
+                n = len(rgbs)
+                list(
+                    pool.map(binary_map, rgbs, [heatmap] * n, [config.threshold] * n, [config] * n)
+                )
+        rates[workers] = images / (time.perf_counter() - start)
+        print(
+            f"DenseCRF alone, 512 px, {workers} workers: {rates[workers]:.2f} images/s "
+            f"({rates[workers] / rates[counts[0]]:.2f}x inline)",
+            flush=True,
+        )
+
+
 def pipeline_rows(label: str, model: DiffuPrompter, images: int) -> None:
     """Seconds per image·class of the whole pipeline (CRF on, in the
     config's workers) for 1 and 10 classes, through ``annotate_all`` and
@@ -310,6 +344,7 @@ def main() -> None:
         run(f"{label}, 64 px", sd, sam, "cpu", 64, 50, args.repeats, True)
         tiny = model_for(sd, sam, "cpu", loop_batch_size=50, crf_workers=min(2, cores))
         unet_rows(f"{label}, 512 px", tiny, 50)
+        crf_pool_rows([0, 1, 2], args.crf_images, tiny.config)
         crf_rows(f"{label}, 512 px", tiny, [0, 1, 2], args.crf_images)
         pipeline_rows(f"{label}, 512 px", tiny, args.images)
     if torch.cuda.is_available():
@@ -318,6 +353,7 @@ def main() -> None:
         run(label, sd, sam, "cuda", 512, 50, args.repeats, True)
         full = model_for(sd, sam, "cuda", loop_batch_size=50, crf_workers=cores - 1)
         unet_rows(label, full, 50)
+        crf_pool_rows(counts, 4 * cores, full.config)
         crf_rows(label, full, counts, 4 * cores)
         pipeline_rows(label, full, 4 * args.images)
     else:
