@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import os
 import socket
 import threading
@@ -234,32 +235,48 @@ class RunClaims:
             thread.join()
 
 
+def claimed_batches(claims: RunClaims, batch_size: int) -> Iterator[list[str]]:
+    """Batches of up to ``batch_size`` sample ids claimed for this worker, each
+    claimed only when the consumer asks for it, until no sample is free."""
+    while ids := claims.claim(batch_size):
+        yield ids
+
+
 def work(
     claims: RunClaims,
-    label: Callable[[list[str]], None],
+    label: Callable[[Iterator[list[str]], Callable[[list[str]], None]], None],
     batch_size: int,
     show: Callable[[int], None],
     poll_s: float = 0.5,
 ) -> bool:
-    """Labels claimed samples, ``batch_size`` at a time, with ``label(ids)``
-    until the pool is done, waiting for other workers' last claims (which
-    are taken over when their lease runs out); calls ``show(done)`` with the
-    pool's count of done samples after each batch or wait.
+    """Labels the run's samples until its pool is done.
+
+    ``label(batches, done)`` labels the :func:`claimed_batches` as one stream
+    (it is not called when none is free) and calls ``done(ids)`` once a
+    batch's results are stored; then this worker waits for other workers'
+    last claims, which it takes over when their lease runs out.
+    ``show(done)`` gets the pool's count of done samples after each batch
+    or wait.
 
     Returns:
         True when this worker is the one that must save the results.
     """
+
+    def done(ids: list[str]) -> None:
+        claims.done(ids)
+        show(claims.done_count())
+
     with claims.heartbeat():
         while True:
-            ids = claims.claim(batch_size)
-            if ids:
-                label(ids)
-                claims.done(ids)
+            batches = claimed_batches(claims, batch_size)
+            first = next(batches, None)
+            if first is not None:
+                label(itertools.chain([first], batches), done)
             elif claims.outstanding() == 0:
                 break
             else:
                 time.sleep(poll_s)
-            show(claims.done_count())
+                show(claims.done_count())
     return claims.elect_finaliser()
 
 

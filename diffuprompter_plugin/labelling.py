@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -333,11 +335,7 @@ def _label_claimed(samples, brain_key, run_config, model, batch_size, progress, 
     """Labels samples claimed from the run's pool until it is done; the
     worker that ends last saves the results and empties the pool."""
     with fou.ProgressBar(total=sum(claims.counts().values()), progress=progress) as pb:
-
-        def label(ids: list[str]) -> None:
-            todo = samples.select(ids).exists(run_config.pred_field, False).values("id")
-            _annotate_samples(samples, todo, model, run_config, batch_size, False)
-
+        label = partial(_annotate_batches, samples, model, run_config)
         finaliser = work(claims, label, batch_size, pb.set_iteration)
         pb.set_iteration(pb.total)  # work ends when no sample is left to any worker
     method = run_config.build()
@@ -364,9 +362,9 @@ def _new_run_config(
 ) -> PseudoLabelsConfig:
     """The checked config of a new run (or of the resumed run ``brain_key``)."""
     names = _class_names(samples, classes, class_field)
-    for field in (brain_key, pred_field, heatmap_field):
-        if not isinstance(field, str) or not field.isidentifier():
-            raise ValueError(f"Invalid name {field!r}: use a Python identifier")
+    for name in (brain_key, pred_field, heatmap_field):
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"Invalid name {name!r}: use a Python identifier")
     settings, models = settings_models
     existing = (
         stored_config(samples, brain_key) if brain_key in samples.list_brain_runs() else None
@@ -520,35 +518,62 @@ def _check_resumable(samples: Any, brain_key: str, config: PseudoLabelsConfig) -
         )
 
 
-def _annotate_samples(samples, ids, model, config, batch_size, progress) -> None:
-    """Annotates the samples ``ids`` as one stream through
-    ``model.annotate_all``, so that its CRF pool serves the whole run, and
-    saves the results ``batch_size`` at a time as they come."""
-    with (
-        fou.ProgressBar(total=len(ids), progress=progress) as pb,
-        samples.save_context(batch_size=batch_size) as saver,
-    ):
+@dataclass
+class _Batch:
+    """A claimed batch of sample ids, and how many of its samples that lack
+    instances are still being labelled."""
 
-        def store(sample: fo.Sample, result: Any) -> None:
-            _write(sample, result, config)
-            saver.save(sample)
-            pb.update()
-
-        for sample, result in model.annotate_all(_items(samples, ids, config, batch_size, store)):
-            store(sample, result)
+    ids: list[str]
+    left: int
 
 
-def _items(samples, ids, config, batch_size, store: Callable[[fo.Sample, Any], None]):
-    """The samples ``ids`` as lazy ``annotate_all`` items, read from the
-    database ``batch_size`` at a time; a sample with no class goes straight to
-    ``store`` with its error."""
-    for chunk in fou.iter_slices(ids, batch_size):
-        for sample in samples.select(chunk):
-            names = config.classes or sample_classes(sample, config.class_field)
-            if names:
-                yield sample, sample.filepath, names
-            else:
-                store(sample, ValueError(f"no class in field '{config.class_field}'"))
+def _annotate_batches(
+    samples: Any,
+    model: Any,
+    config: PseudoLabelsConfig,
+    batches: Iterable[list[str]],
+    done: Callable[[list[str]], None],
+) -> None:
+    """Annotates the samples of ``batches`` (lists of ids) that lack instances
+    as one stream through ``model.annotate_all``, so that its CRF pool serves
+    them all and never drains between batches. Results are saved as each
+    batch completes, and only then is ``done(ids)`` called, so a batch is
+    never reported done before it is in the database; a stream that is
+    interrupted saves what it has labelled, which resume then skips."""
+    unsaved: list[fo.Sample] = []
+
+    def save() -> None:
+        with samples.save_context() as saver:
+            for sample in unsaved:
+                saver.save(sample)
+        unsaved.clear()
+
+    def store(batch: _Batch, sample: fo.Sample, result: Any) -> None:
+        _write(sample, result, config)
+        unsaved.append(sample)
+        batch.left -= 1
+        if batch.left == 0:
+            save()
+            done(batch.ids)
+
+    def items() -> Iterator[tuple[tuple[_Batch, fo.Sample], str, list[str]]]:
+        for ids in batches:
+            todo = list(samples.select(ids).exists(config.pred_field, False))
+            batch = _Batch(ids, len(todo))
+            if not todo:
+                done(ids)
+            for sample in todo:
+                names = config.classes or sample_classes(sample, config.class_field)
+                if names:
+                    yield (batch, sample), sample.filepath, names
+                else:
+                    store(batch, sample, ValueError(f"no class in field '{config.class_field}'"))
+
+    try:
+        for (batch, sample), result in model.annotate_all(items()):
+            store(batch, sample, result)
+    finally:
+        save()
 
 
 def _write(sample: fo.Sample, result: Any, config: PseudoLabelsConfig) -> None:

@@ -31,6 +31,11 @@ class StubModel(Annotator):
         self.calls: list[str] = []
         self.crf_workers_seen: set[int] = set()
         self.fail_after = fail_after
+        self.streams = 0
+
+    def annotate_all(self, items, thresholds=None):
+        self.streams += 1  # a DiffuPrompter's CRF pool lives as long as one stream
+        yield from super().annotate_all(items, thresholds)
 
     def annotate(self, image, class_names, thresholds=None):
         from diffuprompter_plugin.engine.image import to_rgb_uint8

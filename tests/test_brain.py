@@ -81,6 +81,15 @@ def test_killed_run_resumes_without_recomputing_or_duplicating(image_dataset):
     assert third.calls == []  # idempotent
 
 
+def test_one_stream_serves_the_whole_run(image_dataset):
+    model = StubModel()
+    compute_pseudo_labels(
+        image_dataset, "dp", class_field="ground_truth", model=model, batch_size=1
+    )
+    assert len(model.calls) == 4
+    assert model.streams == 1  # four claimed batches, one annotate_all (one CRF pool)
+
+
 def test_resume_with_other_settings_is_refused(image_dataset, tiny_models):
     compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
     with pytest.raises(ValueError, match="exists with different"):
