@@ -31,7 +31,14 @@ from .engine.config import (
     DiffuPrompterConfig,
     model_source,
 )
-from .labels import class_slug, heatmap_fields, sample_classes, to_detections, write_heatmap
+from .labels import (
+    class_slug,
+    heatmap_fields,
+    sample_classes,
+    sample_image,
+    to_detections,
+    write_heatmap,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -565,7 +572,7 @@ def _annotate_batches(
             for sample in todo:
                 names = config.classes or sample_classes(sample, config.class_field)
                 if names:
-                    yield (batch, sample), sample.filepath, names
+                    yield (batch, sample), sample_image(sample), names
                 else:
                     store(batch, sample, ValueError(f"no class in field '{config.class_field}'"))
 

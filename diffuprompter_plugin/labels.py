@@ -12,6 +12,11 @@ import fiftyone as fo
 import numpy as np
 
 from .engine.heatmap_store import HEATMAP_SCALE, read_heatmap_window
+from .engine.raster import RasterFile
+
+BANDS_FIELD = "bands"
+"""The sample field naming the 1-based bands the engine reads as R, G, B (one
+band: grey), set by the GeoTIFF importer; absent or None: the engine's default."""
 
 MAX_SLUG_LENGTH = 100
 """A class slug names a heatmap field and a folder: 100 characters leave room
@@ -109,6 +114,13 @@ def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections
             )
         )
     return fo.Detections(detections=detections)
+
+
+def sample_image(sample: fo.Sample) -> str | RasterFile:
+    """What the engine reads for a sample: its file, with the bands of its
+    :data:`BANDS_FIELD` when it has them."""
+    bands = sample[BANDS_FIELD] if sample.has_field(BANDS_FIELD) else None
+    return RasterFile(sample.filepath, tuple(bands)) if bands else sample.filepath
 
 
 def sample_classes(sample: fo.Sample, class_field: str) -> list[str]:

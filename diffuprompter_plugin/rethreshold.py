@@ -13,7 +13,7 @@ import fiftyone.core.utils as fou
 from .brain import PseudoLabels, stored_config
 from .engine.config import check_setting
 from .labelling import check_batch_size
-from .labels import read_heatmap, scene_heatmap_path, to_detections
+from .labels import read_heatmap, sample_image, scene_heatmap_path, to_detections
 
 
 def load_thresholds(thresholds: float | Mapping[str, float] | str | None) -> Any:
@@ -91,12 +91,12 @@ def rethreshold_pseudo_labels(
                 }
                 scene = {name: scene_heatmap_path(label) for name, label in labels.items()}
                 if all(scene.values()):  # a scene labelled in tiles: window by window
-                    with opened(sample.filepath) as raster:
+                    with opened(sample_image(sample)) as raster:
                         instances = segment_scene(prompter, raster, scene, thresholds)
                         height, width = raster.height, raster.width
                 else:
                     heatmaps = {name: read_heatmap(label) for name, label in labels.items()}
-                    instances = prompter.segment(sample.filepath, heatmaps, thresholds)
+                    instances = prompter.segment(sample_image(sample), heatmaps, thresholds)
                     height, width = next(iter(heatmaps.values())).shape
                 sample[out_field] = to_detections(instances, width, height)
                 pb.update()

@@ -165,9 +165,10 @@ class ImportGeotiffs(ImportOperator):
     def extra_inputs(self, inputs: types.Object) -> None:
         inputs.str(
             "bands",
-            label="Preview bands",
-            description="One or three 1-based band indices, e.g. 4,3,2; empty: 1,2,3 "
-            "(band 1 for one- and two-band scenes)",
+            label="Bands (R, G, B)",
+            description="One or three 1-based band indices, e.g. 4,3,2, read by the "
+            "labelling and shown in the preview; empty: the bands tagged red, green and "
+            "blue, else 1,2,3, else band 1",
         )
         inputs.int("preview_size", label="Preview size (px)", default=1024, min=64, max=8192)
 

@@ -13,14 +13,19 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
+from helpers import StubModel
 from PIL import Image
 from pyproj import CRS, Geod, Transformer
 from rasterio import Affine
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
+from diffuprompter_plugin.engine.image import to_rgb_uint8
+from diffuprompter_plugin.engine.raster import FileRaster, RasterFile
 from diffuprompter_plugin.geo import area_m2, export_geo, mask_geometry
 from diffuprompter_plugin.importers import import_geotiffs
+from diffuprompter_plugin.labelling import compute_pseudo_labels
+from diffuprompter_plugin.labels import sample_image
 
 UTM33 = "EPSG:32633"
 ORIGIN = (500_000.0, 5_000_000.0)  # UTM 33N, 15 deg E, about 45.15 deg N
@@ -186,7 +191,7 @@ def test_16_bit_four_band_scene_with_nodata_and_aligned_preview(tmp_path, datase
     report = import_geotiffs(tmp_path / "scenes", dataset_name, preview_size=40)
     assert report.added == 2
     ((bad, reason),) = report.skipped
-    assert bad.endswith("broken.tif") and "not a readable raster" in reason
+    assert bad.endswith("broken.tif") and "not recognized as being in a supported" in reason
     dataset = fo.load_dataset(dataset_name)
     assert dataset.app_config.grid_media_field == "preview_path"
     assert dataset.app_config.modal_media_field == "preview_path"
@@ -201,6 +206,8 @@ def test_16_bit_four_band_scene_with_nodata_and_aligned_preview(tmp_path, datase
     assert CRS.from_wkt(scene.crs) == CRS.from_user_input(UTM33)
     assert scene.transform == [2.0, 0.0, ORIGIN[0], 0.0, -2.0, ORIGIN[1]]
     assert scene.bands == [1, 2, 3] and scene.nodata == 0
+    with FileRaster(scene.filepath) as raster:  # at full size, the preview is what
+        assert (raster.overview(80) == to_rgb_uint8(scene.filepath)).all()  # models see
     assert scene.location.point[0] == pytest.approx(15.0011, abs=1e-3)
     preview = np.asarray(Image.open(scene.preview_path))
     assert preview.shape == (20, 40, 3)  # the whole extent at half size
@@ -221,8 +228,21 @@ def test_16_bit_four_band_scene_with_nodata_and_aligned_preview(tmp_path, datase
     try:
         picked = import_geotiffs(tmp_path / "scenes", other, bands=[4, 3, 2])
         assert picked.added == 1
-        assert any("has 1 band(s); bands [4, 3, 2]" in r for _, r in picked.skipped)
-        assert fo.load_dataset(other).first().bands == [4, 3, 2]
+        assert any(
+            p.endswith("grey.tif") and "bands=[4, 3, 2]" in r and "between 1 and 1" in r
+            for p, r in picked.skipped
+        )
+        chosen = fo.load_dataset(other).first()
+        assert chosen.bands == [4, 3, 2]
+        # labelling reads the bands the preview shows
+        image = sample_image(chosen)
+        assert image == RasterFile(chosen.filepath, (4, 3, 2))
+        rgb = to_rgb_uint8(image)
+        assert (rgb[:, 10:, 0] == rgb[0, 10, 0]).all()  # band 4 is flat: red is one value
+        assert not (rgb[:, 10:, 1] == rgb[0, 10, 1]).all()
+        stub = StubModel()
+        compute_pseudo_labels(fo.load_dataset(other), "dp", classes=["field"], model=stub)
+        assert stub.calls == [str(image)]
     finally:
         fo.delete_dataset(other)
     with pytest.raises(ValueError, match="one or three 1-based"):

@@ -10,17 +10,19 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputImageError
-from .raster import ArrayRaster, Raster, open_raster
+from .raster import ArrayRaster, Raster, RasterFile, open_raster
 
-ImageLike = np.ndarray | Image.Image | str | os.PathLike | Raster
+ImageLike = np.ndarray | Image.Image | str | os.PathLike | RasterFile | Raster
 
 MIN_SIDE = 16
 """Smallest accepted image side in pixels (SD's VAE downsamples by 8)."""
 
 
 def as_raster(image: ImageLike) -> Raster:
-    """The :class:`Raster` of an image: a file is opened (not read; see
-    :func:`open_raster`), an array or PIL image is converted once.
+    """The :class:`Raster` of an image: a file (a path, or a
+    :class:`~diffuprompter_plugin.engine.raster.RasterFile` naming its bands)
+    is opened, not read (see :func:`open_raster`); an array or PIL image is
+    converted once.
 
     Raises:
         InputImageError: unsupported type, dtype, channel count or size.
@@ -29,6 +31,8 @@ def as_raster(image: ImageLike) -> Raster:
         raster = image
     elif isinstance(image, (str, os.PathLike)):
         raster = open_raster(image)
+    elif isinstance(image, RasterFile):
+        raster = open_raster(image.path, image.bands)
     elif isinstance(image, Image.Image):
         raster = ArrayRaster(np.asarray(image))
     elif isinstance(image, np.ndarray):
@@ -36,7 +40,7 @@ def as_raster(image: ImageLike) -> Raster:
     else:
         raise InputImageError(
             f"Unsupported image type {type(image).__name__}; "
-            "pass a numpy array, a PIL image or a file path"
+            "pass a numpy array, a PIL image, a file path or a RasterFile"
         )
     if min(raster.height, raster.width) < MIN_SIDE:
         raster.close()

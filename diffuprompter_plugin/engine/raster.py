@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -97,6 +98,21 @@ class ArrayRaster(Raster):
             return self.rgb, None
         x0, y0, x1, y1 = box
         return np.ascontiguousarray(self.rgb[y0:y1, x0:x1]), None
+
+
+@dataclass(frozen=True)
+class RasterFile:
+    """An image file and the bands to read from it: an image the engine
+    opens with :class:`FileRaster` when it needs it (it pickles as a path).
+
+    Attributes:
+        path: the file.
+        bands: 1-based band indices to use as R, G, B (one gives grayscale);
+            None for :class:`FileRaster`'s default.
+    """
+
+    path: str
+    bands: tuple[int, ...] | None = None
 
 
 class FileRaster(Raster):
@@ -200,6 +216,26 @@ class FileRaster(Raster):
                 valid = finite if valid is None else valid & finite
         return data, valid
 
+    def overview(self, side: int) -> np.ndarray:
+        """The whole image as an h x w x 3 uint8 RGB array whose longest side
+        is at most ``side``: pixels averaged (served from the file's
+        overviews when it has them), then converted as every window is, so a
+        preview shows what the models see; nodata pixels are black."""
+        from rasterio.enums import Resampling
+
+        resampling = Resampling.nearest if self.lut is not None else Resampling.average
+        data, valid = self._decimated(side, resampling=resampling)
+        rgb = np.array(self._to_uint8(data))
+        if valid is not None:
+            rgb[~valid] = 0
+        return rgb
+
+    def _decimated(self, side: int, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`_read` of the whole extent, its longest side at most ``side``."""
+        factor = max(1.0, max(self.height, self.width) / side)
+        shape = (max(1, round(self.height / factor)), max(1, round(self.width / factor)))
+        return self._read(out_shape=(len(set(self.bands)), *shape), **kwargs)
+
     def _stretch(self) -> tuple[float, float, float]:
         """(low, high, scale) of the scene from a decimated read: ``uint8``
         and palettes are kept (scale 1, no stretch), floats within [0, 1]
@@ -209,9 +245,7 @@ class FileRaster(Raster):
             return 0.0, 255.0, 1.0
         if dtype.kind not in "iuf":
             raise InputImageError(f"Unsupported data type {dtype} in '{self.name}'")
-        factor = max(1.0, max(self.height, self.width) / STRETCH_SIDE)
-        shape = (3, max(1, round(self.height / factor)), max(1, round(self.width / factor)))
-        data, valid = self._read(out_shape=shape)
+        data, valid = self._decimated(STRETCH_SIDE)
         values = data[valid] if valid is not None else data.reshape(-1, 3)
         if values.size == 0:
             return 0.0, 1.0, 0.0

@@ -11,81 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.core.utils as fou
-import numpy as np
 import rasterio
 from PIL import Image
 from pyproj import CRS, Transformer
-from rasterio.enums import Resampling
 
-from ..engine.raster import STRETCH_PERCENTILES, stretch
+from ..engine.errors import InputImageError
+from ..engine.raster import FileRaster
+from ..labels import BANDS_FIELD
 from .common import ImportReport, run_import
 
 GEOTIFF_EXTENSIONS = {".tif", ".tiff"}
 
 PREVIEW_FIELD = "preview_path"
 """The sample field holding the preview image the App shows."""
-
-
-def default_bands(count: int) -> tuple[int, ...]:
-    """The 1-based bands shown when none are chosen: 1, 2, 3 (RGB order of
-    most products) for three or more bands, else band 1 as grey."""
-    return (1, 2, 3) if count >= 3 else (1,)
-
-
-def scene_bands(path: str, count: int, bands: Sequence[int] | None) -> tuple[int, ...]:
-    """The bands to render from a file of ``count`` bands: ``bands`` or the
-    default.
-
-    Raises:
-        OSError: a band the file does not have, naming the file.
-    """
-    if bands is None:
-        return default_bands(count)
-    if max(bands) > count:
-        raise OSError(f"'{path}' has {count} band(s); bands {list(bands)} were asked for")
-    return tuple(bands)
-
-
-def render_preview(src: rasterio.DatasetReader, bands: Sequence[int], size: int) -> np.ndarray:
-    """The scene's full extent as an H x W x 3 uint8 RGB image whose longest
-    side is at most ``size``: a decimated read (served from overviews when
-    the file has them), stretched as the engine stretches its input (uint8
-    kept, floats in [0, 1] times 255, else the :data:`STRETCH_PERCENTILES`
-    of the valid pixels); nodata and NaN pixels are black and do not set the
-    stretch.
-
-    Raises:
-        OSError: the data cannot be read, naming the file.
-    """
-    scale = min(1.0, size / max(src.width, src.height))
-    shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
-    try:
-        data = src.read(
-            list(bands), out_shape=(len(bands), *shape), masked=True, resampling=Resampling.average
-        )
-    except rasterio.errors.RasterioError as e:
-        raise OSError(f"cannot read '{src.name}': {e}") from e
-    values = np.moveaxis(data.filled(0), 0, -1).astype(np.float64)
-    valid = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(values).all(axis=-1)
-    rgb = np.zeros(values.shape, np.uint8)
-    if valid.any():
-        rgb[valid] = _stretch(values[valid], np.dtype(src.dtypes[bands[0] - 1]))
-    return np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
-
-
-def _stretch(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype == np.uint8:
-        return values.astype(np.uint8)
-    if dtype.kind == "f" and values.min() >= 0 and values.max() <= 1:
-        return np.round(values * 255).astype(np.uint8)
-    return stretch(values, *np.percentile(values, STRETCH_PERCENTILES))
 
 
 def footprint(crs: CRS, transform: rasterio.Affine, width: int, height: int) -> fo.GeoLocation:
@@ -103,24 +47,27 @@ def scene_sample(
 ) -> fo.Sample:
     """A sample for one GeoTIFF, its preview written to ``preview_dir``.
 
-    Fields: ``crs`` (WKT, None when the file has none), ``transform`` (the
-    affine ``[a, b, c, d, e, f]``: x = a*col + b*row + c, y = d*col + e*row + f
-    at pixel corners; None when not georeferenced), ``bands`` (1-based, as
-    rendered), ``nodata``, ``preview_path``, ``location`` (lon/lat footprint)
-    and metadata at native size.
+    The bands and the stretch are the engine's
+    (:class:`~diffuprompter_plugin.engine.raster.FileRaster`), so the
+    preview shows what the models see, and labelling reads the sample's
+    ``bands``. Fields: ``crs`` (WKT, None when the file has none),
+    ``transform`` (the affine ``[a, b, c, d, e, f]``: x = a*col + b*row + c,
+    y = d*col + e*row + f at pixel corners; None when not georeferenced),
+    ``bands`` (1-based R, G, B, or one band for grey), ``nodata``,
+    ``preview_path``, ``location`` (lon/lat footprint) and metadata at
+    native size.
 
     Raises:
         OSError: not a readable raster, or a band it lacks, naming the file.
     """
     try:
-        with warnings.catch_warnings():  # no georeferencing is recorded as crs None
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as e:
-        raise OSError(f"not a readable raster: {e}") from e
-    with src:
-        chosen = scene_bands(path, src.count, bands)
-        preview = render_preview(src, chosen, preview_size)
+        raster = FileRaster(path, bands)
+    except InputImageError as e:
+        raise OSError(str(e)) from e
+    with raster:
+        src = raster.dataset
+        preview = raster.overview(preview_size)
+        chosen = raster.bands[:1] if len(set(raster.bands)) == 1 else raster.bands
         georeferenced = src.crs is not None
         crs = CRS.from_user_input(src.crs.to_wkt()) if georeferenced else None
         sample = fo.Sample(
@@ -134,12 +81,12 @@ def scene_sample(
             ),
             crs=crs.to_wkt() if georeferenced else None,
             transform=list(src.transform)[:6] if georeferenced else None,
-            bands=list(chosen),
             nodata=src.nodata,
             location=footprint(crs, src.transform, src.width, src.height)
             if georeferenced
             else None,
         )
+        sample[BANDS_FIELD] = list(chosen)
     digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:10]
     preview_path = str(preview_dir / f"{Path(path).stem}-{digest}.png")
     Image.fromarray(preview).save(preview_path)
@@ -169,8 +116,9 @@ def import_geotiffs(
     Args:
         root: the folder of scenes.
         name: the dataset to create or add to (files already in it are skipped).
-        bands: one or three 1-based band indices for the preview; default
-            1, 2, 3 (band 1 for one- and two-band files).
+        bands: one or three 1-based band indices, shown in the preview and
+            read by the engine when the scenes are labelled; default the
+            bands tagged red, green and blue, else 1, 2, 3, else band 1.
 
     Raises:
         ValueError: ``root`` is not a folder, or ``bands`` is not one or
