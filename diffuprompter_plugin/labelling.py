@@ -586,16 +586,24 @@ def _annotate_batches(
 def _write(sample: fo.Sample, result: Any, config: PseudoLabelsConfig) -> None:
     """Stores one sample's annotation, or its error."""
     if isinstance(result, Exception):
-        logger.warning("Sample %s (%s) failed: %s", sample.id, sample.filepath, result)
-        sample[config.error_field] = f"{type(result).__name__}: {result}"
+        _fail(sample, result, config)
         return
-    height, width = result.image_shape
     for name, heatmap in result.heatmaps.items():
         path = os.path.join(config.heatmap_dir, class_slug(name), f"{sample.id}.png")
         geotiff = result.heatmap_files.get(name)
         sample[config.heatmap_fields[name]] = write_heatmap(heatmap, path, geotiff)
-    sample[config.pred_field] = to_detections(result.instances, width, height)
+    height, width = result.image_shape
+    try:
+        sample[config.pred_field] = to_detections(result.instances, width, height)
+    except ValueError as e:  # more instances than a sample can hold
+        _fail(sample, e, config)
+        return
     sample[config.error_field] = None
+
+
+def _fail(sample: fo.Sample, error: Exception, config: PseudoLabelsConfig) -> None:
+    logger.warning("Sample %s (%s) failed: %s", sample.id, sample.filepath, error)
+    sample[config.error_field] = f"{type(error).__name__}: {error}"
 
 
 def _collect_results(samples, brain_key, config, method) -> PseudoLabelsResults:

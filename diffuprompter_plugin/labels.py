@@ -7,6 +7,7 @@ import re
 import shutil
 from collections.abc import Iterable
 
+import bson
 import cv2
 import fiftyone as fo
 import numpy as np
@@ -17,6 +18,14 @@ from .engine.raster import RasterFile
 BANDS_FIELD = "bands"
 """The sample field naming the 1-based bands the engine reads as R, G, B (one
 band: grey), set by the GeoTIFF importer; absent or None: the engine's default."""
+
+MAX_DETECTIONS_BYTES = 15 * 2**20
+"""The most a sample's instances may take in the database: MongoDB refuses a
+sample over 16 MB, and its other fields need room."""
+
+DETECTION_BYTES = 1024
+"""An upper bound on what a detection takes beside its mask's pixels (label,
+box, score, ids, the mask's headers)."""
 
 MAX_SLUG_LENGTH = 100
 """A class slug names a heatmap field and a folder: 100 characters leave room
@@ -101,7 +110,12 @@ def read_heatmap(label: fo.Heatmap) -> np.ndarray:
 
 def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections:
     """``fo.Detections`` of instances (masks cropped to their boxes) of a
-    ``width`` x ``height`` image, with relative boxes."""
+    ``width`` x ``height`` image, with relative boxes.
+
+    Raises:
+        ValueError: the instances take more than :data:`MAX_DETECTIONS_BYTES`
+            stored, more than a sample can hold.
+    """
     detections = []
     for inst in instances:
         x0, y0, x1, y1 = inst.box
@@ -113,7 +127,27 @@ def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections
                 confidence=float(inst.score),
             )
         )
-    return fo.Detections(detections=detections)
+    labels = fo.Detections(detections=detections)
+    _check_stored_size(labels)
+    return labels
+
+
+def _check_stored_size(labels: fo.Detections) -> None:
+    """Raises ValueError when ``labels`` take more than
+    :data:`MAX_DETECTIONS_BYTES` in the database. Masks are stored as
+    zlib-compressed ``np.save`` bytes, at most about one byte a pixel, so
+    only instances that might come near the limit are serialised to measure."""
+    bound = sum(d.mask.size + DETECTION_BYTES for d in labels.detections)
+    if bound <= MAX_DETECTIONS_BYTES:
+        return
+    size = len(bson.encode(labels.to_mongo()))
+    if size > MAX_DETECTIONS_BYTES:
+        raise ValueError(
+            f"{len(labels.detections)} instances take {size / 2**20:.1f} MB, more than the "
+            f"{MAX_DETECTIONS_BYTES / 2**20:g} MB a sample can hold (MongoDB's limit is 16 MB "
+            "a sample): label the scene as smaller samples (split it into tiles) or raise "
+            "the threshold"
+        )
 
 
 def sample_image(sample: fo.Sample) -> str | RasterFile:

@@ -4,6 +4,7 @@ per-class thresholds gamma, rerunning SAM but not diffusion."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,6 +15,8 @@ from .brain import PseudoLabels, stored_config
 from .engine.config import check_setting
 from .labelling import check_batch_size
 from .labels import read_heatmap, sample_image, scene_heatmap_path, to_detections
+
+logger = logging.getLogger(__name__)
 
 
 def load_thresholds(thresholds: float | Mapping[str, float] | str | None) -> Any:
@@ -63,7 +66,9 @@ def rethreshold_pseudo_labels(
         prompter: an already-built ``SamPrompter``.
 
     Returns:
-        ``{"samples": n, "instances": n, "per_class": {...}}``.
+        ``{"samples": n, "instances": n, "per_class": {...}, "failures":
+        {sample id: error}}``: a sample whose new instances are more than it
+        can hold (see :func:`~.labels.to_detections`) is left without them.
     """
     config = stored_config(samples, brain_key)
     if not out_field.isidentifier():
@@ -81,6 +86,7 @@ def rethreshold_pseudo_labels(
 
     done = samples.exists(config.pred_field)
     ids = done.values("id")
+    failures: dict[str, str] = {}
     with fou.ProgressBar(total=len(ids), progress=progress) as pb:
         for chunk in fou.iter_slices(ids, batch_size):
             for sample in done.select(chunk).iter_samples(autosave=True, batch_size=batch_size):
@@ -98,10 +104,16 @@ def rethreshold_pseudo_labels(
                     heatmaps = {name: read_heatmap(label) for name, label in labels.items()}
                     instances = prompter.segment(sample_image(sample), heatmaps, thresholds)
                     height, width = next(iter(heatmaps.values())).shape
-                sample[out_field] = to_detections(instances, width, height)
+                try:
+                    sample[out_field] = to_detections(instances, width, height)
+                except ValueError as e:  # more instances than a sample can hold
+                    logger.warning("Sample %s (%s): %s", sample.id, sample.filepath, e)
+                    sample[out_field] = None
+                    failures[sample.id] = str(e)
                 pb.update()
     return {
         "samples": len(ids),
         "instances": done.count(f"{out_field}.detections"),
         "per_class": done.count_values(f"{out_field}.detections.label"),
+        "failures": failures,
     }

@@ -79,6 +79,7 @@ class RethresholdPseudoLabels(foo.Operator):
         outputs.int("samples", label="Samples")
         outputs.int("instances", label="Instances")
         outputs.obj("per_class", label="Instances per class", view=types.JSONView())
+        outputs.obj("failures", label="Samples left without instances", view=types.JSONView())
         return types.Property(outputs, view=types.View(label="Re-threshold finished"))
 
     def __call__(

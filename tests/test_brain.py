@@ -90,6 +90,46 @@ def test_one_stream_serves_the_whole_run(image_dataset):
     assert model.streams == 1  # four claimed batches, one annotate_all (one CRF pool)
 
 
+def test_sample_with_more_instances_than_it_can_hold_fails_alone(image_dataset, monkeypatch):
+    from diffuprompter_plugin import labels
+    from diffuprompter_plugin.engine.segmentation import Instance
+
+    class DenseScene(StubModel):
+        """scene_0 holds 50 instances."""
+
+        def annotate(self, image, class_names, thresholds=None):
+            annotation = super().annotate(image, class_names, thresholds)
+            if str(image).endswith("scene_0.png"):
+                annotation.instances *= 50
+            return annotation
+
+    monkeypatch.setattr(labels, "MAX_DETECTIONS_BYTES", 4096)  # stands for 15 MB
+    results = compute_pseudo_labels(
+        image_dataset, "dp", class_field="ground_truth", model=DenseScene(), batch_size=4
+    )
+    ((sample_id, error),) = results.failures.items()
+    sample = image_dataset[sample_id]
+    assert sample.filepath.endswith("scene_0.png") and sample.dp_instances is None
+    assert "50 instances take" in error and "more than the 0.00390625 MB" in error
+    assert sample.dp_heatmap_ship is not None  # its heatmaps are kept
+    assert results.processed == 3  # the batch's other samples are stored
+
+    class DenseSegmenter:
+        """SAM stand-in: 50 instances on scene_2, one elsewhere."""
+
+        def segment(self, image, heatmaps, thresholds):
+            count = 50 if str(image).endswith("scene_2.png") else 1
+            return [Instance("ship", np.ones((8, 8), bool), (0, 0, 8, 8), 0.5)] * count
+
+    out = rethreshold_pseudo_labels(image_dataset, "dp", "strict", prompter=DenseSegmenter())
+    ((dense_id, error),) = out["failures"].items()
+    assert image_dataset[dense_id].filepath.endswith("scene_2.png") and "50 instances" in error
+    assert out["samples"] == 3 and image_dataset.count("strict") == 2
+    with pytest.raises(ValueError, match="1 instances take"):
+        noise = np.random.default_rng(0).random((256, 256)) > 0.5  # about 8 kB stored
+        labels.to_detections([Instance("ship", noise, (0, 0, 256, 256), 0.5)], 256, 256)
+
+
 def test_resume_with_other_settings_is_refused(image_dataset, tiny_models):
     compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
     with pytest.raises(ValueError, match="exists with different"):
