@@ -3,22 +3,43 @@ launch`` workers (``queue_pseudo_labels``): with a stub model that sleeps a
 fixed time per sample, which shows the cost of claiming and writing, and
 with the tiny random-weight models, which on this machine compete for CPU.
 
-    .venv/bin/python benchmarks/bench_workers.py [--samples 48] [--seconds 0.25]
+    .venv/bin/python benchmarks/bench_workers.py [--samples 64] [--seconds 0.5] [--repeat 3]
 
-Two times per run: from its first worker operation's start to its last
-one's end (workers are started, and have imported FiftyOne, beforehand),
-and, with the stub, from its first sample's start to its last one's end,
-which leaves out each worker's loading of the model (and torch).
+Two spans per run:
+
+- **labelling**: from the first sample's start to the last sample's end,
+  over all workers (stub only: the stub records when each sample starts
+  and ends). It leaves out the workers' start-up, and shows what sharing
+  costs: claims, saves, waits, and workers that end at different times.
+- **operations**: from the first worker operation's ``started_at`` to the
+  last one's ``completed_at``. The launchers are started, and have imported
+  FiftyOne, beforehand; this span adds what each operation does before its
+  first sample (importing the engine and torch, loading the model) and
+  after its last (collecting and saving results), all on this machine's
+  shared cores.
+
+With the stub, each run's breakdown follows: ``pickup``, how far apart the
+launchers started the operations; ``load``, from the first operation's
+start to the first sample's; ``start`` and ``end``, how far apart the
+workers' first samples start and their last samples end; ``after``, from
+the last sample's end to the last operation's end (results); ``gap``, the
+median/mean/max time from a sample's end to its worker's next start, up to
+0.25 s (claiming, saving: the pool's cost per sample); ``idle``, all longer
+gaps together (a worker waiting for samples).
 Uses a throw-away database and dataset dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -43,6 +64,56 @@ from PIL import Image  # noqa: E402
 from diffuprompter_plugin import queue_pseudo_labels  # noqa: E402
 from diffuprompter_plugin.engine.tiny import write_tiny_models  # noqa: E402
 
+IDLE_GAP_S = 0.25
+
+
+@dataclass
+class Timeline:
+    """One queued run: its operations' ``(start, end)`` and each worker
+    process's samples' ``(start, end)``, in seconds since the epoch."""
+
+    samples: int
+    operations: list[tuple[float, float]]
+    workers: dict[int, list[tuple[float, float]]]
+
+    def operations_rate(self) -> float:
+        """Samples/s over the operations span."""
+        return self.samples / (
+            max(e for _, e in self.operations) - min(s for s, _ in self.operations)
+        )
+
+    def labelling_rate(self) -> float:
+        """Samples/s over the labelling span (nan without sample times)."""
+        spans = [span for samples in self.workers.values() for span in samples]
+        if not spans:
+            return float("nan")
+        return self.samples / (max(e for _, e in spans) - min(s for s, _ in spans))
+
+    def breakdown(self) -> str:
+        """Where the time goes (see the module's docstring)."""
+        starts = sorted(s for s, _ in self.operations)
+        firsts = sorted(samples[0][0] for samples in self.workers.values())
+        lasts = sorted(samples[-1][1] for samples in self.workers.values())
+        gaps = [
+            nxt[0] - prev[1]
+            for samples in self.workers.values()
+            for prev, nxt in itertools.pairwise(samples)
+        ]
+        busy = [gap for gap in gaps if gap <= IDLE_GAP_S] or [0.0]
+        idle = sum(gap for gap in gaps if gap > IDLE_GAP_S)
+        shares = sorted(len(s) for s in self.workers.values())
+        return (
+            f"pickup {starts[-1] - starts[0]:.2f} s, load {firsts[0] - starts[0]:.1f} s, "
+            f"start {firsts[-1] - firsts[0]:.2f} s, end {lasts[-1] - lasts[0]:.2f} s, "
+            f"after {max(e for _, e in self.operations) - lasts[-1]:.2f} s, "
+            f"gap {_ms(statistics.median(busy))}/{_ms(statistics.mean(busy))}/{_ms(max(busy))} "
+            f"ms, idle {idle:.1f} s, samples per worker {shares}"
+        )
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:.0f}"
+
 
 def make_dataset(samples: int) -> fo.Dataset:
     folder = tempfile.mkdtemp(dir=HOME)
@@ -56,10 +127,8 @@ def make_dataset(samples: int) -> fo.Dataset:
     return dataset
 
 
-def run(workers: int, samples: int, env: dict[str, str], **queue_args) -> tuple[float, float]:
-    """Samples/s of one queued run over ``workers`` launchers: from the first
-    operation's start to the last one's end, and (stub model only) from the
-    first sample's start to the last one's end, i.e. without loading models."""
+def run(workers: int, samples: int, env: dict[str, str], **queue_args) -> Timeline:
+    """The timeline of one run queued over ``workers`` fresh launchers."""
     launched = launch_workers(workers, tempfile.mkdtemp(dir=HOME), **env)
     try:
         time.sleep(15)  # let the launchers import FiftyOne and start polling
@@ -69,32 +138,60 @@ def run(workers: int, samples: int, env: dict[str, str], **queue_args) -> tuple[
     finally:
         stop_workers(launched)
     assert all(d.result.result["processed"] == samples for d in docs), docs[0].result
-    seconds = max(d.completed_at for d in docs) - min(d.started_at for d in docs)
-    times = get_db_conn()[WRITES].find({"_id": {"$in": dataset.values("filepath")}})
-    spans = [(d["start"], d["end"]) for d in times]
-    labelling = max(e for _, e in spans) - min(s for s, _ in spans) if spans else float("nan")
-    return samples / seconds.total_seconds(), samples / labelling
+    per_worker = defaultdict(list)
+    for d in get_db_conn()[WRITES].find({"_id": {"$in": dataset.values("filepath")}}):
+        per_worker[d["pid"]].append((d["start"], d["end"]))
+    return Timeline(
+        samples,
+        [(d.started_at.timestamp(), d.completed_at.timestamp()) for d in docs],
+        {pid: sorted(spans) for pid, spans in per_worker.items()},
+    )
+
+
+def spread(values: list[float]) -> str:
+    """``median (min-max)`` of repeated figures."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=48, help="stub-model samples per run")
-    parser.add_argument("--seconds", type=float, default=0.25, help="stub seconds per sample")
-    parser.add_argument("--tiny-samples", type=int, default=16, help="tiny-model samples")
+    parser.add_argument("--samples", type=int, default=64, help="stub-model samples per run")
+    parser.add_argument("--seconds", type=float, default=0.5, help="stub seconds per sample")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per worker count")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument(
+        "--tiny-samples", type=int, default=16, help="tiny-model samples (0: none)"
+    )
     args = parser.parse_args()
 
     stub = {"DIFFUPROMPTER_TEST_STUB": str(args.seconds)}
-    print(f"stub model, {args.seconds} s/sample, {args.samples} samples, batch_size 4:")
-    base = None
-    for n in (1, 2, 4):
-        rate, labelling = run(n, args.samples, stub, batch_size=4)
-        base = base or (rate, labelling)
+    print(
+        f"stub model, {args.seconds} s/sample, {args.samples} samples, batch_size 4:", flush=True
+    )
+    rates: dict[int, tuple[list[float], list[float]]] = {}
+    for n in args.workers:
+        rates[n] = ([], [])
+        for _ in range(args.repeat):
+            timeline = run(n, args.samples, stub, batch_size=4)
+            rates[n][0].append(timeline.operations_rate())
+            rates[n][1].append(timeline.labelling_rate())
+            print(
+                f"  {n} worker(s): operations {rates[n][0][-1]:.2f} samples/s, labelling "
+                f"{rates[n][1][-1]:.2f} samples/s; {timeline.breakdown()}",
+                flush=True,
+            )
+    base = [statistics.median(r) for r in rates[args.workers[0]]]
+    print(f"median (min-max) of {args.repeat} runs; speed-up over {args.workers[0]} worker(s):")
+    for n, (operations, labelling) in rates.items():
         print(
-            f"  {n} worker(s): {rate:6.2f} samples/s ({rate / base[0]:.2f}x) operations; "
-            f"{labelling:6.2f} samples/s ({labelling / base[1]:.2f}x) labelling",
+            f"  {n} worker(s): operations {spread(operations)} samples/s "
+            f"({statistics.median(operations) / base[0]:.2f}x), labelling {spread(labelling)} "
+            f"samples/s ({statistics.median(labelling) / base[1]:.2f}x); "
+            f"ideal {n / args.seconds:.2f}",
             flush=True,
         )
-
+    if not args.tiny_samples:
+        return
     sd, sam = write_tiny_models(tempfile.mkdtemp(dir=HOME))
     tiny = dict(
         sd_model=str(sd),
@@ -106,8 +203,8 @@ def main() -> None:
     )
     print(f"tiny models on CPU ({os.cpu_count()} cores), {args.tiny_samples} samples:")
     for n in (1, 2):
-        rate, _ = run(n, args.tiny_samples, {}, **tiny)
-        print(f"  {n} worker(s): {rate:6.2f} samples/s", flush=True)
+        rate = run(n, args.tiny_samples, {}, **tiny).operations_rate()
+        print(f"  {n} worker(s): operations {rate:6.2f} samples/s", flush=True)
 
 
 if __name__ == "__main__":
