@@ -53,6 +53,19 @@ def test_built_pipeline_and_sam_objects_are_accepted(tiny_models, prompter):
         load_stable_diffusion(sdxl, torch.device("cpu"), torch.float32)
 
 
+def test_the_tokenizer_alone_checks_prompts_without_weights(tiny_models, tmp_path):
+    from diffuprompter_plugin.engine.pipeline import check_prompts
+
+    sd = tiny_models[0]
+    assert models.load_tokenizer(sd).model_max_length == 77
+    assert models.load_tokenizer(tmp_path / "absent") is None
+    assert models.load_tokenizer("nobody/not-cached") is None  # the cache only, no network
+    assert check_prompts(sd, "Photo of a {}", ["ship", "storage_tank"]) is True
+    with pytest.raises(ValueError, match="'xxxx.*' is too long for the text encoder: 9"):
+        check_prompts(sd, "Photo of a {}", ["ship", "x" * 90])
+    assert check_prompts("nobody/not-cached", "Photo of a {}", ["x" * 90]) is False
+
+
 def test_missing_sd_weights_say_what_to_download(tmp_path):
     with pytest.raises(ModelUnavailableError, match=r"(?s)'vae' from .*empty.*sd_model=PATH"):
         load_stable_diffusion(tmp_path / "empty", torch.device("cpu"), torch.float32)

@@ -213,6 +213,29 @@ def missing_weights(
     return missing
 
 
+def load_tokenizer(sd_model: str | os.PathLike) -> Any | None:
+    """The CLIP tokenizer of ``sd_model`` alone (a few small files, no
+    weights), from its diffusers folder or the Hugging Face cache, never
+    from the network; None when its files are not on this machine."""
+    name = os.fspath(sd_model)
+    if _is_local(name):
+        folder = Path(name) / "tokenizer"
+    else:
+        import huggingface_hub
+
+        config = huggingface_hub.try_to_load_from_cache(name, "tokenizer/tokenizer_config.json")
+        if not isinstance(config, str):
+            return None
+        folder = Path(config).parent
+    vocabularies = (["tokenizer.json"], ["vocab.json", "merges.txt"])  # fast, or slow format
+    has_vocabulary = any(all((folder / f).is_file() for f in v) for v in vocabularies)
+    if not (folder / "tokenizer_config.json").is_file() or not has_vocabulary:
+        return None  # CLIPTokenizer would make an empty one without complaint
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(folder)
+
+
 def _is_local(name: str) -> bool:
     """A path rather than a hub id (``org/name``)."""
     return os.path.isabs(name) or name.startswith(".") or os.path.exists(name)

@@ -16,9 +16,9 @@ import torch
 
 from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig, model_source
 from .crf import binary_map
-from .grounding import TextGrounder
+from .grounding import TextGrounder, class_token_indices, prompt_name
 from .image import ImageLike, opened, to_rgb_uint8
-from .models import default_dtype, load_stable_diffusion, resolve_device
+from .models import default_dtype, load_stable_diffusion, load_tokenizer, resolve_device
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
 from .tiling import annotate_scene, needs_tiling
 from .workers import worker_pool
@@ -284,6 +284,27 @@ class DiffuPrompter(Annotator):
             return Annotation(heatmaps, self.prompter.prompt(rgb, heatmaps, binaries))
 
         return key, _guarded(prompt)
+
+
+def check_prompts(sd_model: str | os.PathLike, template: str, class_names: Sequence[str]) -> bool:
+    """Checks, with the tokenizer of ``sd_model`` alone and no weights
+    loaded, that its text encoder takes each class's prompt, as
+    :meth:`DiffuPrompter.check_class_names` does once the models are loaded.
+
+    Returns:
+        False when the tokenizer is not on this machine (a hub id that is
+        not in the Hugging Face cache): nothing was checked.
+
+    Raises:
+        ValueError: invalid names, or a prompt the text encoder cannot take.
+    """
+    names = validate_class_names(class_names)
+    tokenizer = load_tokenizer(sd_model)
+    if tokenizer is None:
+        return False
+    for name in names:
+        class_token_indices(tokenizer, template, prompt_name(name))
+    return True
 
 
 def validate_class_names(class_names: Sequence[str]) -> list[str]:
