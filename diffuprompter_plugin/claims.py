@@ -5,7 +5,14 @@ in the collection ``diffuprompter_claims``. Any number of workers, on any
 machines that reach the same MongoDB, take samples from it in small batches
 with atomic updates and a lease, so faster workers take more, no sample is
 taken by two live workers, and a dead worker's samples are taken again once
-its lease ends. Live workers renew their leases from a heartbeat thread.
+its lease ends. Batches shrink as the pool empties, so that the workers end
+together rather than one batch apart.
+
+Each worker that joins a run also keeps a record (collection
+``diffuprompter_workers``) naming the delegated operation it runs as. A
+heartbeat thread renews the record's lease with its claims'; a worker that
+ends removes it, so a record whose lease ran out is a dead worker, whose
+operation FiftyOne keeps RUNNING (see :meth:`RunClaims.dead_workers`).
 
 Every state change is one MongoDB update filtered on the state it expects,
 which is atomic per document: a claim, a completion and the one-time
@@ -22,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import math
 import os
 import socket
 import threading
@@ -34,9 +42,11 @@ from fiftyone.core.odm import get_db_conn
 from pymongo.errors import DuplicateKeyError
 
 CLAIMS = "diffuprompter_claims"
+WORKERS = "diffuprompter_workers"
 LOCKS = "diffuprompter_locks"
 LEASE_S = 60.0
-"""Seconds a claim stays a worker's without a heartbeat (renewed every third)."""
+"""Seconds a claim, or a worker's record, lasts without a heartbeat
+(renewed every third)."""
 PENDING, CLAIMED, DONE, FINAL = "pending", "claimed", "done", "final"
 
 
@@ -80,34 +90,44 @@ class RunClaims:
         self.lease_s = float(lease_s)
         self.worker = worker or worker_name()
         self.docs = _collection(CLAIMS)
+        self.members = _collection(WORKERS)
         self.docs.create_index([("run", 1), ("sample", 1)], unique=True)
         self.docs.create_index([("run", 1), ("state", 1), ("lease", 1)])
+        self.members.create_index([("run", 1), ("lease", 1)])
 
     def _lease(self) -> dt.datetime:
         return _now() + dt.timedelta(seconds=self.lease_s)
 
-    def live_workers(self) -> dict[str, int]:
-        """``{worker: live claims}``; claims of workers found dead on this
-        host (their process is gone) are expired first."""
-        found = self.docs.aggregate(
-            [
-                {"$match": {"run": self.run, "state": CLAIMED, "lease": {"$gt": _now()}}},
-                {"$group": {"_id": "$worker", "n": {"$sum": 1}}},
-            ]
-        )
-        live = {d["_id"]: d["n"] for d in found}
-        for worker in [w for w in live if _dead_here(w)]:
+    def live_workers(self) -> list[str]:
+        """The names of the run's live workers: those whose record's lease
+        has not run out. A worker found dead on this host (its process is
+        gone) has its record and claims expired first."""
+        found = [d["_id"] for d in self.members.find({"run": self.run, "lease": {"$gt": _now()}})]
+        dead = [worker for worker in found if _dead_here(worker)]
+        if dead:
+            self.members.update_many({"_id": {"$in": dead}}, {"$set": {"lease": _now()}})
             self.docs.update_many(
-                {"run": self.run, "worker": worker, "state": CLAIMED}, {"$set": {"lease": _now()}}
+                {"run": self.run, "worker": {"$in": dead}, "state": CLAIMED},
+                {"$set": {"lease": _now()}},
             )
-            del live[worker]
-        return live
+        return [worker for worker in found if worker not in dead]
+
+    def dead_workers(self) -> dict[str, str | None]:
+        """``{worker: the delegated operation it ran as (None: an SDK call)}``
+        of the run's workers that died: their record's lease ran out."""
+        self.live_workers()  # expires the records of workers dead here
+        found = self.members.find({"run": self.run, "lease": {"$lte": _now()}})
+        return {d["_id"]: d["operation"] for d in found}
+
+    def forget(self, workers: Sequence[str]) -> None:
+        """Removes the records of dead ``workers``."""
+        self.members.delete_many({"_id": {"$in": list(workers)}, "lease": {"$lte": _now()}})
 
     def start(self, sample_ids: Sequence[str]) -> None:
         """Makes ``sample_ids`` the pool of a new pass of the run.
 
         Raises:
-            RunInProgressError: live workers hold claims of this run.
+            RunInProgressError: other live workers are labelling this run.
         """
         self.refuse_if_running()
         self.docs.delete_many({"run": self.run})
@@ -118,23 +138,37 @@ class RunClaims:
             )
 
     def refuse_if_running(self) -> None:
-        """Raises :class:`RunInProgressError` when live workers hold claims."""
-        live = self.live_workers()
-        if live:
+        """Raises :class:`RunInProgressError` when live workers other than
+        this one have joined the run."""
+        others = sorted(set(self.live_workers()) - {self.worker})
+        if others:
             raise RunInProgressError(
-                f"Brain run '{self.brain_key}' is being labelled right now: workers "
-                f"{sorted(live)} hold {sum(live.values())} samples. Wait for them to finish "
-                f"(pseudo_labels_status() shows progress), or, if they died, start again once "
-                f"their lease of {self.lease_s:g} s has run out."
+                f"Brain run '{self.brain_key}' is being labelled right now by workers "
+                f"{others}. Wait for them to finish (pseudo_labels_status() shows progress), "
+                f"or, if they died, start again once their lease of {self.lease_s:g} s has "
+                "run out."
             )
+
+    def _free(self) -> dict[str, Any]:
+        """The filter of samples free to claim: pending, or claimed by a
+        worker whose lease ran out."""
+        return {
+            "run": self.run,
+            "$or": [{"state": PENDING}, {"state": CLAIMED, "lease": {"$lte": _now()}}],
+        }
+
+    def claim_size(self, batch_size: int) -> int:
+        """How many samples to claim: ``batch_size``, or fewer as the pool
+        empties, at most half of the free samples' share per live worker,
+        so that the last claims are small and all workers end together."""
+        free = self.docs.count_documents(self._free())
+        workers = len(set(self.live_workers()) | {self.worker})
+        return max(1, min(batch_size, math.ceil(free / (2 * workers))))
 
     def claim(self, n: int) -> list[str]:
         """Claims up to ``n`` pending samples, or ones whose lease ran out,
         for this worker; returns their ids (empty when none is free)."""
-        free = {
-            "run": self.run,
-            "$or": [{"state": PENDING}, {"state": CLAIMED, "lease": {"$lte": _now()}}],
-        }
+        free = self._free()
         candidates = [d["sample"] for d in self.docs.find(free, {"sample": 1}).limit(n)]
         if not candidates:
             return []
@@ -153,7 +187,8 @@ class RunClaims:
         return [d["sample"] for d in self.docs.find({"run": self.run, "token": token})]
 
     def renew(self) -> None:
-        """Extends the lease of this worker's claims."""
+        """Extends the lease of this worker's record and claims."""
+        self.members.update_one({"_id": self.worker}, {"$set": {"lease": self._lease()}})
         self.docs.update_many(
             {"run": self.run, "worker": self.worker, "state": CLAIMED},
             {"$set": {"lease": self._lease()}},
@@ -214,9 +249,17 @@ class RunClaims:
         self.docs.delete_many({"run": self.run})
 
     @contextlib.contextmanager
-    def heartbeat(self) -> Iterator[None]:
-        """Renews this worker's leases every third of a lease while the
-        block runs; gives back unfinished claims if the block raises."""
+    def joined(self, operation: str | None = None) -> Iterator[None]:
+        """This worker, a member of the run while the block runs: its record
+        names the delegated ``operation`` it runs as, and a heartbeat renews
+        the record's and the claims' leases every third of a lease. On
+        leaving, unfinished claims go back to the pool if the block raised,
+        and the record is removed; a worker that dies leaves it behind."""
+        self.members.replace_one(
+            {"_id": self.worker},
+            {"run": self.run, "operation": operation, "lease": self._lease()},
+            upsert=True,
+        )
         stop = threading.Event()
 
         def beat() -> None:
@@ -233,12 +276,14 @@ class RunClaims:
         finally:
             stop.set()
             thread.join()
+            self.members.delete_one({"_id": self.worker})
 
 
 def claimed_batches(claims: RunClaims, batch_size: int) -> Iterator[list[str]]:
-    """Batches of up to ``batch_size`` sample ids claimed for this worker, each
-    claimed only when the consumer asks for it, until no sample is free."""
-    while ids := claims.claim(batch_size):
+    """Batches of up to ``batch_size`` sample ids claimed for this worker (see
+    :meth:`RunClaims.claim_size`), each claimed only when the consumer asks
+    for it, until no sample is free."""
+    while ids := claims.claim(claims.claim_size(batch_size)):
         yield ids
 
 
@@ -249,7 +294,8 @@ def work(
     show: Callable[[int], None],
     poll_s: float = 0.5,
 ) -> bool:
-    """Labels the run's samples until its pool is done.
+    """Labels the run's samples until its pool is done; call it inside
+    :meth:`RunClaims.joined`.
 
     ``label(batches, done)`` labels the :func:`claimed_batches` as one stream
     (it is not called when none is free) and calls ``done(ids)`` once a
@@ -266,17 +312,16 @@ def work(
         claims.done(ids)
         show(claims.done_count())
 
-    with claims.heartbeat():
-        while True:
-            batches = claimed_batches(claims, batch_size)
-            first = next(batches, None)
-            if first is not None:
-                label(itertools.chain([first], batches), done)
-            elif claims.outstanding() == 0:
-                break
-            else:
-                time.sleep(poll_s)
-                show(claims.done_count())
+    while True:
+        batches = claimed_batches(claims, batch_size)
+        first = next(batches, None)
+        if first is not None:
+            label(itertools.chain([first], batches), done)
+        elif claims.outstanding() == 0:
+            break
+        else:
+            time.sleep(poll_s)
+            show(claims.done_count())
     return claims.elect_finaliser()
 
 

@@ -172,18 +172,29 @@ def queue_pseudo_labels(
 
     The run is checked, registered and its fields declared here, once; its
     pending samples go to a claim pool (:mod:`.claims`) from which every
-    operation takes ``batch_size`` samples at a time, so that no sample is
-    labelled twice and a dead worker's samples are taken again after
-    ``lease_s`` seconds. The operation that ends last saves the results.
-    A key that is queued already resumes: only samples without instances
-    are computed. The arguments are those of :func:`compute_pseudo_labels`
-    (models are loaded by each worker, on its ``device``).
+    operation takes up to ``batch_size`` samples at a time, so that no
+    sample is labelled twice and a dead worker's samples are taken again
+    after ``lease_s`` seconds. The operation that ends last saves the
+    results. A key that is queued already resumes: only samples without
+    instances are computed. The arguments are those of
+    :func:`compute_pseudo_labels` (models are loaded by each worker, on its
+    ``device``).
+
+    What would make every worker fail is refused here, before anything is
+    written or queued: a heatmap folder that cannot be written, model
+    weights that cannot be had, and (when the Stable Diffusion tokenizer
+    is on this machine) class prompts too long for the text encoder. These
+    are checked on this machine: workers on others must see the same
+    paths.
 
     Returns:
         the ``ExecutionResult`` of each queued operation (``.result["id"]``).
 
     Raises:
         RunInProgressError: workers are labelling this run now.
+        ModelUnavailableError: the run's weights cannot be found.
+        ValueError: bad arguments, an unwritable heatmap folder, or a class
+            prompt the text encoder cannot take.
     """
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
@@ -200,6 +211,8 @@ def queue_pseudo_labels(
     )
     claims = RunClaims(samples._dataset, brain_key, lease_s)
     pending = _pending(samples, brain_key, run_config, claims)
+    if pending:
+        _check_workers_can_label(run_config)
     _begin(samples, brain_key, run_config, pending, claims)
     import fiftyone.operators as foo
 
@@ -243,11 +256,14 @@ def label_queued_samples(
     device: str | None = None,
     batch_size: int = 4,
     lease_s: float = LEASE_S,
+    operation: str | None = None,
     progress: bool | Callable | None = None,
 ) -> PseudoLabelsResults:
     """One worker's share of a run queued by :func:`queue_pseudo_labels`:
     claims and labels samples until none is left. Each delegated operation
-    of the run calls it.
+    of the run calls it, with its own id as ``operation``: the worker joins
+    the run under it before loading the models, so that
+    :func:`pseudo_labels_status` can name the operation if it dies.
 
     Returns:
         the run's results; complete when this worker ended last, and then
@@ -255,21 +271,31 @@ def label_queued_samples(
     """
     samples._dataset.reload()  # a long-lived worker sees the fields declared since
     run_config = stored_config(samples, brain_key)
-    model = run_config.load_model(device)
     claims = RunClaims(samples._dataset, brain_key, lease_s)
-    return _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims)
+    with claims.joined(operation):
+        model = run_config.load_model(device)
+        model.check_class_names(list(run_config.heatmap_fields))
+        return _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims)
 
 
-def pseudo_labels_status(samples: Any, brain_key: str) -> dict[str, int]:
+def pseudo_labels_status(samples: Any, brain_key: str) -> dict[str, Any]:
     """The overall progress of run ``brain_key`` on ``samples``, however many
-    workers share it.
+    workers share it, and the delegated operations whose worker died.
+
+    FiftyOne keeps a dead worker's operation RUNNING forever; its samples
+    are taken again by the other workers once its lease runs out (or by a
+    resume). Such operations are listed, with a warning that gives the
+    command that marks them failed: ``fiftyone delegated fail ID ...``.
+    Dead workers whose operations FiftyOne no longer runs are forgotten.
 
     Returns:
         ``{"total", "done", "failed", "claimed", "stale", "pending",
-        "workers"}``: sample counts (done: with instances; failed: with an
-        error only; claimed: held by live workers; stale: held by workers
-        whose lease ran out, taken again by the next worker or resume;
-        pending: the rest) and the number of live workers.
+        "workers", "dead_operations"}``: sample counts (done: with
+        instances; failed: with an error only; claimed: held by live
+        workers; stale: held by workers whose lease ran out, taken again by
+        the next worker or resume; pending: the rest), the number of live
+        workers, and the ids of the run's RUNNING operations whose worker
+        died.
     """
     config = stored_config(samples, brain_key)
     claims = RunClaims(samples._dataset, brain_key)
@@ -287,7 +313,39 @@ def pseudo_labels_status(samples: Any, brain_key: str) -> dict[str, int]:
         "stale": pool["stale"],
         "pending": max(total - done - failed - busy, 0),
         "workers": len(workers),
+        "dead_operations": _dead_operations(claims),
     }
+
+
+def _dead_operations(claims: RunClaims) -> list[str]:
+    """The ids of the run's operations that FiftyOne runs but whose worker
+    died, with a warning on how to mark them failed; forgets the other
+    dead workers."""
+    from bson import ObjectId
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionRunState
+
+    service = DelegatedOperationService()
+    running, forgotten = [], []
+    for worker, operation in claims.dead_workers().items():
+        state = None
+        if operation is not None:
+            with contextlib.suppress(ValueError):  # a deleted operation
+                state = service.get(ObjectId(operation)).run_state
+        if state == ExecutionRunState.RUNNING:
+            running.append(operation)
+        else:
+            forgotten.append(worker)
+    claims.forget(forgotten)
+    if running:
+        logger.warning(
+            "The workers of %d operations of run '%s' died; FiftyOne keeps the operations "
+            "RUNNING. Mark them failed with: fiftyone delegated fail %s",
+            len(running),
+            claims.brain_key,
+            " ".join(sorted(running)),
+        )
+    return sorted(running)
 
 
 @contextlib.contextmanager
@@ -314,7 +372,8 @@ def _run(samples, brain_key, run_config, model, batch_size, progress, device=Non
         model = run_config.load_model(device, model)  # fails before anything is written
         model.check_class_names(list(run_config.heatmap_fields))
     _begin(samples, brain_key, run_config, pending, claims)
-    return _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims)
+    with claims.joined():
+        return _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims)
 
 
 def _pending(samples, brain_key, run_config, claims) -> list[str]:
@@ -340,7 +399,8 @@ def _begin(samples, brain_key, run_config, pending, claims) -> None:
 
 def _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims):
     """Labels samples claimed from the run's pool until it is done; the
-    worker that ends last saves the results and empties the pool."""
+    worker that ends last saves the results and empties the pool. Runs
+    inside :meth:`RunClaims.joined`."""
     with fou.ProgressBar(total=sum(claims.counts().values()), progress=progress) as pb:
         label = partial(_annotate_batches, samples, model, run_config)
         finaliser = work(claims, label, batch_size, pb.set_iteration)
@@ -442,6 +502,29 @@ def check_batch_size(batch_size: Any) -> None:
     """Raises ValueError unless ``batch_size`` is an integer >= 1."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, not {batch_size!r}")
+
+
+def _check_workers_can_label(run_config: PseudoLabelsConfig) -> None:
+    """Raises what would make every worker of a queued run fail, found on
+    this machine without loading the models: see :func:`queue_pseudo_labels`."""
+    from .engine.errors import ModelUnavailableError
+    from .engine.models import missing_weights
+    from .engine.pipeline import check_prompts
+
+    _check_writable(run_config.heatmap_dir)
+    models = run_config.models
+    missing = missing_weights(models["sd_model"], models["sam_model"], models["sam_checkpoint"])
+    if missing:
+        raise ModelUnavailableError(
+            "The workers could not load the run's models:\n- " + "\n- ".join(missing)
+        )
+    template = run_config.engine_config().template
+    if not check_prompts(models["sd_model"], template, list(run_config.heatmap_fields)):
+        logger.info(
+            "The tokenizer of '%s' is not on this machine: the workers check the class "
+            "prompts when they load it",
+            models["sd_model"],
+        )
 
 
 def _check_writable(folder: str) -> None:

@@ -41,12 +41,14 @@ class LabelQueuedSamples(foo.Operator):
         from diffuprompter_plugin.labelling import label_queued_samples
 
         params = ctx.params
+        operation = ctx.request_params.get("run_doc")  # set by the delegated-operation service
         results = label_queued_samples(
             ctx.target_view(),
             params["brain_key"],
             device=forms.device_param(params),
             batch_size=params.get("batch_size", 4),
             lease_s=params["lease_s"],
+            operation=str(operation) if operation is not None else None,
             progress=forms.progress_reporter(ctx, f"Worker {params.get('part')}"),
         )
         return results.summary()

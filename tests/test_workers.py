@@ -1,7 +1,8 @@
 """One run shared by several real ``fiftyone delegated launch`` workers:
 every sample labelled exactly once (counted by the stub model, in the
-database), a worker killed with -9, runs under different keys side by side,
-and field declarations by concurrent processes."""
+database), a worker killed with -9 and its operation found dead, runs under
+different keys side by side, field declarations by concurrent processes,
+claims that shrink as the pool empties, and queues refused up front."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import fiftyone as fo
 import numpy as np
@@ -27,6 +29,8 @@ from helpers import (
 from PIL import Image
 
 from diffuprompter_plugin import RunInProgressError, pseudo_labels_status, queue_pseudo_labels
+from diffuprompter_plugin.claims import CLAIMS, WORKERS, RunClaims
+from diffuprompter_plugin.engine.errors import ModelUnavailableError
 from diffuprompter_plugin.labelling import compute_pseudo_labels
 
 STUB_S = "0.5"
@@ -35,7 +39,8 @@ STUB_S = "0.5"
 
 @pytest.fixture
 def tiles(tmp_path):
-    """A persistent dataset of 12 tiny tiles."""
+    """A persistent dataset of 12 tiny tiles; its delegated operations are
+    deleted with it, so that no later test's workers find them queued."""
     dataset = fo.Dataset(persistent=True)
     rng = np.random.default_rng(0)
     paths = []
@@ -44,6 +49,9 @@ def tiles(tmp_path):
         Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(paths[-1])
     dataset.add_samples([fo.Sample(filepath=p) for p in paths])
     yield dataset
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    DelegatedOperationService().delete_for_dataset(dataset._doc.id)
     dataset.delete()
 
 
@@ -54,6 +62,13 @@ def _wait_for(condition, timeout=120.0):
         time.sleep(0.1)
 
 
+def _queue(samples, brain_key, tiny_models, **kwargs):
+    """Queues a run with the tiny models on record (the workers' stub
+    replaces them), as the up-front checks need models that exist."""
+    sd, sam = tiny_models
+    return queue_pseudo_labels(samples, brain_key, sd_model=sd, sam_model=sam, **kwargs)
+
+
 def _completed(ids):
     from fiftyone.operators.delegated import DelegatedOperationService
 
@@ -61,15 +76,21 @@ def _completed(ids):
     return [i for i in ids if service.get(i).run_state == ExecutionRunState.COMPLETED]
 
 
-def test_three_workers_label_every_sample_exactly_once(tiles, tmp_path):
-    queued = queue_pseudo_labels(tiles, "dp", workers=3, classes=["ship"], batch_size=2)
+def _states(ids):
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    return {DelegatedOperationService().get(i).run_state for i in ids}
+
+
+def test_three_workers_label_every_sample_exactly_once(tiles, tmp_path, tiny_models):
+    queued = _queue(tiles, "dp", tiny_models, workers=3, classes=["ship"], batch_size=2)
     ids = [q.result["id"] for q in queued]
     assert pseudo_labels_status(tiles, "dp")["pending"] == 12
     workers = launch_workers(3, tmp_path, DIFFUPROMPTER_TEST_STUB=STUB_S)
     try:
         _wait_for(lambda: pseudo_labels_status(tiles, "dp")["workers"] >= 1)
         with pytest.raises(RunInProgressError, match="'dp' is being labelled right now"):
-            queue_pseudo_labels(tiles, "dp", workers=1, classes=["ship"])
+            _queue(tiles, "dp", tiny_models, workers=1, classes=["ship"])
         with pytest.raises(RunInProgressError, match="'dp'"):
             compute_pseudo_labels(tiles, "dp", classes=["ship"], model=StubModel())
         docs = wait_terminal(ids, timeout=300)
@@ -94,11 +115,15 @@ def test_three_workers_label_every_sample_exactly_once(tiles, tmp_path):
         "stale": 0,
         "pending": 0,
         "workers": 0,
+        "dead_operations": [],
     }
+    assert get_db_conn()[WORKERS].count_documents({}) == 0  # workers that end leave no record
 
 
-def test_a_worker_killed_mid_sample_loses_nothing_and_repeats_nothing(tiles, tmp_path):
-    queued = queue_pseudo_labels(tiles, "dp", workers=2, classes=["ship"], batch_size=1, lease_s=3)
+def test_a_worker_killed_mid_sample_loses_nothing_and_repeats_nothing(
+    tiles, tmp_path, tiny_models, caplog
+):
+    queued = _queue(tiles, "dp", tiny_models, workers=2, classes=["ship"], batch_size=1, lease_s=3)
     ids = [q.result["id"] for q in queued]
     hang = {"DIFFUPROMPTER_TEST_STUB": STUB_S, "DIFFUPROMPTER_TEST_HANG_AFTER": "2"}
     (victim,) = launch_workers(1, tmp_path / "victim", **hang)
@@ -113,12 +138,21 @@ def test_a_worker_killed_mid_sample_loses_nothing_and_repeats_nothing(tiles, tmp
     tiles.reload()
     assert tiles.count("dp_instances") == 12
     assert tiles.load_brain_results("dp").processed == 12
-    assert pseudo_labels_status(tiles, "dp")["stale"] == 0
+    (dead,) = [str(i) for i in ids if i not in _completed(ids)]  # FiftyOne: still RUNNING
+    status = pseudo_labels_status(tiles, "dp")
+    assert (status["stale"], status["done"], status["dead_operations"]) == (0, 12, [dead])
+    command = f"fiftyone delegated fail {dead}"
+    assert command in caplog.text
+    cli = Path(sys.executable).with_name("fiftyone")
+    subprocess.run([str(cli), *command.split()[1:]], check=True, capture_output=True, timeout=120)
+    assert _states(ids) == {ExecutionRunState.COMPLETED, ExecutionRunState.FAILED}
+    assert pseudo_labels_status(tiles, "dp")["dead_operations"] == []
+    assert get_db_conn()[WORKERS].count_documents({}) == 0  # the dead worker is forgotten
 
 
-def test_runs_under_two_keys_side_by_side(tiles, tmp_path):
-    first = queue_pseudo_labels(tiles, "a", classes=["ship"], pred_field="a", heatmap_field="ha")
-    second = queue_pseudo_labels(tiles, "b", classes=["ship"], pred_field="b", heatmap_field="hb")
+def test_runs_under_two_keys_side_by_side(tiles, tmp_path, tiny_models):
+    first = _queue(tiles, "a", tiny_models, classes=["ship"], pred_field="a", heatmap_field="ha")
+    second = _queue(tiles, "b", tiny_models, classes=["ship"], pred_field="b", heatmap_field="hb")
     workers = launch_workers(2, tmp_path, DIFFUPROMPTER_TEST_STUB=STUB_S)
     try:
         docs = wait_terminal([q.result["id"] for q in first + second], timeout=300)
@@ -159,3 +193,56 @@ def test_field_declarations_of_concurrent_processes_all_survive(tiles):
         f"k{t}_{p}{s}" for t in range(5) for p in range(4) for s in ("", "_error", "_heatmap")
     }
     assert expected - fields == set()  # 5 trials x 4 processes x 3 fields
+
+
+def test_claims_shrink_as_the_pool_empties_so_workers_end_together(tiles):
+    first, second = RunClaims(tiles, "dp"), RunClaims(tiles, "dp")
+    first.start(tiles.values("id"))
+    with first.joined(), second.joined():
+        sizes = []
+        for claims in [first, second] * 4:
+            sizes.append(len(claims.claim(claims.claim_size(4))))
+    assert sizes == [3, 3, 2, 1, 1, 1, 1, 0]  # ceil(free / (2 x 2 workers)), at most 4
+    assert first.counts() == {"pending": 0, "claimed": 12, "stale": 0, "done": 0}
+
+
+def _leftovers(dataset, brain_key):
+    """What a refused queue might have left: run, fields, claims, operations."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    run = f"{dataset._doc.id}:{brain_key}"
+    dataset.reload()
+    return (
+        dataset.list_brain_runs(),
+        sorted(dataset.get_field_schema()),
+        get_db_conn()[CLAIMS].count_documents({"run": run}),
+        DelegatedOperationService().count({"dataset_id": dataset._doc.id}),
+    )
+
+
+def test_a_queue_that_every_worker_would_fail_is_refused_leaving_nothing(
+    tiles, tmp_path, tiny_models
+):
+    nothing = _leftovers(tiles, "dp")
+    assert (nothing[0], nothing[2:]) == ([], (0, 0))
+    sd, sam = tiny_models
+    absent = str(tmp_path / "absent")
+    with pytest.raises(ModelUnavailableError, match=r"folder '.*absent' lacks \['vae'"):
+        queue_pseudo_labels(tiles, "dp", 2, classes=["ship"], sd_model=absent, sam_model=sam)
+    with pytest.raises(ModelUnavailableError, match="SAM '.*absent' is neither"):
+        queue_pseudo_labels(tiles, "dp", 2, classes=["ship"], sd_model=sd, sam_model=absent)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="Cannot write heatmaps to .*'.*file' is a file"):
+        _queue(
+            tiles,
+            "dp",
+            tiny_models,
+            workers=2,
+            classes=["ship"],
+            output_dir=str(tmp_path / "file"),
+        )
+    with pytest.raises(ValueError, match="too long for the text encoder"):
+        _queue(tiles, "dp", tiny_models, workers=2, classes=["ship", "x" * 90])
+    assert _leftovers(tiles, "dp") == nothing
+    _queue(tiles, "dp", tiny_models, workers=2, classes=["ship"])
+    assert _leftovers(tiles, "dp")[2:] == (12, 2)  # what the refusals did not leave
