@@ -164,6 +164,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    sd, sam = write_tiny_models(tempfile.mkdtemp(dir=HOME))
+    models = dict(sd_model=str(sd), sam_model=str(sam))  # on record; the stub replaces them
     stub = {"DIFFUPROMPTER_TEST_STUB": str(args.seconds)}
     print(
         f"stub model, {args.seconds} s/sample, {args.samples} samples, batch_size 4:", flush=True
@@ -172,7 +174,7 @@ def main() -> None:
     for n in args.workers:
         rates[n] = ([], [])
         for _ in range(args.repeat):
-            timeline = run(n, args.samples, stub, batch_size=4)
+            timeline = run(n, args.samples, stub, batch_size=4, **models)
             rates[n][0].append(timeline.operations_rate())
             rates[n][1].append(timeline.labelling_rate())
             print(
@@ -192,10 +194,8 @@ def main() -> None:
         )
     if not args.tiny_samples:
         return
-    sd, sam = write_tiny_models(tempfile.mkdtemp(dir=HOME))
     tiny = dict(
-        sd_model=str(sd),
-        sam_model=str(sam),
+        **models,
         device="cpu",
         config={"loops": 4, "loop_batch_size": 2, "resolution": 64, "crf": False},
         smoke=True,
