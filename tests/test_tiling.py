@@ -36,6 +36,11 @@ class RedGrounder:
             peaks.update(dict.fromkeys(names, float(raw.max())))
         return {name: heat.copy() for name in names}
 
+    def tile_heatmaps(self, images, names, progress=False):
+        for rgb in images:
+            peaks = {}
+            yield self.heatmaps(rgb, names, peaks), peaks
+
 
 def stub_model(config: DiffuPrompterConfig) -> DiffuPrompter:
     return DiffuPrompter(RedGrounder(), EchoPrompter(config), config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -105,14 +105,18 @@ def pyramid_peak(pyramid: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class LoopCall(NamedTuple):
-    """What one U-Net call of :meth:`TextGrounder.loop_maps` gives.
+    """What one U-Net call of :meth:`TextGrounder.loop_maps` gives: a batch of
+    (tile, class, noise draw) triples.
 
     Attributes:
-        classes: (b,) long, the class index of each (class, draw) pair.
+        tiles: (b,) long, the index of each triple's latent (tile) in the batch
+            of latents.
+        classes: (b,) long, the class index of each triple.
         maps: (b, h, w) float32 Eq. 4 maps.
-        peaks: (b,) float32 :func:`pyramid_peak` of each pair.
+        peaks: (b,) float32 :func:`pyramid_peak` of each triple.
     """
 
+    tiles: torch.Tensor
     classes: torch.Tensor
     maps: torch.Tensor
     peaks: torch.Tensor
@@ -147,7 +151,6 @@ class TextGrounder:
         for name in class_names:
             class_token_indices(self.sd.tokenizer, self.config.template, prompt_name(name))
 
-    @torch.inference_mode()
     def heatmaps(
         self,
         image: ImageLike,
@@ -156,19 +159,61 @@ class TextGrounder:
         progress: bool = False,
     ) -> dict[str, np.ndarray]:
         """Returns ``{class name: H x W float32 heatmap in [0, 1]}`` at the
-        image's own size; the VAE encodes the image once for all classes,
-        whose noise draws share U-Net calls (see :meth:`loop_maps`). A given
+        image's own size: the one-tile case of :meth:`tile_heatmaps`. A given
         ``peaks`` dict receives each class's mean :func:`pyramid_peak` over
-        the draws: the tiling compares it across a scene's tiles. With
-        ``progress``, a bar counts the U-Net calls done."""
-        rgb = to_rgb_uint8(image)
-        names = list(class_names)
-        heat, class_peaks = self.latent_heatmaps(self.encode(rgb), names, progress)
+        the draws. With ``progress``, a bar counts the U-Net calls done."""
+        ((heatmaps, class_peaks),) = self.tile_heatmaps([image], class_names, progress)
         if peaks is not None:
-            peaks.update(zip(names, class_peaks.tolist(), strict=True))
-        full = F.interpolate(heat[:, None], size=rgb.shape[:2], mode="bilinear")[:, 0]
-        maps = full.clamp(0, 1).cpu().numpy().astype(np.float32)
-        return dict(zip(names, maps, strict=True))
+            peaks.update(class_peaks)
+        return heatmaps
+
+    @torch.inference_mode()
+    def tile_heatmaps(
+        self,
+        images: Iterable[ImageLike],
+        class_names: Sequence[str],
+        progress: bool = False,
+    ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, float]]]:
+        """The heatmaps of several images (a scene's tiles) grounded together.
+
+        The VAE encodes each image once for all classes; images whose latents
+        have the same shape run their (tile, class, noise draw) triples in
+        shared U-Net calls (see :meth:`loop_maps`). An image's heatmaps are
+        those it gets alone: its draws are seeded by draw index, whatever
+        the batch.
+
+        Yields:
+            per image, in order, ``({class name: H x W float32 heatmap in
+            [0, 1]}, {class name: mean pyramid_peak over the draws})``; the
+            tiling compares the peaks across a scene's tiles. The images
+            are upsampled to their own size one at a time, as they are taken.
+            With ``progress``, a bar counts the U-Net calls done.
+        """
+        names = list(class_names)
+        sizes, latents = [], []
+        for image in images:
+            rgb = to_rgb_uint8(image)
+            sizes.append(rgb.shape[:2])
+            latents.append(self.encode(rgb))
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, latent in enumerate(latents):
+            by_shape.setdefault(tuple(latent.shape), []).append(i)
+        calls = sum(self.unet_calls(len(tiles), len(names)) for tiles in by_shape.values())
+        grounded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        with tqdm(total=calls, desc="U-Net calls", disable=not progress) as bar:
+            for tiles in by_shape.values():
+                group = torch.cat([latents[i] for i in tiles])
+                heat, peaks = self.latent_heatmaps(group, names, bar)
+                per_tile = zip(heat.split(len(names)), peaks.split(len(names)), strict=True)
+                grounded.update(zip(tiles, per_tile, strict=True))
+        for i, size in enumerate(sizes):
+            tile_heat, tile_peaks = grounded.pop(i)
+            full = F.interpolate(tile_heat[:, None], size=size, mode="bilinear")[:, 0]
+            maps = full.clamp(0, 1).cpu().numpy().astype(np.float32)
+            yield (
+                dict(zip(names, maps, strict=True)),
+                dict(zip(names, tile_peaks.tolist(), strict=True)),
+            )
 
     def encode(self, rgb: np.ndarray) -> torch.Tensor:
         """VAE latent (1, 4, h/8, w/8) of an RGB uint8 image at the working size,
@@ -201,57 +246,68 @@ class TextGrounder:
         ).input_ids.to(self.device)
         return self.sd.text_encoder(ids)[0].to(self.dtype), indices
 
-    def noise(self, latent: torch.Tensor) -> torch.Tensor:
-        """The L seeded noise draws (L, 4, h, w): drawn on the CPU, so they are
-        the same on every device, for every loop batch size and every class."""
+    def noise(self, latents: torch.Tensor) -> torch.Tensor:
+        """The L seeded noise draws (L, 4, h, w) for latents (T, 4, h, w):
+        drawn on the CPU, so they are the same on every device, for every
+        loop batch size, every class and every tile."""
         generator = torch.Generator().manual_seed(self.config.seed)
-        shape = (self.config.loops, *latent.shape[1:])
-        return torch.randn(shape, generator=generator).to(self.device, latent.dtype)
+        shape = (self.config.loops, *latents.shape[1:])
+        return torch.randn(shape, generator=generator).to(self.device, latents.dtype)
 
-    def loop_maps(self, latent: torch.Tensor, class_names: Sequence[str]) -> Iterator[LoopCall]:
-        """Runs the C x L (class, noise draw) pairs, class by class, in U-Net
-        calls of ``loop_batch_size`` pairs, so that classes share a call when
-        they fit in it; yields one :class:`LoopCall` per U-Net call."""
+    def unet_calls(self, tiles: int, classes: int) -> int:
+        """U-Net calls of :meth:`loop_maps` for ``tiles`` latents of one shape
+        and ``classes`` classes."""
+        return math.ceil(tiles * classes * self.config.loops / self.config.loop_batch_size)
+
+    def loop_maps(self, latents: torch.Tensor, class_names: Sequence[str]) -> Iterator[LoopCall]:
+        """Runs the T x C x L (tile, class, noise draw) triples of latents
+        (T, 4, h, w), tile by tile and class by class, in U-Net calls of
+        ``loop_batch_size`` triples, so that classes and tiles share a call
+        when they fit in it; yields one :class:`LoopCall` per U-Net call."""
         embeds, indices = zip(*(self.embed_prompt(name) for name in class_names), strict=True)
         embeds = torch.cat(embeds)
-        noise = self.noise(latent)
+        noise = self.noise(latents)
         loops = self.config.loops
-        classes = torch.arange(len(class_names)).repeat_interleave(loops)
-        draws = torch.arange(loops).repeat(len(class_names))
-        size = tuple(latent.shape[-2:])
+        pairs = len(class_names) * loops
+        triples = torch.arange(len(latents) * pairs)
+        tiles, draws = triples // pairs, triples % loops
+        classes = triples // loops % len(class_names)
+        size = tuple(latents.shape[-2:])
         compiled = compiles_unet(self.config.compile_unet, self.device)
         unet, store = self.sd.capturing_unet(compiled)
-        batch_size = self.config.loop_batch_size
         try:
-            for call_classes, call_draws in zip(
-                classes.split(batch_size), draws.split(batch_size), strict=True
-            ):
-                batch = len(call_classes)
+            for call in triples.split(self.config.loop_batch_size):
+                call_tiles = tiles[call].to(self.device)
+                call_classes = classes[call].to(self.device)
                 timesteps = torch.full(
-                    (batch,), self.config.timestep, device=self.device, dtype=torch.long
+                    (len(call),), self.config.timestep, device=self.device, dtype=torch.long
                 )
-                latents = latent.expand(batch, -1, -1, -1)
-                noisy = self.sd.scheduler.add_noise(latents, noise[call_draws], timesteps)
-                store.reset([indices[c] for c in call_classes.tolist()], size, self.device)
-                unet(noisy, timesteps, encoder_hidden_states=embeds[call_classes.to(self.device)])
+                noisy = self.sd.scheduler.add_noise(
+                    latents[call_tiles], noise[draws[call]], timesteps
+                )
+                store.reset([indices[c] for c in classes[call].tolist()], size, self.device)
+                unet(noisy, timesteps, encoder_hidden_states=embeds[call_classes])
                 pyramid = store.resolution_maps()
                 maps = aggregate_pyramid(pyramid, size, self.config.normalization)
-                yield LoopCall(call_classes.to(self.device), maps, pyramid_peak(pyramid))
+                yield LoopCall(call_tiles, call_classes, maps, pyramid_peak(pyramid))
         finally:
             store.active = False
 
     def latent_heatmaps(
-        self, latent: torch.Tensor, class_names: Sequence[str], progress: bool = False
+        self, latents: torch.Tensor, class_names: Sequence[str], bar: tqdm | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """LSAD (Eq. 9): per class, the mean of its L loop maps, normalised,
-        (C, h, w) at latent size; and the mean :func:`pyramid_peak` of its
-        draws, (C,). With ``progress``, a bar counts the U-Net calls."""
-        total = torch.zeros(len(class_names), *latent.shape[-2:], device=self.device)
-        peaks = torch.zeros(len(class_names), device=self.device)
-        calls = math.ceil(len(class_names) * self.config.loops / self.config.loop_batch_size)
-        loop_calls = self.loop_maps(latent, class_names)
-        for call in tqdm(loop_calls, total=calls, desc="U-Net calls", disable=not progress):
-            total.index_add_(0, call.classes, call.maps)
-            peaks.index_add_(0, call.classes, call.peaks)
+        """LSAD (Eq. 9) for latents (T, 4, h, w): per tile and class, the mean
+        of its L loop maps, normalised, (T * C, h, w) at latent size, row
+        ``t * C + c``; and the mean :func:`pyramid_peak` of its draws,
+        (T * C,). A given ``bar`` advances by one per U-Net call."""
+        rows = len(latents) * len(class_names)
+        total = torch.zeros(rows, *latents.shape[-2:], device=self.device)
+        peaks = torch.zeros(rows, device=self.device)
+        for call in self.loop_maps(latents, class_names):
+            row = call.tiles * len(class_names) + call.classes
+            total.index_add_(0, row, call.maps)
+            peaks.index_add_(0, row, call.peaks)
+            if bar is not None:
+                bar.update()
         loops = self.config.loops
         return normalize(total / loops, self.config.normalization), peaks / loops

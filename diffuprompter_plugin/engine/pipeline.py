@@ -203,7 +203,8 @@ class DiffuPrompter(Annotator):
             thresholds: gamma for all classes, per class, or None for the
                 config's.
             progress: show a bar over the U-Net calls of the classes'
-                heatmaps, the long part of a call on many classes (off by
+                heatmaps, the long part of a call on many classes, or, for a
+                scene labelled in tiles, over its tiles grounded (off by
                 default: runs over many images show their own bar per image).
 
         Raises:
@@ -253,7 +254,7 @@ class DiffuPrompter(Annotator):
         names = validate_class_names(names)
         with opened(image) as raster:
             if needs_tiling(raster.height, raster.width, self.config):
-                return annotate_scene(self, raster, names, thresholds)
+                return annotate_scene(self, raster, names, thresholds, progress)
             rgb = to_rgb_uint8(raster)
         heatmaps = self.grounder.heatmaps(rgb, names, progress=progress)
         return rgb, heatmaps, self.prompter.thresholds_for(names, thresholds)

@@ -4,16 +4,22 @@ An image with a side longer than ``config.tile_size`` is cut into square
 tiles of that side, ``config.tile_overlap`` pixels apart from their
 neighbours' edges. Each tile is grounded and prompted as the paper does a
 512-px patch (SD sees it at ``config.resolution``), and the scene is never
-held in memory: the image, the heatmaps and DenseCRF go tile by tile.
+held in memory: the image and the heatmaps go by groups of tiles, DenseCRF
+and SAM tile by tile.
 
 **Three passes.**
 
 1. *Ground.* Each tile with data gets its heatmaps (Eqs. 3, 4, 9) and, per
    class, its :func:`~diffuprompter_plugin.engine.grounding.pyramid_peak`:
    the mean over resolutions of the highest raw attention probability, which
-   Eq. 4's per-map normalisation throws away. Tiles entirely nodata are not
-   run. Each tile's *core* (the pixels nearer its centre than any other
-   tile's: overlaps split in the middle) goes to a scratch file.
+   Eq. 4's per-map normalisation throws away. Tiles are read and grounded in
+   groups (:func:`tiles_per_group`): a group's (tile, class, noise draw)
+   triples share U-Net calls of ``loop_batch_size``, so the GPU stays busy
+   when a tile's own C x L pairs would not fill a call; each tile's heatmaps
+   are those it gets alone (its draws are seeded by draw index). Tiles
+   entirely nodata are not run. Each tile's *core* (the pixels nearer its
+   centre than any other tile's: overlaps split in the middle) goes to a
+   scratch file.
 2. *Compare tiles.* Eq. 4 stretches every tile's map to [0, 1], so a tile
    without the class would show foreground at its strongest noise. Each
    tile's heatmap is therefore multiplied by its peak over the scene's
@@ -42,10 +48,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import islice
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .config import DiffuPrompterConfig
 from .heatmap_store import HeatmapWriter, heatmap_preview, read_heatmap_window
@@ -58,6 +66,8 @@ if TYPE_CHECKING:
 
 MERGE_IOU = 0.5
 """IoU inside the shared window above which two tiles' instances are one."""
+
+T = TypeVar("T")
 
 PREVIEW_SIDE = 2048
 """Longest side of the in-memory heatmaps returned for a scene."""
@@ -217,13 +227,30 @@ def _on_data(inst: Instance, valid: np.ndarray | None, min_area: int) -> Instanc
 
 
 def _data_tiles(
-    raster: Raster, grid: list[tuple[Box, Box]]
+    raster: Raster, grid: list[tuple[Box, Box]], bar: tqdm | None = None
 ) -> Iterator[tuple[Box, Box, np.ndarray, np.ndarray | None]]:
-    """(tile, core, rgb, valid) of every tile that has data."""
+    """(tile, core, rgb, valid) of every tile that has data; a given ``bar``
+    advances by one per tile skipped (entirely nodata)."""
     for tile, core in grid:
         rgb, valid = raster.read(tile)
         if valid is None or valid.any():
             yield tile, core, rgb, valid
+        elif bar is not None:
+            bar.update()
+
+
+def tiles_per_group(config: DiffuPrompterConfig, classes: int) -> int:
+    """Tiles grounded together: as many as one U-Net call of
+    ``loop_batch_size`` (tile, class, noise draw) triples takes whole, at
+    least one."""
+    return max(1, config.loop_batch_size // (classes * config.loops))
+
+
+def _groups(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last one may be shorter)."""
+    iterator = iter(items)
+    while group := list(islice(iterator, size)):
+        yield group
 
 
 def ground_scene(
@@ -232,10 +259,12 @@ def ground_scene(
     names: Sequence[str],
     paths: Mapping[str, str],
     georef: Mapping | None = None,
+    progress: bool = False,
 ) -> None:
     """Passes 1 and 2: writes the scene's full-resolution heatmaps to ``paths``
-    (``{class: .tif}``), tile by tile, each tile scaled by its peak over the
-    scene's."""
+    (``{class: .tif}``), each tile scaled by its peak over the scene's. Tiles
+    are read and grounded in groups of :func:`tiles_per_group`, so memory
+    holds one group. With ``progress``, a bar counts the tiles done."""
     config = model.config
     grid = tile_grid(raster.height, raster.width, config.tile_size, config.tile_overlap)
     shape = (raster.height, raster.width)
@@ -244,13 +273,19 @@ def ground_scene(
         scratch_paths = {n: os.path.join(scratch_dir, f"{k}.tif") for k, n in enumerate(names)}
         scratch = HeatmapWriter(scratch_paths, shape)
         peaks: dict[Box, dict[str, float]] = {}
-        for tile, core, rgb, valid in _data_tiles(raster, grid):
-            peaks[tile] = {}
-            heatmaps = model.grounder.heatmaps(rgb, names, peaks[tile])
-            for name, heat in heatmaps.items():
-                if valid is not None:
-                    heat[~valid] = 0
-                scratch.write(name, core, heat[_within(core, tile)])
+        size = tiles_per_group(config, len(names))
+        with tqdm(total=len(grid), desc="Tiles", unit="tile", disable=not progress) as bar:
+            for group in _groups(_data_tiles(raster, grid, bar), size):
+                grounded = model.grounder.tile_heatmaps([rgb for _, _, rgb, _ in group], names)
+                for (tile, core, _, valid), (heatmaps, tile_peaks) in zip(
+                    group, grounded, strict=True
+                ):
+                    peaks[tile] = tile_peaks
+                    for name, heat in heatmaps.items():
+                        if valid is not None:
+                            heat[~valid] = 0
+                        scratch.write(name, core, heat[_within(core, tile)])
+                    bar.update()
         scratch.close(overviews=False)
         best = {n: max((p[n] for p in peaks.values()), default=0.0) for n in names}
         final = HeatmapWriter(paths, shape, georef)
@@ -308,8 +343,10 @@ def annotate_scene(
     raster: Raster,
     names: Sequence[str],
     thresholds: Thresholds = None,
+    progress: bool = False,
 ) -> Annotation:
-    """Labels a large scene in tiles.
+    """Labels a large scene in tiles; with ``progress``, a bar counts the
+    tiles grounded.
 
     Returns:
         an Annotation whose ``heatmaps`` are previews (longest side
@@ -321,7 +358,7 @@ def annotate_scene(
     folder = tempfile.mkdtemp(prefix="dp-heatmaps-")
     paths = {name: os.path.join(folder, f"{k}.tif") for k, name in enumerate(names)}
     with _gdal_env():
-        ground_scene(model, raster, names, paths, raster.georef)
+        ground_scene(model, raster, names, paths, raster.georef, progress)
         instances = segment_scene(model.prompter, raster, paths, thresholds)
         previews = {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}
     return Annotation(previews, instances, paths, (raster.height, raster.width))
