@@ -1,12 +1,17 @@
 """Memory and speed of large scenes labelled in tiles: tiny models on the CPU.
 
     .venv/bin/python benchmarks/bench_scenes.py [--big 20000] [--small 2000]
+        [--speed 4096] [--loop-batch-size 16]
 
-Writes two RGB tiled GeoTIFF scenes (smooth fields with bright squares) to a
-temporary folder, labels each in its own process (so each peak is its own)
-with the tiny models, CRF off, 1 loop, tile_size 1024, and prints the peak
-RSS of both, their ratio (issue 12's bound: at most 1.5) and seconds per
-megapixel.
+Writes RGB tiled GeoTIFF scenes (smooth fields with bright squares) to a
+temporary folder and labels each in its own process (so each peak is its
+own) with the tiny models, CRF off, 1 loop, 1 class, tile_size 1024.
+
+Prints the peak RSS of the small and the big scene, their ratio (issue 12's
+bound: at most 1.5) and seconds per megapixel, tiles grounded in groups of
+``--loop-batch-size``; then, on the ``--speed`` scene, the U-Net calls and
+seconds per megapixel with one tile per U-Net call (loop_batch_size 1, as
+tiles were grounded before they were batched) and with the groups.
 """
 
 from __future__ import annotations
@@ -42,55 +47,73 @@ def write_scene(path: Path, side: int) -> None:
             dst.write(np.stack([band, band // 2, band // 3]), window=Window(0, y, side, rows))
 
 
-def label(path: str) -> None:
+def label(path: str, loop_batch_size: int) -> None:
     """Labels one scene in this process and prints its figures as JSON."""
     from memory import peak_rss_mib
 
     from diffuprompter_plugin import DiffuPrompter, DiffuPrompterConfig
     from diffuprompter_plugin.engine.tiny import write_tiny_models
 
-    config = DiffuPrompterConfig(loops=1, loop_batch_size=1, resolution=64, crf=False)
+    config = DiffuPrompterConfig(
+        loops=1, loop_batch_size=loop_batch_size, resolution=64, crf=False
+    )
     sd, sam = write_tiny_models(Path(tempfile.mkdtemp()))
     model = DiffuPrompter.from_pretrained(sd, sam, device="cpu", config=config)
+    calls = []
+    model.grounder.sd.unet.register_forward_hook(lambda *_: calls.append(1))
     start = time.perf_counter()
     result = model.annotate(path, ["car"])
     seconds = time.perf_counter() - start
+    figures = {
+        "seconds": seconds,
+        "rss_mib": peak_rss_mib(),
+        "instances": len(result.instances),
+        "unet_calls": len(calls),
+    }
+    print(json.dumps(figures))
+
+
+def labelled(path: Path, side: int, loop_batch_size: int) -> dict:
+    """Labels the side x side scene ``path`` in a new process; prints and
+    returns its figures."""
+    command = [sys.executable, __file__, "--label", str(path)]
+    command += ["--loop-batch-size", str(loop_batch_size)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
     print(
-        json.dumps(
-            {"seconds": seconds, "rss_mib": peak_rss_mib(), "instances": len(result.instances)}
-        )
+        f"{side} x {side} px, loop_batch_size {loop_batch_size}: peak RSS "
+        f"{r['rss_mib']:.0f} MiB, {r['unet_calls']} U-Net calls, {r['seconds']:.1f} s, "
+        f"{r['seconds'] / (side * side / 1e6):.2f} s/MP, {r['instances']} instances",
+        flush=True,
     )
+    return r
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--big", type=int, default=20000)
     parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument("--speed", type=int, default=4096, help="0: no speed rows")
+    parser.add_argument("--loop-batch-size", type=int, default=16)
     parser.add_argument("--label", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.label:
-        return label(args.label)
-    folder = Path(tempfile.mkdtemp(prefix="bench-scenes-"))
-    rows = {}
-    for side in (args.small, args.big):
-        path = folder / f"scene_{side}.tif"
-        write_scene(path, side)
-        out = subprocess.run(
-            [sys.executable, __file__, "--label", str(path)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        rows[side] = json.loads(out.stdout.strip().splitlines()[-1])
-        path.unlink()
-        mp = side * side / 1e6
-        r = rows[side]
-        print(
-            f"{side} x {side} px: peak RSS {r['rss_mib']:.0f} MiB, {r['seconds']:.1f} s, "
-            f"{r['seconds'] / mp:.2f} s/MP, {r['instances']} instances"
-        )
-    ratio = rows[args.big]["rss_mib"] / rows[args.small]["rss_mib"]
-    print(f"peak RSS ratio {args.big} / {args.small}: {ratio:.2f} (bound: 1.5)")
+        return label(args.label, args.loop_batch_size)
+    with tempfile.TemporaryDirectory(prefix="bench-scenes-") as folder:
+        rss = {}
+        for side in (args.small, args.big):
+            path = Path(folder) / f"scene_{side}.tif"
+            write_scene(path, side)
+            rss[side] = labelled(path, side, args.loop_batch_size)["rss_mib"]
+            path.unlink()
+        ratio = rss[args.big] / rss[args.small]
+        print(f"peak RSS ratio {args.big} / {args.small}: {ratio:.2f} (bound: 1.5)", flush=True)
+        if args.speed:
+            path = Path(folder) / f"scene_{args.speed}.tif"
+            write_scene(path, args.speed)
+            alone = labelled(path, args.speed, 1)["seconds"]
+            grouped = labelled(path, args.speed, args.loop_batch_size)["seconds"]
+            print(f"tiles in groups: {alone / grouped:.2f}x the speed of one tile per call")
 
 
 if __name__ == "__main__":
