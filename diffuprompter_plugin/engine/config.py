@@ -102,7 +102,8 @@ class DiffuPrompterConfig:
             the scheduler's ``add_noise``.
         loops: number L of noise draws averaged by LSAD (Eq. 9).
         loop_batch_size: (class, noise draw) pairs run together in one U-Net
-            call; an image's classes share calls when they fit.
+            call; an image's classes, and a scene's tiles, share calls when
+            they fit.
         compile_unet: ``torch.compile`` the U-Net: ``"auto"`` (on CUDA only),
             ``"on"`` or ``"off"``. The warm-up is paid once per process.
         threshold: binarisation threshold gamma of Eq. 10.

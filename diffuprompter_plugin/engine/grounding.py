@@ -3,7 +3,9 @@
 For one image and class: encode the image with SD's VAE, noise the latent at
 the fixed timestep for L seeded noise draws, run the U-Net on the prompt in
 micro-batches of draws, aggregate each draw's cross-attention pyramid (Eq. 4)
-and average the draws (LSAD, Eq. 9).
+and average the draws (LSAD, Eq. 9). An image's classes, and the tiles of a
+scene that share a working size, share the micro-batches: a U-Net call runs
+(tile, class, noise draw) triples.
 """
 
 from __future__ import annotations
