@@ -62,6 +62,13 @@ def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
     return indices
 
 
+def check_class_prompts(tokenizer, template: str, class_names: Sequence[str]) -> None:
+    """Raises ValueError naming a class whose prompt the text encoder cannot
+    take (too long) or in which the class cannot be located."""
+    for name in class_names:
+        class_token_indices(tokenizer, template, prompt_name(name))
+
+
 def working_size(height: int, width: int, resolution: int) -> tuple[int, int]:
     """The (h, w) SD sees: longest side ``resolution``, aspect kept, both sides
     rounded to multiples of 64 px."""
@@ -148,10 +155,8 @@ class TextGrounder:
         self._embeddings: dict[tuple[str, str], tuple[torch.Tensor, list[int]]] = {}
 
     def check_prompts(self, class_names: Sequence[str]) -> None:
-        """Raises ValueError naming a class whose prompt the text encoder
-        cannot take (too long) or in which the class cannot be located."""
-        for name in class_names:
-            class_token_indices(self.sd.tokenizer, self.config.template, prompt_name(name))
+        """:func:`check_class_prompts` with this model's tokenizer and template."""
+        check_class_prompts(self.sd.tokenizer, self.config.template, class_names)
 
     def heatmaps(
         self,

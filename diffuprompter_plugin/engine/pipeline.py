@@ -16,7 +16,7 @@ import torch
 
 from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig, model_source
 from .crf import binary_map
-from .grounding import TextGrounder, class_token_indices, prompt_name
+from .grounding import TextGrounder, check_class_prompts
 from .image import ImageLike, opened, to_rgb_uint8
 from .models import default_dtype, load_stable_diffusion, load_tokenizer, resolve_device
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
@@ -303,8 +303,7 @@ def check_prompts(sd_model: str | os.PathLike, template: str, class_names: Seque
     tokenizer = load_tokenizer(sd_model)
     if tokenizer is None:
         return False
-    for name in names:
-        class_token_indices(tokenizer, template, prompt_name(name))
+    check_class_prompts(tokenizer, template, names)
     return True
 
 
