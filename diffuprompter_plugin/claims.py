@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import logging
 import math
 import os
 import socket
@@ -40,6 +41,8 @@ from typing import Any
 
 from fiftyone.core.odm import get_db_conn
 from pymongo.errors import DuplicateKeyError
+
+logger = logging.getLogger(__name__)
 
 CLAIMS = "diffuprompter_claims"
 WORKERS = "diffuprompter_workers"
@@ -89,6 +92,7 @@ class RunClaims:
         self.brain_key = brain_key
         self.lease_s = float(lease_s)
         self.worker = worker or worker_name()
+        self.operation: str | None = None
         self.docs = _collection(CLAIMS)
         self.members = _collection(WORKERS)
         self.docs.create_index([("run", 1), ("sample", 1)], unique=True)
@@ -187,8 +191,14 @@ class RunClaims:
         return [d["sample"] for d in self.docs.find({"run": self.run, "token": token})]
 
     def renew(self) -> None:
-        """Extends the lease of this worker's record and claims."""
-        self.members.update_one({"_id": self.worker}, {"$set": {"lease": self._lease()}})
+        """Extends the lease of this worker's record and claims; writes the
+        record anew if it was forgotten meanwhile (a worker that was only
+        paused comes back into view)."""
+        self.members.replace_one(
+            {"_id": self.worker},
+            {"run": self.run, "operation": self.operation, "lease": self._lease()},
+            upsert=True,
+        )
         self.docs.update_many(
             {"run": self.run, "worker": self.worker, "state": CLAIMED},
             {"$set": {"lease": self._lease()}},
@@ -255,16 +265,16 @@ class RunClaims:
         the record's and the claims' leases every third of a lease. On
         leaving, unfinished claims go back to the pool if the block raised,
         and the record is removed; a worker that dies leaves it behind."""
-        self.members.replace_one(
-            {"_id": self.worker},
-            {"run": self.run, "operation": operation, "lease": self._lease()},
-            upsert=True,
-        )
+        self.operation = operation
+        self.renew()
         stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(self.lease_s / 3):
-                self.renew()
+                try:
+                    self.renew()
+                except Exception as e:  # e.g. a failover: keep beating
+                    logger.warning("Could not renew the leases of %s: %s", self.worker, e)
 
         thread = threading.Thread(target=beat, name="diffuprompter-lease", daemon=True)
         thread.start()

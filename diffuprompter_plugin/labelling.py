@@ -273,6 +273,8 @@ def label_queued_samples(
     run_config = stored_config(samples, brain_key)
     claims = RunClaims(samples._dataset, brain_key, lease_s)
     with claims.joined(operation):
+        if claims.outstanding() == 0:  # started after the run ended: no models needed
+            return _finish(samples, brain_key, run_config, claims, claims.elect_finaliser())
         model = run_config.load_model(device)
         model.check_class_names(list(run_config.heatmap_fields))
         return _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims)
@@ -405,6 +407,11 @@ def _label_claimed(samples, brain_key, run_config, model, batch_size, progress, 
         label = partial(_annotate_batches, samples, model, run_config)
         finaliser = work(claims, label, batch_size, pb.set_iteration)
         pb.set_iteration(pb.total)  # work ends when no sample is left to any worker
+    return _finish(samples, brain_key, run_config, claims, finaliser)
+
+
+def _finish(samples, brain_key, run_config, claims, finaliser: bool) -> PseudoLabelsResults:
+    """The run's results; the ``finaliser`` saves them and empties the pool."""
     method = run_config.build()
     results = _collect_results(samples, brain_key, run_config, method)
     if finaliser:
@@ -633,10 +640,12 @@ def _annotate_batches(
     unsaved: list[fo.Sample] = []
 
     def save() -> None:
-        with samples.save_context() as saver:
-            for sample in unsaved:
-                saver.save(sample)
-        unsaved.clear()
+        try:
+            with samples.save_context() as saver:
+                for sample in unsaved:
+                    saver.save(sample)
+        finally:
+            unsaved.clear()  # a failed save is not tried again on the way out
 
     def store(batch: _Batch, sample: fo.Sample, result: Any) -> None:
         _write(sample, result, config)

@@ -152,9 +152,12 @@ def _check_stored_size(labels: fo.Detections) -> None:
 
 def sample_image(sample: fo.Sample) -> str | RasterFile:
     """What the engine reads for a sample: its file, with the bands of its
-    :data:`BANDS_FIELD` when it has them."""
+    :data:`BANDS_FIELD` when that holds a list of band indices (a field of
+    that name holding anything else is the user's own, and is ignored)."""
     bands = sample[BANDS_FIELD] if sample.has_field(BANDS_FIELD) else None
-    return RasterFile(sample.filepath, tuple(bands)) if bands else sample.filepath
+    if isinstance(bands, (list, tuple)) and bands and all(type(b) is int for b in bands):
+        return RasterFile(sample.filepath, tuple(bands))
+    return sample.filepath
 
 
 def sample_classes(sample: fo.Sample, class_field: str) -> list[str]:

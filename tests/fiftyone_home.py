@@ -55,27 +55,37 @@ def _mongod() -> str:
     return str(package / "db" / "bin" / "mongod")
 
 
-def _start_mongod(folder: Path, timeout_s: float = 60.0) -> tuple[subprocess.Popen, int]:
+def _start_mongod(folder: Path, tries: int = 3) -> tuple[subprocess.Popen, int]:
     """Starts ``mongod`` on ``folder`` and a free local port, and waits
-    until it accepts connections."""
+    until it accepts connections; tries another port when one was taken
+    between choosing it and mongod binding it."""
     (folder / "log").mkdir(parents=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    for _ in range(tries):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mongod = _serving(folder, port)
+        if mongod is not None:
+            return mongod, port
+    raise RuntimeError(f"mongod did not start in {tries} tries; see {folder}/log")
+
+
+def _serving(folder: Path, port: int, timeout_s: float = 60.0) -> subprocess.Popen | None:
+    """``mongod`` on ``folder`` and ``port`` once it accepts connections, or
+    None when it exited or did not answer in time."""
     command = [_mongod(), "--dbpath", str(folder), "--port", str(port), "--bind_ip", "127.0.0.1"]
     command += ["--nounixsocket", "--logpath", str(folder / "log" / "mongo.log")]
     mongod = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if mongod.poll() is not None:
-            raise RuntimeError(f"mongod exited with {mongod.returncode}; see {folder}/log")
+    while time.monotonic() < deadline and mongod.poll() is None:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return mongod, port
+            return mongod
         except OSError:
             time.sleep(0.1)
     mongod.kill()
-    raise RuntimeError(f"mongod did not accept connections within {timeout_s:g} s")
+    mongod.wait()
+    return None
 
 
 def _remove_home(home: str, mongod: subprocess.Popen) -> None:

@@ -240,6 +240,8 @@ def test_16_bit_four_band_scene_with_nodata_and_aligned_preview(tmp_path, datase
         rgb = to_rgb_uint8(image)
         assert (rgb[:, 10:, 0] == rgb[0, 10, 0]).all()  # band 4 is flat: red is one value
         assert not (rgb[:, 10:, 1] == rgb[0, 10, 1]).all()
+        for foreign in (13, "4,3,2", [], ["red"]):  # a user's own field of that name
+            assert sample_image(fo.Sample(filepath="/s.tif", bands=foreign)) == "/s.tif"
         stub = StubModel()
         compute_pseudo_labels(fo.load_dataset(other), "dp", classes=["field"], model=stub)
         assert stub.calls == [str(image)]

@@ -31,7 +31,7 @@ from PIL import Image
 from diffuprompter_plugin import RunInProgressError, pseudo_labels_status, queue_pseudo_labels
 from diffuprompter_plugin.claims import CLAIMS, WORKERS, RunClaims
 from diffuprompter_plugin.engine.errors import ModelUnavailableError
-from diffuprompter_plugin.labelling import compute_pseudo_labels
+from diffuprompter_plugin.labelling import compute_pseudo_labels, label_queued_samples
 
 STUB_S = "0.5"
 """Seconds the workers' stub model takes per sample."""
@@ -204,6 +204,37 @@ def test_claims_shrink_as_the_pool_empties_so_workers_end_together(tiles):
             sizes.append(len(claims.claim(claims.claim_size(4))))
     assert sizes == [3, 3, 2, 1, 1, 1, 1, 0]  # ceil(free / (2 x 2 workers)), at most 4
     assert first.counts() == {"pending": 0, "claimed": 12, "stale": 0, "done": 0}
+
+
+def test_an_operation_started_after_its_run_ended_loads_no_models(image_dataset):
+    compute_pseudo_labels(image_dataset, "dp", class_field="ground_truth", model=StubModel())
+    # the run was made with an already-built model: loading its models would raise
+    results = label_queued_samples(image_dataset, "dp")
+    assert results.processed == 4 and results.instances == 4
+
+
+def test_a_worker_stays_in_view_through_failed_renewals(tiles, monkeypatch):
+    claims = RunClaims(tiles, "dp", lease_s=0.3)
+    other = RunClaims(tiles, "dp")
+    claims.start(tiles.values("id"))
+    renew, failures = claims.renew, []
+
+    def flaky() -> None:  # the database is away for the first four beats
+        if len(failures) < 4:
+            failures.append(1)
+            raise ConnectionError("failover")
+        renew()
+
+    with claims.joined(operation="op1"):
+        monkeypatch.setattr(claims, "renew", flaky)
+        time.sleep(0.45)  # the record's lease ran out: the worker looks dead
+        assert other.dead_workers() == {claims.worker: "op1"}
+        other.forget([claims.worker])  # as a status call does
+        deadline = time.monotonic() + 10  # the heartbeat goes on and writes it anew
+        while not other.live_workers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(failures) == 4 and other.live_workers() == [claims.worker]
+    assert other.live_workers() == []
 
 
 def _leftovers(dataset, brain_key):
