@@ -193,11 +193,13 @@ def queue_pseudo_labels(
     Raises:
         RunInProgressError: workers are labelling this run now.
         ModelUnavailableError: the run's weights cannot be found.
-        ValueError: bad arguments, an unwritable heatmap folder, or a class
-            prompt the text encoder cannot take.
+        ValueError: bad arguments, a dataset that is not persistent, this
+            plugin not in ``FIFTYONE_PLUGINS_DIR``, an unwritable heatmap
+            folder, or a class prompt the text encoder cannot take.
     """
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
+    _check_queueable(samples)
     run_config = _new_run_config(
         samples,
         brain_key,
@@ -503,6 +505,34 @@ def heatmap_root(samples: Any, output_dir: str | None = None) -> str:
 
 def _heatmap_dir(samples: Any, brain_key: str, output_dir: str | None) -> str:
     return os.path.join(heatmap_root(samples, output_dir), brain_key)
+
+
+def check_persistent(samples: Any) -> None:
+    """Raises ValueError unless ``samples`` belong to a persistent dataset:
+    delegated workers are other processes, which load it by name, and
+    FiftyOne deletes a non-persistent dataset when this process exits."""
+    dataset = samples._dataset
+    if not dataset.persistent:
+        raise ValueError(
+            f"Dataset '{dataset.name}' is not persistent, so it is deleted when this "
+            "process exits, before a worker runs the job: set dataset.persistent = True first"
+        )
+
+
+def _check_queueable(samples: Any) -> None:
+    """Raises ValueError when no worker could take the queued operations: a
+    dataset that is not persistent, or this plugin not found by FiftyOne."""
+    import fiftyone.operators as foo
+
+    check_persistent(samples)
+    try:
+        foo.get_operator(WORKER_OPERATOR)
+    except ValueError as e:
+        raise ValueError(
+            f"FiftyOne does not find the operator {WORKER_OPERATOR} that the workers run: "
+            "put this plugin in FIFTYONE_PLUGINS_DIR, here and on the workers' machines "
+            "(see the README's GPU workers section)"
+        ) from e
 
 
 def check_batch_size(batch_size: Any) -> None:

@@ -248,13 +248,10 @@ def execute_from_sdk(
         ValueError: ``delegate`` on a non-persistent dataset, which FiftyOne
             deletes when this process exits, before a worker could run the job.
     """
-    dataset = samples._dataset
-    if delegate and not dataset.persistent:
-        raise ValueError(
-            f"Dataset '{dataset.name}' is not persistent, so it is deleted when this "
-            "process exits, before a worker runs the job: set dataset.persistent = True "
-            "first, or pass delegate=False"
-        )
+    if delegate:
+        from diffuprompter_plugin.labelling import check_persistent
+
+        check_persistent(samples)
     params = {k: v for k, v in params.items() if v is not None}
     return foo.execute_operator(
         operator.uri,

@@ -274,6 +274,17 @@ def test_a_queue_that_every_worker_would_fail_is_refused_leaving_nothing(
         )
     with pytest.raises(ValueError, match="too long for the text encoder"):
         _queue(tiles, "dp", tiny_models, workers=2, classes=["ship", "x" * 90])
+    with pytest.MonkeyPatch.context() as patch:  # the plugin is not where FiftyOne looks
+        patch.setattr(fo.config, "plugins_dir", str(tmp_path / "no-plugins"))
+        with pytest.raises(ValueError, match="put this plugin in FIFTYONE_PLUGINS_DIR"):
+            _queue(tiles, "dp", tiny_models, workers=2, classes=["ship"])
     assert _leftovers(tiles, "dp") == nothing
+    scratch = tiles.clone()  # not persistent: gone when this process exits
+    try:
+        with pytest.raises(ValueError, match="is not persistent"):
+            _queue(scratch, "dp", tiny_models, workers=2, classes=["ship"])
+        assert scratch.list_brain_runs() == []
+    finally:
+        scratch.delete()
     _queue(tiles, "dp", tiny_models, workers=2, classes=["ship"])
     assert _leftovers(tiles, "dp")[2:] == (12, 2)  # what the refusals did not leave
