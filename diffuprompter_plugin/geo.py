@@ -180,10 +180,11 @@ def export_geo(
 
     Returns:
         ``path``, ``samples``, ``features`` written and the output ``crs``
-        (WKT).
+        (``EPSG:<code>`` where it has one, else WKT).
 
     Raises:
-        ValueError: an unknown extension, a sample without georeferencing or
+        ValueError: an unknown extension, ``pred_field`` not a Detections
+            field, a sample without georeferencing or
             metadata (samples in pixel coordinates are refused, not written
             without a CRS), or several CRSs without ``crs``.
     """
@@ -193,13 +194,25 @@ def export_geo(
         raise ValueError(f"Unknown format of '{path}': use one of {sorted(DRIVERS)}")
     if driver == "GeoJSON" and crs is not None:
         raise ValueError("GeoJSON is always WGS84 (RFC 7946); crs= applies to .gpkg only")
+    _check_detections_field(samples, pred_field)
     with fou.ProgressBar(total=len(samples), progress=progress) as pb:
         frames = [sample_features(sample, pred_field) for sample in pb(samples)]
     target = _output_crs(frames, driver, crs)
     table = pd.concat([f.to_crs(target) for f in frames] or [_empty(target)], ignore_index=True)
     layer = layer or pred_field
     _write_replacing(gpd.GeoDataFrame(table, geometry="geometry", crs=target), path, driver, layer)
-    return {"path": path, "samples": len(frames), "features": len(table), "crs": target.to_wkt()}
+    crs_name = target.to_string()
+    return {"path": path, "samples": len(frames), "features": len(table), "crs": crs_name}
+
+
+def _check_detections_field(samples: Any, pred_field: str) -> None:
+    field = samples.get_field(pred_field)
+    kind = getattr(field, "document_type", None)
+    if kind is not fo.Detections:
+        what = "does not exist" if field is None else f"holds {(kind or type(field)).__name__}"
+        raise ValueError(
+            f"Field '{pred_field}' {what}: export_geo takes an fo.Detections field with masks"
+        )
 
 
 def _output_crs(frames: list[gpd.GeoDataFrame], driver: str, crs: Any) -> CRS:

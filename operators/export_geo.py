@@ -57,7 +57,7 @@ class ExportGeo(foo.Operator):
         outputs.str("path", label="File")
         outputs.int("samples", label="Samples")
         outputs.int("features", label="Polygons written")
-        outputs.str("crs", label="CRS (WKT)")
+        outputs.str("crs", label="CRS")
         return types.Property(outputs, view=types.View(label="Export finished"))
 
     def __call__(

@@ -166,6 +166,12 @@ def test_samples_without_georeferencing_are_refused(tmp_path):
     assert not list(tmp_path.glob("*.gpkg"))
     with pytest.raises(ValueError, match="Unknown format of .*x.shp"):
         export_geo(dataset, "pred", tmp_path / "x.shp")
+    dataset.add_sample_field("heat", fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap)
+    with pytest.raises(ValueError, match="Field 'heat' holds Heatmap: export_geo takes"):
+        export_geo(dataset, "heat", tmp_path / "x.gpkg")
+    with pytest.raises(ValueError, match="Field 'nope' does not exist"):
+        export_geo(dataset, "nope", tmp_path / "x.gpkg")
+    assert not list(tmp_path.glob("*.gpkg"))
 
 
 def test_several_crs_need_an_explicit_one(tmp_path):
