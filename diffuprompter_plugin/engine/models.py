@@ -10,6 +10,7 @@ custom architecture (``sam_config.json`` + ``sam.pth``), or as a built model.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -135,6 +136,13 @@ def load_stable_diffusion(
     return sd
 
 
+def _has_accelerate() -> bool:
+    """Whether ``accelerate`` is installed: diffusers then loads weights
+    without first initialising the models (``low_cpu_mem_usage``); without
+    it, asking for that only prints a warning on every load."""
+    return importlib.util.find_spec("accelerate") is not None
+
+
 _SD_PARTS = ("vae", "unet", "tokenizer", "text_encoder", "scheduler")
 
 
@@ -152,7 +160,9 @@ def _load_sd_parts(name: str, dtype: torch.dtype) -> StableDiffusion:
     parts = {}
     for part, loader in loaders.items():
         try:
-            kwargs = {"torch_dtype": dtype} if part in ("vae", "unet") else {}
+            kwargs = {}
+            if part in ("vae", "unet"):  # without accelerate, say what diffusers falls back to
+                kwargs = {"torch_dtype": dtype, "low_cpu_mem_usage": _has_accelerate()}
             parts[part] = loader.from_pretrained(name, subfolder=part, **kwargs)
         except (OSError, ValueError) as e:
             raise ModelUnavailableError(
