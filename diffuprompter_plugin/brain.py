@@ -101,25 +101,28 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
 
     def load_model(self, device: str | None = None, model: Any = None) -> Any:
         """The ``DiffuPrompter`` that labels this run: ``model`` when given,
-        else the recorded Stable Diffusion and SAM with the run's settings.
+        else the recorded Stable Diffusion and SAM with the run's settings;
+        checked to take the run's class names.
 
         Raises:
             ValueError: the run was made with an already-built model (not on
-                record) and no ``model`` is given.
+                record) and no ``model`` is given, or a class name the model
+                cannot take (e.g. a prompt too long for its text encoder).
             ModelUnavailableError: the recorded weights cannot be found.
         """
-        if model is not None:
-            return model
-        self._require_recorded(self.models_recorded, "model=")
-        from .engine.pipeline import DiffuPrompter
+        if model is None:
+            self._require_recorded(self.models_recorded, "model=")
+            from .engine.pipeline import DiffuPrompter
 
-        return DiffuPrompter.from_pretrained(
-            sd_model=self.models["sd_model"],
-            sam_model=self.models["sam_model"],
-            sam_checkpoint=self.models.get("sam_checkpoint"),
-            device=device,
-            config=self.engine_config(),
-        )
+            model = DiffuPrompter.from_pretrained(
+                sd_model=self.models["sd_model"],
+                sam_model=self.models["sam_model"],
+                sam_checkpoint=self.models.get("sam_checkpoint"),
+                device=device,
+                config=self.engine_config(),
+            )
+        model.check_class_names(list(self.heatmap_fields))
+        return model
 
     def load_prompter(
         self,

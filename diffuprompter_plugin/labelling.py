@@ -278,7 +278,6 @@ def label_queued_samples(
         if claims.outstanding() == 0:  # started after the run ended: no models needed
             return _finish(samples, brain_key, run_config, claims, claims.elect_finaliser())
         model = run_config.load_model(device)
-        model.check_class_names(list(run_config.heatmap_fields))
         return _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims)
 
 
@@ -374,7 +373,6 @@ def _run(samples, brain_key, run_config, model, batch_size, progress, device=Non
     if pending:
         _check_writable(run_config.heatmap_dir)
         model = run_config.load_model(device, model)  # fails before anything is written
-        model.check_class_names(list(run_config.heatmap_fields))
     _begin(samples, brain_key, run_config, pending, claims)
     with claims.joined():
         return _label_claimed(samples, brain_key, run_config, model, batch_size, progress, claims)
