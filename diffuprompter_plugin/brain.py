@@ -23,6 +23,10 @@ METHOD = "diffuprompter"
 SMOKE_LABEL = "SMOKE TEST: tiny random-weight models, labels are meaningless"
 PREBUILT = "prebuilt"
 """The model record of a run given an already-built model."""
+DEFAULT_PRED_FIELD = "dp_instances"
+"""The ``fo.Detections`` field of a run's instances, unless another is given."""
+DEFAULT_HEATMAP_FIELD = "dp_heatmap"
+"""The prefix of a run's ``fo.Heatmap`` fields (``<prefix>_<class>``)."""
 
 
 class PseudoLabelsConfig(fob.BrainMethodConfig):

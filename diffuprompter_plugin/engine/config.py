@@ -21,8 +21,6 @@ DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 describes, 768-d CLIP text, no v-prediction (community mirror of the original
 runwayml release)."""
 DEFAULT_SAM_MODEL = "vit_h"
-DEFAULT_PRED_FIELD = "dp_instances"
-DEFAULT_HEATMAP_FIELD = "dp_heatmap"
 
 NORMALIZATIONS = ("minmax", "none")
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -48,7 +46,6 @@ class Setting:
         choices: the allowed values of a string setting.
         runtime: changes speed and memory only, never results, so a run may
             resume with another value.
-        form: the App's run form asks for it.
     """
 
     kind: type
@@ -59,7 +56,6 @@ class Setting:
     open: bool = False
     choices: tuple[str, ...] = ()
     runtime: bool = False
-    form: bool = False
 
     def rule(self) -> str:
         """The valid values in words, e.g. ``in (0, 1)`` or ``>= 1``."""
@@ -133,13 +129,11 @@ class DiffuPrompterConfig:
 
     template: str = _setting("Photo of a {}", "Prompt template", "'{}' is the class name")
     timestep: int = _setting(
-        40, "Timestep t", "Raw diffusion timestep index (paper: 40)", low=0, high=999, form=True
+        40, "Timestep t", "Raw diffusion timestep index (paper: 40)", low=0, high=999
     )
-    loops: int = _setting(
-        50, "Loops L", "Noise draws averaged by LSAD (paper: 50)", low=1, form=True
-    )
+    loops: int = _setting(50, "Loops L", "Noise draws averaged by LSAD (paper: 50)", low=1)
     loop_batch_size: int = _setting(
-        25, "Loop batch size", "Draws per U-Net call", low=1, runtime=True, form=True
+        25, "Loop batch size", "Draws per U-Net call", low=1, runtime=True
     )
     compile_unet: str = _setting(
         "auto",
@@ -155,13 +149,10 @@ class DiffuPrompterConfig:
         low=0,
         high=1,
         open=True,
-        form=True,
     )
     normalization: str = _setting("minmax", "Norm of Eq. 4", choices=NORMALIZATIONS)
-    resolution: int = _setting(
-        512, "Resolution", "Longest side SD sees, in pixels", low=64, form=True
-    )
-    crf: bool = _setting(True, "DenseCRF refinement", "Eq. 10", form=True)
+    resolution: int = _setting(512, "Resolution", "Longest side SD sees, in pixels", low=64)
+    crf: bool = _setting(True, "DenseCRF refinement", "Eq. 10")
     crf_iterations: int = _setting(5, "CRF iterations", low=1)
     crf_gaussian_sxy: float = _setting(3.0, "CRF smoothness sxy", low=0, open=True)
     crf_gaussian_compat: float = _setting(3.0, "CRF smoothness weight", low=0)
@@ -174,7 +165,6 @@ class DiffuPrompterConfig:
         "Processes running DenseCRF beside the GPU",
         low=0,
         runtime=True,
-        form=True,
     )
     multimask: bool = _setting(True, "SAM multimask", "Three candidates per prompt")
     min_area: int = _setting(16, "Minimum area", "Pixels; smaller instances are dropped", low=1)
@@ -184,11 +174,8 @@ class DiffuPrompterConfig:
         "Tile size",
         "Larger images are labelled in tiles of this side (px)",
         low=64,
-        form=True,
     )
-    tile_overlap: int = _setting(
-        128, "Tile overlap", "Pixels shared by neighbouring tiles", low=0, form=True
-    )
+    tile_overlap: int = _setting(128, "Tile overlap", "Pixels shared by neighbouring tiles", low=0)
 
     def __post_init__(self) -> None:
         if self.template.count("{}") != 1:
@@ -227,9 +214,6 @@ SETTINGS: dict[str, Setting] = {
 
 RUNTIME_SETTINGS = tuple(name for name, spec in SETTINGS.items() if spec.runtime)
 """Settings that change speed and memory, never results."""
-
-FORM_SETTINGS = tuple(name for name, spec in SETTINGS.items() if spec.form)
-"""Settings the App's run form asks for."""
 
 
 def check_setting(name: str, value: Any, what: str | None = None) -> None:
