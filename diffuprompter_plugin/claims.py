@@ -1,5 +1,11 @@
 """Sharing one brain run between processes through the FiftyOne database.
 
+A *worker* is a process that labels part of a run: a delegated operation
+(:func:`~diffuprompter_plugin.labelling.label_queued_samples`, picked up by
+``fiftyone delegated launch``), or the caller of ``compute_pseudo_labels``,
+which joins its run as its one worker. The processes that run DenseCRF for
+a model are its CRF pool, never workers.
+
 A run's pending samples form a claim pool: one document per (run, sample)
 in the collection ``diffuprompter_claims``. Any number of workers, on any
 machines that reach the same MongoDB, take samples from it in small batches
@@ -28,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import itertools
 import logging
 import math
 import os
@@ -36,7 +41,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fiftyone.core.odm import get_db_conn
@@ -50,6 +55,9 @@ LOCKS = "diffuprompter_locks"
 LEASE_S = 60.0
 """Seconds a claim, or a worker's record, lasts without a heartbeat
 (renewed every third)."""
+POLL_S = 0.5
+"""Seconds a worker with nothing left to claim waits before it looks again
+(for other workers' last claims, taken over when their lease runs out)."""
 PENDING, CLAIMED, DONE, FINAL = "pending", "claimed", "done", "final"
 
 
@@ -190,6 +198,23 @@ class RunClaims:
         )
         return [d["sample"] for d in self.docs.find({"run": self.run, "token": token})]
 
+    def batches(self, batch_size: int) -> Iterator[list[str]] | None:
+        """Batches of up to ``batch_size`` sample ids claimed for this worker
+        (see :meth:`claim_size`): the first claimed now, each next one only
+        when the consumer asks for it, until no sample is free; None when
+        none is free now."""
+        first = self.claim(self.claim_size(batch_size))
+        if not first:
+            return None
+
+        def claimed() -> Iterator[list[str]]:
+            ids = first
+            while ids:
+                yield ids
+                ids = self.claim(self.claim_size(batch_size))
+
+        return claimed()
+
     def renew(self) -> None:
         """Extends the lease of this worker's record and claims; writes the
         record anew if it was forgotten meanwhile (a worker that was only
@@ -287,52 +312,6 @@ class RunClaims:
             stop.set()
             thread.join()
             self.members.delete_one({"_id": self.worker})
-
-
-def claimed_batches(claims: RunClaims, batch_size: int) -> Iterator[list[str]]:
-    """Batches of up to ``batch_size`` sample ids claimed for this worker (see
-    :meth:`RunClaims.claim_size`), each claimed only when the consumer asks
-    for it, until no sample is free."""
-    while ids := claims.claim(claims.claim_size(batch_size)):
-        yield ids
-
-
-def work(
-    claims: RunClaims,
-    label: Callable[[Iterator[list[str]], Callable[[list[str]], None]], None],
-    batch_size: int,
-    show: Callable[[int], None],
-    poll_s: float = 0.5,
-) -> bool:
-    """Labels the run's samples until its pool is done; call it inside
-    :meth:`RunClaims.joined`.
-
-    ``label(batches, done)`` labels the :func:`claimed_batches` as one stream
-    (it is not called when none is free) and calls ``done(ids)`` once a
-    batch's results are stored; then this worker waits for other workers'
-    last claims, which it takes over when their lease runs out.
-    ``show(done)`` gets the pool's count of done samples after each batch
-    or wait.
-
-    Returns:
-        True when this worker is the one that must save the results.
-    """
-
-    def done(ids: list[str]) -> None:
-        claims.done(ids)
-        show(claims.done_count())
-
-    while True:
-        batches = claimed_batches(claims, batch_size)
-        first = next(batches, None)
-        if first is not None:
-            label(itertools.chain([first], batches), done)
-        elif claims.outstanding() == 0:
-            break
-        else:
-            time.sleep(poll_s)
-            show(claims.done_count())
-    return claims.elect_finaliser()
 
 
 def _dead_here(worker: str) -> bool:

@@ -13,7 +13,7 @@ import fiftyone.core.utils as fou
 
 from .brain import PseudoLabels, stored_config
 from .engine.config import check_setting
-from .labelling import check_batch_size
+from .labelling.checks import check_batch_size
 from .labels import read_heatmap, sample_image, scene_heatmap_path, to_detections
 
 logger = logging.getLogger(__name__)

@@ -169,14 +169,14 @@ DECLARE = """
 import sys, time
 import fiftyone as fo
 from diffuprompter_plugin.brain import PseudoLabelsConfig
-from diffuprompter_plugin.labelling import _declare_fields
+from diffuprompter_plugin.labelling.run import declare_fields
 
 dataset, me, start = fo.load_dataset(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 for trial in range(5):
     time.sleep(max(0.0, start + trial - time.time()))
     key = f"k{trial}_{me}"
     config = PseudoLabelsConfig(key, {"ship": f"{key}_heatmap"}, f"{key}_error", "/tmp")
-    _declare_fields(dataset, config)
+    declare_fields(dataset, config)
 """
 
 
