@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from . import forms
@@ -13,23 +12,17 @@ from . import forms
 METRICS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AP (FiftyOne)")
 
 
-class EvaluatePseudoLabels(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return forms.operator_config(
-            "evaluate_pseudo_labels",
-            "DiffuPrompter: evaluate pseudo-labels",
-            "Mask AP, AP50, AP75, AP_S/M/L per class (FiftyOne + pycocotools)",
-            default_delegated=False,
-        )
+class EvaluatePseudoLabels(forms.FormOperator):
+    operator_name = "evaluate_pseudo_labels"
+    operator_label = "DiffuPrompter: evaluate pseudo-labels"
+    operator_description = "Mask AP, AP50, AP75, AP_S/M/L per class (FiftyOne + pycocotools)"
+    default_delegated = False
 
     def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        inputs.view_target(ctx)
-        fields = forms.detections_fields(ctx, inputs)
+        inputs = forms.target_inputs(ctx)
+        fields = forms.detections_fields(ctx, inputs, "Pseudo-labels")
         if not fields:
-            return types.Property(inputs, view=types.View(label="Evaluate"))
-        inputs.enum("pred_field", fields, label="Pseudo-labels", required=True, default=fields[0])
+            return forms.form(inputs, "Evaluate")
         inputs.enum("gt_field", fields, label="Ground truth", required=True, default=fields[-1])
         forms.identifier_input(
             inputs,
@@ -52,7 +45,7 @@ class EvaluatePseudoLabels(foo.Operator):
             "(iSAID 1000, COCO 100)",
             min=1,
         )
-        return types.Property(inputs, view=types.View(label="Evaluate pseudo-labels"))
+        return forms.form(inputs, "Evaluate pseudo-labels")
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         from diffuprompter_plugin.evaluation import evaluate_pseudo_labels

@@ -4,29 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from . import forms
 
 
-class ExportGeo(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return forms.operator_config(
-            "export_geo",
-            "DiffuPrompter: export polygons to GeoPackage/GeoJSON",
-            "Instance masks of GeoTIFF scenes as georeferenced polygons for QGIS and GIS tools",
-            default_delegated=False,
-        )
+class ExportGeo(forms.FormOperator):
+    operator_name = "export_geo"
+    operator_label = "DiffuPrompter: export polygons to GeoPackage/GeoJSON"
+    operator_description = (
+        "Instance masks of GeoTIFF scenes as georeferenced polygons for QGIS and GIS tools"
+    )
+    default_delegated = False
 
     def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        inputs.view_target(ctx)
-        fields = forms.detections_fields(ctx, inputs)
-        if not fields:
-            return types.Property(inputs, view=types.View(label="Export polygons"))
-        inputs.enum("pred_field", fields, label="Instances", required=True, default=fields[0])
+        inputs = forms.target_inputs(ctx)
+        if not forms.detections_fields(ctx, inputs, "Instances"):
+            return forms.form(inputs, "Export polygons")
         inputs.str(
             "path",
             label="Output file",
@@ -38,7 +32,7 @@ class ExportGeo(foo.Operator):
             label="GeoPackage CRS (optional)",
             description="e.g. EPSG:32633; needed when the scenes are in different CRSs",
         )
-        return types.Property(inputs, view=types.View(label="Export polygons"))
+        return forms.form(inputs, "Export polygons")
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         from diffuprompter_plugin.geo import export_geo

@@ -16,31 +16,61 @@ from diffuprompter_plugin.engine.config import (
     DEFAULT_SAM_MODEL,
     DEFAULT_SD_MODEL,
     DEFAULTS,
-    FORM_SETTINGS,
     RUNTIME_SETTINGS,
     SETTINGS,
 )
 
+FORM_SETTINGS = (
+    "timestep",
+    "loops",
+    "loop_batch_size",
+    "threshold",
+    "resolution",
+    "crf",
+    "crf_workers",
+    "tile_size",
+    "tile_overlap",
+)
+"""The method settings the App's run form asks for (the resume form: those
+of them in ``RUNTIME_SETTINGS``); their ranges and labels are the config's."""
 
-def operator_config(
-    name: str,
-    label: str,
-    description: str = "",
-    default_delegated: bool = True,
-    unlisted: bool = False,
-) -> foo.OperatorConfig:
-    """Config of a form-driven operator that may run delegated; ``unlisted``
-    hides it from the App's operator list."""
-    return foo.OperatorConfig(
-        name=name,
-        label=label,
-        description=description,
-        dynamic=True,
-        allow_immediate_execution=True,
-        allow_delegated_execution=True,
-        default_choice_to_delegated=default_delegated,
-        unlisted=unlisted,
-    )
+
+class FormOperator(foo.Operator):
+    """A form-driven operator that may run delegated: subclasses name it
+    (``operator_name``, ``operator_label``, ``operator_description``) and
+    choose whether the App offers delegation first (``default_delegated``)
+    and whether it is listed (``unlisted`` hides it from the operator list)."""
+
+    operator_name = ""
+    operator_label = ""
+    operator_description = ""
+    default_delegated = True
+    unlisted = False
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name=self.operator_name,
+            label=self.operator_label,
+            description=self.operator_description,
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=self.default_delegated,
+            unlisted=self.unlisted,
+        )
+
+
+def target_inputs(ctx: Any) -> types.Object:
+    """A new form that starts with the choice of the view to work on."""
+    inputs = types.Object()
+    inputs.view_target(ctx)
+    return inputs
+
+
+def form(inputs: types.Object, label: str) -> types.Property:
+    """The form ``inputs``, shown under ``label``."""
+    return types.Property(inputs, view=types.View(label=label))
 
 
 def identifier_input(
@@ -260,11 +290,14 @@ def execute_from_sdk(
     )
 
 
-def detections_fields(ctx: Any, inputs: types.Object) -> list[str]:
-    """The dataset's ``fo.Detections`` fields, sorted; when there are none,
-    ``inputs`` gets a warning that keeps the form from submitting."""
+def detections_fields(ctx: Any, inputs: types.Object, label: str) -> list[str]:
+    """The dataset's ``fo.Detections`` fields, sorted, with the choice of one
+    of them as ``pred_field`` (under ``label``) added to ``inputs``; when
+    there are none, a warning that keeps the form from submitting."""
     fields = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Detections))
     if not fields:
         prop = inputs.view("no_fields", types.Warning(label="No Detections fields"))
         prop.invalid = True
+        return fields
+    inputs.enum("pred_field", fields, label=label, required=True, default=fields[0])
     return fields

@@ -12,18 +12,11 @@ from diffuprompter_plugin.importers.categories import COLLECTIONS
 from . import forms
 
 
-class ImportOperator(foo.Operator):
+class ImportOperator(forms.FormOperator):
     """Shared form (folder, dataset name) and execution of the importers."""
 
-    operator_name = ""
-    operator_label = ""
+    default_delegated = False
     default_dataset = ""
-
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return forms.operator_config(
-            self.operator_name, self.operator_label, default_delegated=False
-        )
 
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
@@ -36,7 +29,7 @@ class ImportOperator(foo.Operator):
         )
         inputs.str("dataset_name", label="Dataset", default=self.default_dataset, required=True)
         self.extra_inputs(inputs)
-        return types.Property(inputs, view=types.View(label=self.operator_label))
+        return forms.form(inputs, self.operator_label)
 
     def extra_inputs(self, inputs: types.Object) -> None:
         """Importer-specific form fields."""

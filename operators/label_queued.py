@@ -9,21 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from . import forms
 
 
-class LabelQueuedSamples(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return forms.operator_config(
-            "label_queued_samples",
-            "DiffuPrompter: worker of a shared run",
-            "Claims and labels samples of a run queued over several workers",
-            unlisted=True,
-        )
+class LabelQueuedSamples(forms.FormOperator):
+    operator_name = "label_queued_samples"
+    operator_label = "DiffuPrompter: worker of a shared run"
+    operator_description = "Claims and labels samples of a run queued over several workers"
+    unlisted = True
 
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()

@@ -4,33 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from . import forms
 
 
-class ResumePseudoLabels(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return forms.operator_config(
-            "resume_pseudo_labels",
-            "DiffuPrompter: resume a run",
-            "Finish an interrupted run with its own classes, models and settings",
-        )
+class ResumePseudoLabels(forms.FormOperator):
+    operator_name = "resume_pseudo_labels"
+    operator_label = "DiffuPrompter: resume a run"
+    operator_description = "Finish an interrupted run with its own classes, models and settings"
 
     def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        inputs.view_target(ctx)
+        inputs = forms.target_inputs(ctx)
         chosen = forms.run_choice(inputs, ctx, "Run to resume")
         if chosen is None:
-            return types.Property(inputs, view=types.View(label="Resume"))
+            return forms.form(inputs, "Resume")
         brain_key, config = chosen
         if forms.run_summary(inputs, config, brain_key):
             forms.method_inputs(inputs, runtime_only=True)
             forms.device_input(inputs)
             forms.immediate_notice(inputs, ctx)
-        return types.Property(inputs, view=types.View(label="Resume a DiffuPrompter run"))
+        return forms.form(inputs, "Resume a DiffuPrompter run")
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         from diffuprompter_plugin.labelling import resume_pseudo_labels

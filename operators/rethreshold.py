@@ -4,28 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from . import forms
 
 
-class RethresholdPseudoLabels(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return forms.operator_config(
-            "rethreshold_pseudo_labels",
-            "DiffuPrompter: re-threshold pseudo-labels",
-            "New instances from stored heatmaps; no diffusion rerun",
-        )
+class RethresholdPseudoLabels(forms.FormOperator):
+    operator_name = "rethreshold_pseudo_labels"
+    operator_label = "DiffuPrompter: re-threshold pseudo-labels"
+    operator_description = "New instances from stored heatmaps; no diffusion rerun"
 
     def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        inputs.view_target(ctx)
+        inputs = forms.target_inputs(ctx)
         params = ctx.params
         chosen = forms.run_choice(inputs, ctx, "DiffuPrompter run")
         if chosen is None:
-            return types.Property(inputs, view=types.View(label="Re-threshold"))
+            return forms.form(inputs, "Re-threshold")
         _, config = chosen
         fields = set(ctx.dataset.get_field_schema(flat=True))
         forms.identifier_input(
@@ -55,7 +49,7 @@ class RethresholdPseudoLabels(foo.Operator):
         else:
             inputs.str("thresholds", label="Thresholds JSON path", required=True)
         forms.model_inputs(inputs, run=config)
-        return types.Property(inputs, view=types.View(label="Re-threshold pseudo-labels"))
+        return forms.form(inputs, "Re-threshold pseudo-labels")
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels

@@ -5,29 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import fiftyone as fo
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from diffuprompter_plugin.brain import METHOD
-from diffuprompter_plugin.engine.config import DEFAULT_HEATMAP_FIELD, DEFAULT_PRED_FIELD
+from diffuprompter_plugin.brain import DEFAULT_HEATMAP_FIELD, DEFAULT_PRED_FIELD, METHOD
+from diffuprompter_plugin.run_args import RunArgs, takes_run_args
 
 from . import forms
 
 CLASS_LABEL_TYPES = (fo.Classification, fo.Classifications)
 
 
-class RunDiffuPrompter(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return forms.operator_config(
-            "run_diffuprompter",
-            "DiffuPrompter: generate pseudo-labels",
-            "Heatmaps and instance masks from Stable Diffusion + SAM",
-        )
+class RunDiffuPrompter(forms.FormOperator):
+    operator_name = "run_diffuprompter"
+    operator_label = "DiffuPrompter: generate pseudo-labels"
+    operator_description = "Heatmaps and instance masks from Stable Diffusion + SAM"
 
     def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        inputs.view_target(ctx)
+        inputs = forms.target_inputs(ctx)
         if ctx.dataset.list_brain_runs(method=METHOD):
             inputs.view(
                 "resume_hint",
@@ -46,7 +40,7 @@ class RunDiffuPrompter(foo.Operator):
                     default=1,
                     min=1,
                 )
-        return types.Property(inputs, view=types.View(label="DiffuPrompter"))
+        return forms.form(inputs, "DiffuPrompter")
 
     @staticmethod
     def _new_run_inputs(inputs: types.Object, ctx: Any) -> bool:
@@ -106,21 +100,13 @@ class RunDiffuPrompter(foo.Operator):
         from diffuprompter_plugin.labelling import start_pseudo_labels
 
         params = ctx.params
-        by_field = params.get("class_source", "field" if params.get("class_field") else "list")
         summary = start_pseudo_labels(
             ctx.target_view(),
             params["brain_key"],
             workers=params.get("workers") or 1,
-            classes=params.get("classes") if by_field == "list" else None,
-            class_field=params.get("class_field") if by_field == "field" else None,
-            pred_field=params.get("pred_field", DEFAULT_PRED_FIELD),
-            heatmap_field=params.get("heatmap_field", DEFAULT_HEATMAP_FIELD),
-            sd_model=params.get("sd_model"),
-            sam_model=params.get("sam_model"),
-            sam_checkpoint=params.get("sam_checkpoint") or None,
-            device=forms.device_param(params),
             config=forms.method_settings(params),
             progress=forms.progress_reporter(ctx, "DiffuPrompter"),
+            **_run_args(params).to_dict(),
         )
         forms.reload_app(ctx)
         return summary
@@ -128,40 +114,45 @@ class RunDiffuPrompter(foo.Operator):
     def resolve_output(self, ctx: Any) -> types.Property:
         return forms.run_outputs()
 
+    @takes_run_args
     def __call__(
         self,
         sample_collection: Any,
         brain_key: str,
-        classes: list[str] | None = None,
-        class_field: str | None = None,
-        pred_field: str = DEFAULT_PRED_FIELD,
-        heatmap_field: str = DEFAULT_HEATMAP_FIELD,
-        sd_model: str | None = None,
-        sam_model: str | None = None,
-        sam_checkpoint: str | None = None,
-        device: str | None = None,
+        run: RunArgs,
         delegate: bool = False,
         workers: int = 1,
         **settings: Any,
     ) -> Any:
-        """Runs the operator from Python; ``settings`` are method settings
-        (timestep, loops, loop_batch_size, threshold, resolution, crf,
-        crf_workers). With ``workers`` > 1 the operation queues that many
-        worker operations to share the run (see ``queue_pseudo_labels``).
-        To finish an interrupted run, use the ``resume_pseudo_labels``
-        operator."""
-        params = dict(
-            brain_key=brain_key,
-            class_source="field" if class_field else "list",
-            classes=classes,
-            class_field=class_field,
-            pred_field=pred_field,
-            heatmap_field=heatmap_field,
-            sd_model=sd_model,
-            sam_model=sam_model,
-            sam_checkpoint=sam_checkpoint,
-            device=device,
-            workers=workers,
+        """Runs the operator from Python; the run's arguments are those of
+        ``compute_pseudo_labels`` (classes, class_field, pred_field,
+        heatmap_field, sd_model, sam_model, sam_checkpoint, device), and
+        ``settings`` are method settings (timestep, loops, loop_batch_size,
+        threshold, resolution, crf, crf_workers, tile_size, tile_overlap).
+        With ``workers`` > 1 the operation queues that many worker
+        operations to share the run (see ``queue_pseudo_labels``). To finish
+        an interrupted run, use the ``resume_pseudo_labels`` operator."""
+        params = {
+            "brain_key": brain_key,
+            "class_source": "field" if run.class_field else "list",
+            **run.to_dict(),
+            "workers": workers,
             **settings,
-        )
+        }
         return forms.execute_from_sdk(self, sample_collection, params, delegate)
+
+
+def _run_args(params: dict[str, Any]) -> RunArgs:
+    """The run's arguments as the form gives them: the classes of the chosen
+    source, and models and fields (empty ones keep their defaults)."""
+    by_field = params.get("class_source", "field" if params.get("class_field") else "list")
+    return RunArgs(
+        classes=params.get("classes") if by_field == "list" else None,
+        class_field=params.get("class_field") if by_field == "field" else None,
+        pred_field=params.get("pred_field", DEFAULT_PRED_FIELD),
+        heatmap_field=params.get("heatmap_field", DEFAULT_HEATMAP_FIELD),
+        sd_model=params.get("sd_model"),
+        sam_model=params.get("sam_model"),
+        sam_checkpoint=params.get("sam_checkpoint") or None,
+        device=forms.device_param(params),
+    )
