@@ -24,21 +24,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class RunArgs:
-    """What a new run labels, where it writes, and with which models.
-
-    Args:
-        classes: class names applied to every sample.
-        class_field: a Classification(s) field giving each sample's classes;
-            exactly one of ``classes`` and ``class_field`` is required.
-        pred_field: ``fo.Detections`` field for the instances.
-        heatmap_field: prefix of the per-class ``fo.Heatmap`` fields
-            (``<prefix>_<class>``).
-        sd_model: Stable Diffusion hub id or diffusers folder (default SD v1.5).
-        sam_model: SAM registry type (``vit_h``, the default, ``vit_l``,
-            ``vit_b``) or a folder with ``sam_config.json`` and ``sam.pth``.
-        sam_checkpoint: a SAM ``.pth`` path (default: Meta's, downloaded).
-        device: where the models run (default: CUDA when present).
-    """
+    """What a new run labels, where it writes, and with which models: the
+    arguments of these names of
+    :func:`~diffuprompter_plugin.labelling.compute_pseudo_labels`, which
+    documents them."""
 
     classes: Sequence[str] | None = None
     class_field: str | None = None
@@ -69,9 +58,9 @@ RUN_PARAMETERS = tuple(
 def takes_run_args(func: F) -> F:
     """Gives ``func`` the :class:`RunArgs` as parameters of its own.
 
-    ``func`` declares a parameter ``run``; its public signature has the
+    ``func`` declares a parameter ``run_args``; its public signature has the
     fields of :class:`RunArgs` in that place, in their order and with their
-    defaults, and a call passes them to ``func`` as one ``run``. Positional
+    defaults, and a call passes them to ``func`` as one ``run_args``. Positional
     and keyword calls bind as they would to a written-out signature.
     """
     own = inspect.signature(func)
@@ -79,7 +68,7 @@ def takes_run_args(func: F) -> F:
         parameters=[
             q
             for p in own.parameters.values()
-            for q in (RUN_PARAMETERS if p.name == "run" else [p])
+            for q in (RUN_PARAMETERS if p.name == "run_args" else [p])
         ]
     )
     extra = next(
@@ -92,8 +81,8 @@ def takes_run_args(func: F) -> F:
         bound.apply_defaults()
         values = dict(bound.arguments)
         values.update(values.pop(extra) if extra else {})
-        run = RunArgs(**{p.name: values.pop(p.name) for p in RUN_PARAMETERS})
-        return func(run=run, **values)
+        run_args = RunArgs(**{p.name: values.pop(p.name) for p in RUN_PARAMETERS})
+        return func(run_args=run_args, **values)
 
     call.__signature__ = public  # type: ignore[attr-defined]
     return call  # type: ignore[return-value]

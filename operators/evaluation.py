@@ -88,7 +88,7 @@ class EvaluatePseudoLabels(forms.FormOperator):
         outputs.int("max_dets", label="Detections kept per image and class")
         outputs.list("unmatched_gt_classes", types.String(), label="GT classes not labelled")
         outputs.bool("agree", label="FiftyOne and pycocotools agree on AP/AP50/AP75")
-        return types.Property(outputs, view=types.View(label="Evaluation"))
+        return forms.form(outputs, "Evaluation")
 
     def __call__(
         self,

@@ -52,7 +52,7 @@ class ExportGeo(forms.FormOperator):
         outputs.int("samples", label="Samples")
         outputs.int("features", label="Polygons written")
         outputs.str("crs", label="CRS")
-        return types.Property(outputs, view=types.View(label="Export finished"))
+        return forms.form(outputs, "Export finished")
 
     def __call__(
         self,

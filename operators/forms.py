@@ -68,9 +68,9 @@ def target_inputs(ctx: Any) -> types.Object:
     return inputs
 
 
-def form(inputs: types.Object, label: str) -> types.Property:
-    """The form ``inputs``, shown under ``label``."""
-    return types.Property(inputs, view=types.View(label=label))
+def form(fields: types.Object, label: str) -> types.Property:
+    """A form's inputs, or an operator's outputs, shown under ``label``."""
+    return types.Property(fields, view=types.View(label=label))
 
 
 def identifier_input(
@@ -232,7 +232,7 @@ def run_outputs() -> types.Property:
     outputs.obj("per_class", label="Instances per class", view=types.JSONView())
     outputs.obj("failures", label="Failures (sample id: error)", view=types.JSONView())
     outputs.list("queued", types.String(), label="Queued worker operations")
-    return types.Property(outputs, view=types.View(label="DiffuPrompter finished"))
+    return form(outputs, "DiffuPrompter finished")
 
 
 def device_input(inputs: types.Object) -> None:

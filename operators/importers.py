@@ -59,7 +59,7 @@ class ImportOperator(forms.FormOperator):
         outputs.int("added", label="Samples added")
         outputs.int("existing", label="Already imported")
         outputs.list("skipped", types.Object(), label="Skipped files", view=types.JSONView())
-        return types.Property(outputs, view=types.View(label="Import finished"))
+        return forms.form(outputs, "Import finished")
 
     def __call__(
         self, root: str, dataset_name: str | None = None, delegate: bool = False, **params: Any

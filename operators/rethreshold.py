@@ -74,7 +74,7 @@ class RethresholdPseudoLabels(forms.FormOperator):
         outputs.int("instances", label="Instances")
         outputs.obj("per_class", label="Instances per class", view=types.JSONView())
         outputs.obj("failures", label="Samples left without instances", view=types.JSONView())
-        return types.Property(outputs, view=types.View(label="Re-threshold finished"))
+        return forms.form(outputs, "Re-threshold finished")
 
     def __call__(
         self,

@@ -106,7 +106,7 @@ class RunDiffuPrompter(forms.FormOperator):
             workers=params.get("workers") or 1,
             config=forms.method_settings(params),
             progress=forms.progress_reporter(ctx, "DiffuPrompter"),
-            **_run_args(params).to_dict(),
+            **_form_run_args(params).to_dict(),
         )
         forms.reload_app(ctx)
         return summary
@@ -119,7 +119,7 @@ class RunDiffuPrompter(forms.FormOperator):
         self,
         sample_collection: Any,
         brain_key: str,
-        run: RunArgs,
+        run_args: RunArgs,
         delegate: bool = False,
         workers: int = 1,
         **settings: Any,
@@ -134,8 +134,8 @@ class RunDiffuPrompter(forms.FormOperator):
         an interrupted run, use the ``resume_pseudo_labels`` operator."""
         params = {
             "brain_key": brain_key,
-            "class_source": "field" if run.class_field else "list",
-            **run.to_dict(),
+            "class_source": "field" if run_args.class_field else "list",
+            **run_args.to_dict(),
             "workers": workers,
             **settings,
         }

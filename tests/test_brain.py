@@ -296,3 +296,36 @@ def test_resume_may_change_runtime_settings_only(image_dataset):
     model.config = DiffuPrompterConfig(loops=10)
     with pytest.raises(ValueError, match=r"different \['loops'\]"):
         compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=model)
+
+
+def test_resume_refuses_an_invalid_runtime_setting_even_with_nothing_left(image_dataset):
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
+    with pytest.raises(ValueError, match=r"crf_workers=-1 must be >= 0"):
+        resume_pseudo_labels(image_dataset, "dp", crf_workers=-1)
+    results = resume_pseudo_labels(image_dataset, "dp", crf_workers=1)  # nothing left: no model
+    assert results.processed == 4 and results.failures == {}
+    assert image_dataset.get_brain_info("dp").config.settings["crf_workers"] == 0
+
+
+def test_writer_reports_each_batch_once_it_is_saved(image_dataset):
+    import fiftyone as fo
+
+    from diffuprompter_plugin.brain import PseudoLabelsConfig
+    from diffuprompter_plugin.labelling.record import heatmap_dir
+    from diffuprompter_plugin.labelling.run import declare_fields
+    from diffuprompter_plugin.labelling.writer import annotate_batches
+
+    folder = heatmap_dir(image_dataset, "dp", None)
+    record = PseudoLabelsConfig("dp", {"ship": "dp_ship"}, "dp_error", folder, classes=["ship"])
+    declare_fields(image_dataset, record)
+    ids = image_dataset.values("id")
+    image_dataset.select(ids[3]).set_values("dp", [fo.Detections()])  # labelled already
+    batches, seen, model = [ids[:2], ids[2:3], ids[3:]], [], StubModel()
+    for batch in annotate_batches(image_dataset, model, record, iter(batches)):
+        seen.append(batch)
+        stored = fo.load_dataset(image_dataset.name).select(batch)
+        assert stored.exists("dp").count() == len(batch)  # in the database when reported
+    assert sorted(seen) == sorted(batches)
+    assert len(model.calls) == 3 and model.streams == 1  # one stream, the labelled one skipped
+    assert image_dataset.count("dp_ship") == 3
+    assert len(os.listdir(os.path.join(folder, "ship"))) == 3

@@ -62,6 +62,72 @@ def test_plugin_registers_operators_without_heavy_imports():
     ]
 
 
+def test_operator_configs_keep_their_names_and_delegation_defaults():
+    delegated_first = {RUN, RESUME, WORKER, RETHRESHOLD}
+    for uri in [RUN, RESUME, WORKER, RETHRESHOLD, *IMPORTS, EVALUATE, EXPORT_GEO]:
+        config = foo.get_operator(uri).config
+        assert f"{PLUGIN}/{config.name}" == uri
+        assert config.label.startswith("DiffuPrompter: ")
+        assert config.dynamic and config.allow_immediate_execution
+        assert config.allow_delegated_execution
+        assert config.default_choice_to_delegated == (uri in delegated_first), uri
+        assert config.unlisted == (uri == WORKER), uri
+
+
+def test_run_form_asks_for_method_settings_with_their_declared_ranges():
+    from diffuprompter_plugin.engine.config import RUNTIME_SETTINGS, SETTINGS
+    from operators import forms
+
+    assert set(forms.FORM_SETTINGS) <= set(SETTINGS)
+    assert "threshold" in forms.FORM_SETTINGS and "template" not in forms.FORM_SETTINGS
+    params = {"threshold": 0.3, "crf_workers": 2, "template": "a {}", "seed": 3, "loops": None}
+    assert forms.method_settings(params) == {"threshold": 0.3, "crf_workers": 2}
+    assert forms.method_settings(params, runtime_only=True) == {"crf_workers": 2}
+    runtime = [n for n in forms.FORM_SETTINGS if n in RUNTIME_SETTINGS]
+    assert runtime == ["loop_batch_size", "crf_workers"]
+
+
+def test_run_entry_points_share_the_run_arguments_in_their_places():
+    import inspect
+
+    from diffuprompter_plugin.labelling import compute_pseudo_labels, queue_pseudo_labels
+    from operators.run_diffuprompter import RunDiffuPrompter
+
+    run = ["classes", "class_field", "pred_field", "heatmap_field"]
+    run += ["sd_model", "sam_model", "sam_checkpoint", "device"]
+    signatures = {
+        compute_pseudo_labels: ["samples", "brain_key", *run, "config", "model"]
+        + ["output_dir", "batch_size", "smoke", "progress"],
+        queue_pseudo_labels: ["samples", "brain_key", "workers", *run, "config"]
+        + ["output_dir", "batch_size", "smoke", "lease_s"],
+        RunDiffuPrompter().__call__: ["sample_collection", "brain_key", *run]
+        + ["delegate", "workers", "settings"],
+    }
+    for function, names in signatures.items():
+        parameters = inspect.signature(function).parameters
+        assert list(parameters) == names, function
+        assert parameters["pred_field"].default == "dp_instances"
+        assert parameters["heatmap_field"].default == "dp_heatmap"
+    assert inspect.signature(queue_pseudo_labels).parameters["batch_size"].default == 4
+    assert inspect.signature(compute_pseudo_labels).parameters["batch_size"].default == 16
+
+
+def test_run_arguments_bind_by_position_and_by_name(image_dataset):
+    from helpers import StubModel
+
+    from diffuprompter_plugin.labelling import compute_pseudo_labels
+
+    # classes, class_field, pred_field, heatmap_field, 4 model args, config, model
+    args = (["ship"], None, "mine", "heat", None, None, None, None, None, StubModel())
+    results = compute_pseudo_labels(image_dataset, "dp", *args, batch_size=2)
+    assert results.processed == 4
+    assert image_dataset.count("mine") == image_dataset.count("heat_ship") == 4
+    with pytest.raises(TypeError, match="multiple values for argument 'classes'"):
+        compute_pseudo_labels(image_dataset, "dp2", ["ship"], classes=["ship"])
+    with pytest.raises(TypeError, match="unexpected keyword argument 'workers'"):
+        compute_pseudo_labels(image_dataset, "dp2", classes=["ship"], workers=2)
+
+
 def test_immediate_run_and_rethreshold_from_sdk(image_dataset, tiny_models):
     result = foo.get_operator(RUN)(
         image_dataset, "dp", class_field="ground_truth", **_tiny_settings(tiny_models)

@@ -49,7 +49,7 @@ __all__ = [
 def compute_pseudo_labels(
     samples: Any,
     brain_key: str,
-    run: RunArgs,
+    run_args: RunArgs,
     config: DiffuPrompterConfig | Mapping[str, Any] | None = None,
     model: Any = None,
     output_dir: str | None = None,
@@ -86,8 +86,8 @@ def compute_pseudo_labels(
     Returns:
         the run's :class:`PseudoLabelsResults`.
     """
-    record = new_record(samples, brain_key, run, config, model, output_dir, smoke)
-    return Run(samples, brain_key, record).compute(model, batch_size, progress, run.device)
+    record = new_record(samples, brain_key, run_args, config, model, output_dir, smoke)
+    return Run(samples, brain_key, record).compute(model, batch_size, progress, run_args.device)
 
 
 def resume_pseudo_labels(
@@ -128,7 +128,7 @@ def queue_pseudo_labels(
     samples: Any,
     brain_key: str,
     workers: int = 1,
-    run: RunArgs = DEFAULT_RUN_ARGS,
+    run_args: RunArgs = DEFAULT_RUN_ARGS,
     config: DiffuPrompterConfig | Mapping[str, Any] | None = None,
     output_dir: str | None = None,
     batch_size: int = 4,
@@ -140,7 +140,7 @@ def queue_pseudo_labels(
     database (``FIFTYONE_DATABASE_URI``) may execute each of them.
 
     The run is checked, registered and its fields declared here, once; its
-    pending samples go to a claim pool (:mod:`.claims`) from which every
+    pending samples go to a claim pool (:mod:`~diffuprompter_plugin.claims`) from which every
     operation takes up to ``batch_size`` samples at a time, so that no
     sample is labelled twice and a dead worker's samples are taken again
     after ``lease_s`` seconds. The operation that ends last saves the
@@ -168,15 +168,15 @@ def queue_pseudo_labels(
     """
     check_worker_count(workers)
     check_queueable(samples)
-    record = new_record(samples, brain_key, run, config, None, output_dir, smoke)
+    record = new_record(samples, brain_key, run_args, config, None, output_dir, smoke)
     queued = Run(samples, brain_key, record, lease_s)
     pending = queued.pending()
     if pending:
         check_workers_can_label(record)
     queued.begin(pending)
     params = {"brain_key": brain_key, "batch_size": batch_size, "lease_s": lease_s}
-    if run.device is not None:
-        params["device"] = run.device
+    if run_args.device is not None:
+        params["device"] = run_args.device
     return _queue_operations(samples, params, workers)
 
 

@@ -22,7 +22,7 @@ Settings = DiffuPrompterConfig | Mapping[str, Any] | None
 def new_record(
     samples: Any,
     brain_key: str,
-    run: RunArgs,
+    run_args: RunArgs,
     config: Settings,
     model: Any,
     output_dir: str | None,
@@ -31,16 +31,16 @@ def new_record(
     """The checked record of a new run (or of the resumed run ``brain_key``)
     from its arguments: ``config`` (method settings) and the models of
     ``run``, or those of ``model`` when given (see :func:`settings_and_models`)."""
-    settings, models = settings_and_models(config, model, run)
-    names = checked_class_names(samples, run.classes, run.class_field)
-    check_names(brain_key, run.pred_field, run.heatmap_field)
+    settings, models = settings_and_models(config, model, run_args)
+    names = checked_class_names(samples, run_args.classes, run_args.class_field)
+    check_names(brain_key, run_args.pred_field, run_args.heatmap_field)
     return PseudoLabelsConfig(
-        pred_field=run.pred_field,
-        heatmap_fields=heatmap_fields(names, run.heatmap_field),
-        error_field=f"{run.pred_field}_error",
+        pred_field=run_args.pred_field,
+        heatmap_fields=heatmap_fields(names, run_args.heatmap_field),
+        error_field=f"{run_args.pred_field}_error",
         heatmap_dir=heatmap_dir(samples, brain_key, output_dir),
-        classes=names if run.classes is not None else None,
-        class_field=run.class_field,
+        classes=names if run_args.classes is not None else None,
+        class_field=run_args.class_field,
         settings=settings.to_dict(),
         models=models,
         smoke=smoke,
@@ -48,7 +48,7 @@ def new_record(
 
 
 def settings_and_models(
-    config: Settings, model: Any, run: RunArgs = DEFAULT_RUN_ARGS
+    config: Settings, model: Any, run_args: RunArgs = DEFAULT_RUN_ARGS
 ) -> tuple[DiffuPrompterConfig, dict[str, Any]]:
     """The method settings and the record of which models label the run: a
     model from ``from_pretrained`` brings the ids and paths it was loaded
@@ -66,9 +66,9 @@ def settings_and_models(
     if not isinstance(config, DiffuPrompterConfig):
         config = DiffuPrompterConfig.from_dict(dict(config or {}))
     return config, {
-        "sd_model": model_source(run.sd_model or DEFAULT_SD_MODEL),
-        "sam_model": model_source(run.sam_model or DEFAULT_SAM_MODEL),
-        "sam_checkpoint": model_source(run.sam_checkpoint),
+        "sd_model": model_source(run_args.sd_model or DEFAULT_SD_MODEL),
+        "sam_model": model_source(run_args.sam_model or DEFAULT_SAM_MODEL),
+        "sam_checkpoint": model_source(run_args.sam_checkpoint),
     }
 
 

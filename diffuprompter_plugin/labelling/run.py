@@ -74,12 +74,6 @@ class Run:
         check_new_fields(self.samples, self.record)
         return self.samples.values("id")
 
-    def load_model(self, device: str | None = None, model: Any = None) -> Any:
-        """The run's ``DiffuPrompter`` (``model`` when given), once its
-        heatmap folder is found writable: fails before anything is written."""
-        check_writable(self.record.heatmap_dir)
-        return self.record.load_model(device, model)
-
     def begin(self, pending: list[str]) -> None:
         """Registers the run (unless it resumes), declares its fields and
         fills its claim pool with ``pending``."""
@@ -96,12 +90,14 @@ class Run:
         device: str | None = None,
     ) -> PseudoLabelsResults:
         """Labels the whole run here, as its one worker: checks it, loads the
-        model (unless nothing is pending), begins the run, labels and
-        finishes it."""
+        model (``model`` when given; none when nothing is pending), begins
+        the run, labels and finishes it. Whatever fails, fails before
+        anything is written."""
         check_batch_size(batch_size)
         pending = self.pending()
         if pending:
-            model = self.load_model(device, model)
+            check_writable(self.record.heatmap_dir)
+            model = self.record.load_model(device, model)
         self.begin(pending)
         with self.claims.joined():
             return self.label(model, batch_size, progress)
