@@ -142,7 +142,7 @@ class RunDiffuPrompter(forms.FormOperator):
         return forms.execute_from_sdk(self, sample_collection, params, delegate)
 
 
-def _run_args(params: dict[str, Any]) -> RunArgs:
+def _form_run_args(params: dict[str, Any]) -> RunArgs:
     """The run's arguments as the form gives them: the classes of the chosen
     source, and models and fields (empty ones keep their defaults)."""
     by_field = params.get("class_source", "field" if params.get("class_field") else "list")

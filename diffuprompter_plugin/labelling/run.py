@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import fiftyone as fo
@@ -86,13 +87,13 @@ class Run:
         self,
         model: Any = None,
         batch_size: int = 16,
-        progress: bool | Any = None,
+        progress: bool | Callable | None = None,
         device: str | None = None,
     ) -> PseudoLabelsResults:
         """Labels the whole run here, as its one worker: checks it, loads the
         model (``model`` when given; none when nothing is pending), begins
-        the run, labels and finishes it. Whatever fails, fails before
-        anything is written."""
+        the run, labels and finishes it. A refused run, or a model that
+        cannot be loaded, fails before anything is written."""
         check_batch_size(batch_size)
         pending = self.pending()
         if pending:
@@ -103,7 +104,7 @@ class Run:
             return self.label(model, batch_size, progress)
 
     def label(
-        self, model: Any, batch_size: int, progress: bool | Any = None
+        self, model: Any, batch_size: int, progress: bool | Callable | None = None
     ) -> PseudoLabelsResults:
         """Labels samples claimed from the pool until none is left to any
         worker, then :meth:`finish`. Each round labels the batches it claims
