@@ -543,8 +543,8 @@ def _check_workers_can_label(run_config: PseudoLabelsConfig) -> None:
     """Raises what would make every worker of a queued run fail, found on
     this machine without loading the models: see :func:`queue_pseudo_labels`."""
     from .engine.errors import ModelUnavailableError
-    from .engine.models import missing_weights
     from .engine.pipeline import check_prompts
+    from .engine.weights import missing_weights
 
     _check_writable(run_config.heatmap_dir)
     models = run_config.models
