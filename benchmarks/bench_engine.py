@@ -21,16 +21,13 @@ import tempfile
 import time
 from types import SimpleNamespace
 
-from throwaway import HOME  # sets FiftyOne's folders: must precede fiftyone
-
-# isort: split
-
 import numpy as np
 import torch
 from memory import peak_rss_mib
+from throwaway import use_throwaway_home
 
 from diffuprompter_plugin import DiffuPrompter, DiffuPrompterConfig
-from diffuprompter_plugin.engine.models import compiles_unet
+from diffuprompter_plugin.engine.attention import compiles_unet
 from diffuprompter_plugin.engine.tiny import clip_text_encoder, tiny_tokenizer, write_tiny_models
 
 CLASSES = [
@@ -75,7 +72,7 @@ def measure(model: DiffuPrompter, image: np.ndarray, repeats: int) -> dict[str, 
         heatmaps = model.grounder.heatmaps(image, ["storage tank"])
         synchronize(model)
         mid = time.perf_counter()
-        model.prompter.segment(image, heatmaps)
+        model.sam_prompter.segment(image, heatmaps)
         synchronize(model)
         heat_s.append(mid - start)
         total_s.append(time.perf_counter() - start)
@@ -118,7 +115,7 @@ class GpuBusy:
     def __init__(self, model: DiffuPrompter) -> None:
         self.model = model
         self.spans: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-        for stage, name in ((model.grounder, "heatmaps"), (model.prompter, "prompt")):
+        for stage, name in ((model.grounder, "heatmaps"), (model.sam_prompter, "prompt")):
             setattr(stage, name, self._timed(getattr(stage, name)))
 
     def _timed(self, call):
@@ -155,7 +152,7 @@ def unet_rows(label: str, model: DiffuPrompter, loops: int) -> None:
     heat = timed(lambda: g.heatmaps(image, ["ship"]), model, 3)
     warmup = f"{first - heat:.1f} s (first call)" if compiled else "n/a (not compiled)"
     print(f"{label}: compile warm-up {warmup}", flush=True)
-    unet, store = g.sd.capturing_unet(compiled)
+    unet, store = g.sd.captured_unet.module(compiled)
     latent = g.encode(image).expand(loops, -1, -1, -1)
     embeds = g.embed_prompt("ship")[0].expand(loops, -1, -1)
     steps = torch.full((loops,), 40, device=g.device)
@@ -184,11 +181,11 @@ def pool_start_s(workers: int, config: DiffuPrompterConfig) -> float:
     and refine a tiny map, and shut the pool down: what each
     ``annotate_all`` stream (one per brain run and worker) pays once."""
     from diffuprompter_plugin.engine.crf import binary_map
-    from diffuprompter_plugin.engine.workers import worker_pool
+    from diffuprompter_plugin.engine.crf_pool import crf_pool
 
     rgb, heatmap = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32)
     start = time.perf_counter()
-    with worker_pool(workers) as pool:
+    with crf_pool(workers) as pool:
         futures = [pool.submit(binary_map, rgb, heatmap, 0.4, config) for _ in range(workers)]
         [f.result() for f in futures]
     return time.perf_counter() - start
@@ -223,10 +220,10 @@ def crf_rows(label: str, model: DiffuPrompter, counts: list[int], images: int) -
 def crf_pool_rows(counts: list[int], images: int, config: DiffuPrompterConfig) -> None:
     """DenseCRF alone (Eq. 10 on 512 px images with a smooth heatmap), the
     work the pool takes off the models: images/s inline and through
-    ``worker_pool`` by worker count, so its scaling with cores shows apart
+    ``crf_pool`` by process count, so its scaling with cores shows apart
     from the models' own use of the CPU."""
     from diffuprompter_plugin.engine.crf import binary_map
-    from diffuprompter_plugin.engine.workers import worker_pool
+    from diffuprompter_plugin.engine.crf_pool import crf_pool
 
     rgbs = images_512(images)
     yy, xx = np.mgrid[0:512, 0:512]
@@ -239,9 +236,9 @@ def crf_pool_rows(counts: list[int], images: int, config: DiffuPrompterConfig) -
             for rgb in rgbs:
                 binary_map(rgb, heatmap, config.threshold, config)
         else:
-            with worker_pool(workers) as pool:
+            with crf_pool(workers) as pool:
                 list(pool.map(binary_map, [rgbs[0]], [heatmap], [config.threshold], [config]))
-                start = time.perf_counter()  # workers started and warm
+                start = time.perf_counter()  # pool processes started and warm
                 n = len(rgbs)
                 list(
                     pool.map(binary_map, rgbs, [heatmap] * n, [config.threshold] * n, [config] * n)
@@ -254,7 +251,7 @@ def crf_pool_rows(counts: list[int], images: int, config: DiffuPrompterConfig) -
         )
 
 
-def pipeline_rows(label: str, model: DiffuPrompter, images: int) -> None:
+def pipeline_rows(label: str, model: DiffuPrompter, images: int, folder: str) -> None:
     """Seconds per image·class of the whole pipeline (CRF on, in the
     config's workers) for 1 and 10 classes, through ``annotate_all`` and
     through a brain run, and the GPU busy fraction over the run."""
@@ -268,7 +265,7 @@ def pipeline_rows(label: str, model: DiffuPrompter, images: int) -> None:
             assert not any(isinstance(r, Exception) for _, r in model.annotate_all(items))
 
         stream = timed(annotate_all, model) / (images * classes)
-        run = brain_run(model, batch, CLASSES[:classes]) / (images * classes)
+        run = brain_run(model, batch, CLASSES[:classes], folder) / (images * classes)
         fraction = f"{busy.fraction(annotate_all):.0%}" if busy else "n/a (no CUDA)"
         print(
             f"{label}: whole pipeline, L={model.config.loops}, {classes:>2} classes, "
@@ -278,8 +275,10 @@ def pipeline_rows(label: str, model: DiffuPrompter, images: int) -> None:
         )
 
 
-def brain_run(model: DiffuPrompter, images: list[np.ndarray], classes: list[str]) -> float:
-    """Seconds of ``compute_pseudo_labels`` over ``images`` saved as files."""
+def brain_run(
+    model: DiffuPrompter, images: list[np.ndarray], classes: list[str], folder: str
+) -> float:
+    """Seconds of ``compute_pseudo_labels`` over ``images`` saved as files in ``folder``."""
     import fiftyone as fo
     from PIL import Image
 
@@ -288,7 +287,7 @@ def brain_run(model: DiffuPrompter, images: list[np.ndarray], classes: list[str]
     dataset = fo.Dataset()
     paths = []
     for i, image in enumerate(images):
-        paths.append(f"{HOME}/bench_{i}.png")
+        paths.append(f"{folder}/bench_{i}.png")
         Image.fromarray(image).save(paths[-1])
     dataset.add_samples(fo.Sample(filepath=p) for p in paths)
     elapsed = timed(
@@ -354,6 +353,7 @@ def main() -> None:
         help="loops per U-Net call in that CPU run (memory grows with it)",
     )
     args = parser.parse_args()
+    home = use_throwaway_home()
     torch.manual_seed(0)
     cores = os.cpu_count() or 1
     print(
@@ -369,7 +369,7 @@ def main() -> None:
         unet_rows(f"{label}, 512 px", tiny, 50)
         crf_pool_rows([0, 1, 2], args.crf_images, tiny.config)
         crf_rows(f"{label}, 512 px", tiny, [0, 1, 2], args.crf_images)
-        pipeline_rows(f"{label}, 512 px", tiny, args.images)
+        pipeline_rows(f"{label}, 512 px", tiny, args.images, home)
     if torch.cuda.is_available():
         sd, sam = full_size_models()
         label = "SD1.5 + SAM ViT-H, GPU fp16, 512 px"
@@ -378,7 +378,7 @@ def main() -> None:
         unet_rows(label, full, 50)
         crf_pool_rows(counts, 4 * cores, full.config)
         crf_rows(label, full, counts, 4 * cores)
-        pipeline_rows(label, full, 4 * args.images)
+        pipeline_rows(label, full, 4 * args.images, home)
     else:
         print("full-size models on GPU: skipped (no CUDA device)")
     if args.full_cpu_loops:

@@ -11,19 +11,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from throwaway import HOME  # sets FiftyOne's folders: must precede fiftyone
-
-# isort: split
-
-import fiftyone as fo
 import numpy as np
 from memory import peak_rss_mib
 from PIL import Image
+from throwaway import use_throwaway_home
 
 from diffuprompter_plugin import DiffuPrompterConfig
 from diffuprompter_plugin.engine.pipeline import Annotation, Annotator
 from diffuprompter_plugin.engine.segmentation import Instance
-from diffuprompter_plugin.labelling import compute_pseudo_labels
 
 SIZE = 64
 
@@ -51,8 +46,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
+    home = use_throwaway_home()
+    import fiftyone as fo
 
-    image = f"{HOME}/scene.png"
+    from diffuprompter_plugin import compute_pseudo_labels
+
+    image = f"{home}/scene.png"
     Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(image)
     dataset = fo.Dataset("bench", persistent=True)
     dataset.add_samples(

@@ -12,16 +12,10 @@ import argparse
 import os
 import time
 
-from throwaway import HOME  # sets FiftyOne's folders: must precede fiftyone
-
-# isort: split
-
-import fiftyone as fo
 import numpy as np
 from memory import peak_rss_mib
 from PIL import Image
-
-from diffuprompter_plugin.importers import import_classification_collection
+from throwaway import use_throwaway_home
 
 CLASSES = ("airplane", "ship", "storage_tank", "harbor", "bridge", "forest", "beach")
 
@@ -30,7 +24,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=3500)
     args = parser.parse_args()
-    root = os.path.join(HOME, "NWPU-RESISC45")
+    home = use_throwaway_home()
+    import fiftyone as fo
+
+    from diffuprompter_plugin.importers import import_classification_collection
+
+    root = os.path.join(home, "NWPU-RESISC45")
     tile = Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), np.uint8))
     for i in range(args.images):
         folder = os.path.join(root, CLASSES[i % len(CLASSES)])

@@ -35,34 +35,20 @@ import argparse
 import itertools
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path.insert(0, str(TESTS))  # the throw-away home, the stub and the worker launcher
+import numpy as np
+from PIL import Image
+from throwaway import TESTS, use_throwaway_home
 
-from fiftyone_home import use_throwaway_home  # noqa: E402
+from diffuprompter_plugin.engine.tiny import write_tiny_models
 
-HOME = use_throwaway_home(
-    "diffuprompter-bench-",
-    FIFTYONE_PLUGINS_DIR=str(TESTS.parent),
-    FIFTYONE_SHOW_PROGRESS_BARS="false",
-)
-
-# isort: split
-
-import fiftyone as fo  # noqa: E402
-import numpy as np  # noqa: E402
-from fiftyone.core.odm import get_db_conn  # noqa: E402
-from helpers import WRITES, launch_workers, stop_workers, wait_terminal  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from diffuprompter_plugin import queue_pseudo_labels  # noqa: E402
-from diffuprompter_plugin.engine.tiny import write_tiny_models  # noqa: E402
+if TYPE_CHECKING:
+    import fiftyone as fo
 
 IDLE_GAP_S = 0.25
 
@@ -115,8 +101,10 @@ def _ms(seconds: float) -> str:
     return f"{1000 * seconds:.0f}"
 
 
-def make_dataset(samples: int) -> fo.Dataset:
-    folder = tempfile.mkdtemp(dir=HOME)
+def make_dataset(samples: int, home: str) -> fo.Dataset:
+    import fiftyone as fo
+
+    folder = tempfile.mkdtemp(dir=home)
     rng = np.random.default_rng(0)
     paths = []
     for i in range(samples):
@@ -127,12 +115,17 @@ def make_dataset(samples: int) -> fo.Dataset:
     return dataset
 
 
-def run(workers: int, samples: int, env: dict[str, str], **queue_args) -> Timeline:
+def run(workers: int, samples: int, home: str, env: dict[str, str], **queue_args) -> Timeline:
     """The timeline of one run queued over ``workers`` fresh launchers."""
-    launched = launch_workers(workers, tempfile.mkdtemp(dir=HOME), **env)
+    from fiftyone.core.odm import get_db_conn
+    from helpers import WRITES, launch_workers, stop_workers, wait_terminal
+
+    from diffuprompter_plugin import queue_pseudo_labels
+
+    launched = launch_workers(workers, tempfile.mkdtemp(dir=home), **env)
     try:
         time.sleep(15)  # let the launchers import FiftyOne and start polling
-        dataset = make_dataset(samples)
+        dataset = make_dataset(samples, home)
         queued = queue_pseudo_labels(dataset, "dp", workers, classes=["ship"], **queue_args)
         docs = wait_terminal([q.result["id"] for q in queued], timeout=1800)
     finally:
@@ -163,8 +156,11 @@ def main() -> None:
         "--tiny-samples", type=int, default=16, help="tiny-model samples (0: none)"
     )
     args = parser.parse_args()
+    home = use_throwaway_home(  # the plugin for the workers; the tests' stub and launcher
+        FIFTYONE_PLUGINS_DIR=str(TESTS.parent), FIFTYONE_SHOW_PROGRESS_BARS="false"
+    )
 
-    sd, sam = write_tiny_models(tempfile.mkdtemp(dir=HOME))
+    sd, sam = write_tiny_models(tempfile.mkdtemp(dir=home))
     models = dict(sd_model=str(sd), sam_model=str(sam))  # on record; the stub replaces them
     stub = {"DIFFUPROMPTER_TEST_STUB": str(args.seconds)}
     print(
@@ -174,7 +170,7 @@ def main() -> None:
     for n in args.workers:
         rates[n] = ([], [])
         for _ in range(args.repeat):
-            timeline = run(n, args.samples, stub, batch_size=4, **models)
+            timeline = run(n, args.samples, home, stub, batch_size=4, **models)
             rates[n][0].append(timeline.operations_rate())
             rates[n][1].append(timeline.labelling_rate())
             print(
@@ -203,7 +199,7 @@ def main() -> None:
     )
     print(f"tiny models on CPU ({os.cpu_count()} cores), {args.tiny_samples} samples:")
     for n in (1, 2):
-        rate = run(n, args.tiny_samples, {}, **tiny).operations_rate()
+        rate = run(n, args.tiny_samples, home, {}, **tiny).operations_rate()
         print(f"  {n} worker(s): operations {rate:6.2f} samples/s", flush=True)
 
 

@@ -26,7 +26,7 @@ from PIL import Image
 from .brain import SMOKE_LABEL
 from .engine.config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig
 from .engine.errors import ModelUnavailableError
-from .engine.models import cache_dir, missing_weights
+from .engine.weights import cache_dir, missing_weights
 from .importers import import_classification_collection
 from .labelling import compute_pseudo_labels
 

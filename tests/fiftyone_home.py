@@ -1,9 +1,9 @@
 """A throw-away FiftyOne home: a temp database and dataset dir, removed at exit.
 
 Call it before anything imports fiftyone. The tests (``conftest.py``) and
-the benchmarks (``benchmarks/throwaway.py``) both use it, so no run touches the
-user's own database or leaves hundreds of MB of MongoDB files in the temp
-folder.
+the benchmarks (``benchmarks/throwaway.py``, first in each ``main()``) both
+use it, so no run touches the user's own database or leaves hundreds of MB
+of MongoDB files in the temp folder.
 
 The home runs a MongoDB of its own and points ``FIFTYONE_DATABASE_URI`` at
 it. A temp ``FIFTYONE_DATABASE_DIR`` alone does not isolate a run: FiftyOne

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from diffuprompter_plugin.engine.attention import capture_cross_attention, cross_attention_modules
+from diffuprompter_plugin.engine.attention import cross_attention_modules, install_capture
 from diffuprompter_plugin.engine.grounding import class_token_indices
+from diffuprompter_plugin.engine.stable_diffusion import load_stable_diffusion
 
 
 def _unet_inputs(prompter, class_name="storage tank", batch=2):
@@ -38,10 +39,13 @@ def test_captured_attention_equals_explicit_softmax(prompter):
         m.register_forward_pre_hook(record(n), with_kwargs=True) for n, m in modules.items()
     ]
     try:
-        with torch.no_grad(), capture_cross_attention(unet) as store:
+        captured, store = prompter.grounder.sd.captured_unet.module(compiled=False)
+        assert captured is unet
+        with torch.no_grad():
             store.reset(indices, (8, 8))
             unet(latent, timesteps, encoder_hidden_states=embeds)
     finally:
+        prompter.grounder.sd.captured_unet.store.active = False
         for h in handles:
             h.remove()
 
@@ -58,28 +62,42 @@ def test_captured_attention_equals_explicit_softmax(prompter):
         torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_capture_keeps_unet_output_and_restores_processors(prompter):
-    unet = prompter.grounder.sd.unet
+def test_capture_keeps_unet_output_stays_installed_and_records_only_when_active(
+    prompter, tiny_models
+):
+    """A U-Net fresh from disk, so that its processors are diffusers' own
+    until the grounding path installs the capture."""
+    sd = load_stable_diffusion(tiny_models[0], torch.device("cpu"), torch.float32)
+    unet = sd.unet
     latent, timesteps, embeds, indices = _unet_inputs(prompter)
-    before = {n: type(p) for n, p in unet.attn_processors.items()}
+    assert sd.captured_unet.store is None  # nothing installed before first use
     with torch.no_grad():
         reference = unet(latent, timesteps, encoder_hidden_states=embeds).sample
-        with capture_cross_attention(unet) as store:
-            store.reset(indices, (8, 8))
-            captured = unet(latent, timesteps, encoder_hidden_states=embeds).sample
-            during = {n: type(p).__name__ for n, p in unet.attn_processors.items()}
+        captured_unet, store = sd.captured_unet.module(compiled=False)
+        store.reset(indices, (8, 8))
+        captured = captured_unet(latent, timesteps, encoder_hidden_states=embeds).sample
+        recorded = dict(store.layer_maps)
+        store.active = False
+        store.layer_maps = {}
+        inactive = unet(latent, timesteps, encoder_hidden_states=embeds).sample
     torch.testing.assert_close(captured, reference, atol=1e-5, rtol=1e-4)
-    assert {n: type(p) for n, p in unet.attn_processors.items()} == before
-    assert all(v == "CrossAttentionCapture" for n, v in during.items() if ".attn2." in n)
-    assert all(v == "AttnProcessor2_0" for n, v in during.items() if ".attn1." in n)
+    torch.testing.assert_close(inactive, reference, atol=1e-5, rtol=1e-4)
+    assert set(recorded) == set(cross_attention_modules(unet))
+    assert store.layer_maps == {}  # an inactive capture records nothing
+    processors = {n: type(p).__name__ for n, p in unet.attn_processors.items()}
+    assert all(v == "CrossAttentionCapture" for n, v in processors.items() if ".attn2." in n)
+    assert all(v == "AttnProcessor2_0" for n, v in processors.items() if ".attn1." in n)
+    assert sd.captured_unet.module(compiled=False) == (unet, store)  # installed once
+    assert install_capture(unet) is store  # kept in place, with its store
 
 
 def test_resolution_maps_group_layers_by_size(prompter):
-    unet = prompter.grounder.sd.unet
+    unet, store = prompter.grounder.sd.captured_unet.module(compiled=False)
     latent, timesteps, embeds, indices = _unet_inputs(prompter)
-    with torch.no_grad(), capture_cross_attention(unet) as store:
+    with torch.no_grad():
         store.reset(indices, (8, 8))
         unet(latent, timesteps, encoder_hidden_states=embeds)
+    store.active = False
     pyramid = store.resolution_maps()
     assert [tuple(m.shape) for m in pyramid] == [(2, 8, 8), (2, 4, 4), (2, 2, 2)]
     eight = [

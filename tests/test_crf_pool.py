@@ -1,5 +1,5 @@
-"""The DenseCRF worker pool: single-threaded workers that never import the
-caller's ``__main__``."""
+"""The DenseCRF process pool: single-threaded processes that never import
+the caller's ``__main__``."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import subprocess
 import sys
 import textwrap
 
-from diffuprompter_plugin.engine.workers import THREAD_VARIABLES, worker_pool
+from diffuprompter_plugin.engine.crf_pool import THREAD_VARIABLES, crf_pool
 
 
-def test_workers_run_single_threaded():
-    with worker_pool(2) as pool:
+def test_pool_processes_run_single_threaded():
+    with crf_pool(2) as pool:
         seen = [pool.submit(os.getenv, name).result() for name in THREAD_VARIABLES]
     assert seen == ["1"] * len(THREAD_VARIABLES)
 
 
-def test_script_without_main_guard_runs_annotate_all_with_workers(tiny_models, tmp_path):
-    """multiprocessing's spawn would run this script again in each worker,
+def test_script_without_main_guard_runs_annotate_all_with_a_crf_pool(tiny_models, tmp_path):
+    """multiprocessing's spawn would run this script again in each pool process,
     which then fails every image with BrokenProcessPool."""
     script = tmp_path / "label.py"
     script.write_text(

@@ -158,7 +158,7 @@ def test_compiled_unet_gives_the_eager_heatmaps(tiny_models, rgb, monkeypatch):
     compiled = model.grounder.heatmaps(rgb, ["ship", "harbor"])
     again = model.grounder.heatmaps(rgb, ["ship", "harbor"])
     assert compiles == [model.grounder.sd.unet]
-    assert model.grounder.sd.compiled_unet is not None
+    assert model.grounder.sd.captured_unet.compiled is not None
     for name in eager:
         np.testing.assert_allclose(compiled[name], eager[name], atol=1e-5)
         np.testing.assert_array_equal(again[name], compiled[name])

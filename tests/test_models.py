@@ -1,21 +1,25 @@
-"""Model loading: local folders, built objects, SAM download and clear errors."""
+"""Model loading: local folders, built objects, SAM download and clear errors;
+where the weights are, found without loading them."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from diffuprompter_plugin.engine import models
+from diffuprompter_plugin.engine import weights
+from diffuprompter_plugin.engine.device import default_dtype, resolve_device
 from diffuprompter_plugin.engine.errors import ModelUnavailableError
-from diffuprompter_plugin.engine.models import (
-    default_dtype,
+from diffuprompter_plugin.engine.sam import load_sam
+from diffuprompter_plugin.engine.stable_diffusion import load_stable_diffusion, load_tokenizer
+from diffuprompter_plugin.engine.weights import (
+    SamSource,
     download_sam_checkpoint,
-    load_sam,
-    load_stable_diffusion,
-    resolve_device,
+    missing_weights,
+    sam_source,
 )
 
 
@@ -43,7 +47,7 @@ def test_built_pipeline_and_sam_objects_are_accepted(tiny_models, prompter):
     )
     loaded = load_stable_diffusion(pipe, torch.device("cpu"), torch.float32)
     assert loaded.unet is sd.unet
-    sam = prompter.prompter.predictor.model
+    sam = prompter.sam_prompter.predictor.model
     assert load_sam(sam, device="cpu") is sam
     with pytest.raises(TypeError, match="lacks"):
         load_stable_diffusion(SimpleNamespace(vae=1), torch.device("cpu"), torch.float32)
@@ -57,9 +61,9 @@ def test_the_tokenizer_alone_checks_prompts_without_weights(tiny_models, tmp_pat
     from diffuprompter_plugin.engine.pipeline import check_prompts
 
     sd = tiny_models[0]
-    assert models.load_tokenizer(sd).model_max_length == 77
-    assert models.load_tokenizer(tmp_path / "absent") is None
-    assert models.load_tokenizer("nobody/not-cached") is None  # the cache only, no network
+    assert load_tokenizer(sd).model_max_length == 77
+    assert load_tokenizer(tmp_path / "absent") is None
+    assert load_tokenizer("nobody/not-cached") is None  # the cache only, no network
     assert check_prompts(sd, "Photo of a {}", ["ship", "storage_tank"]) is True
     with pytest.raises(ValueError, match="'xxxx.*' is too long for the text encoder: 9"):
         check_prompts(sd, "Photo of a {}", ["ship", "x" * 90])
@@ -74,11 +78,43 @@ def test_missing_sd_weights_say_what_to_download(tmp_path):
 def test_missing_sam_checkpoint_and_unknown_type(tmp_path):
     with pytest.raises(ModelUnavailableError, match="nope.pth' does not exist"):
         load_sam("vit_b", tmp_path / "nope.pth", device="cpu")
-    with pytest.raises(ValueError, match="Unknown SAM model 'vit_x'"):
+    with pytest.raises(ValueError, match="SAM 'vit_x' is neither one of"):
         load_sam("vit_x", device="cpu")
     (tmp_path / "custom").mkdir()
     with pytest.raises(ModelUnavailableError, match="has no sam_config.json"):
         load_sam(tmp_path / "custom", device="cpu")
+
+
+def test_sam_sources_are_read_once_for_loading_and_checking(tiny_models, tmp_path, monkeypatch):
+    sam = tiny_models[1]
+    assert sam_source(sam) == SamSource(None, Path(sam), Path(sam) / "sam.pth")
+    assert sam_source("vit_b", tmp_path / "b.pth") == SamSource("vit_b", None, tmp_path / "b.pth")
+    assert sam_source("vit_l") == SamSource("vit_l", None, None)  # Meta's checkpoint
+    with pytest.raises(ValueError, match=r"SAM '.*absent' is neither one of \['vit_b'"):
+        sam_source(tmp_path / "absent")
+
+    assert missing_weights(tiny_models[0], sam) == []
+    assert missing_weights(tiny_models[0], "vit_b", tmp_path / "b.pth") == [
+        f"SAM checkpoint '{tmp_path / 'b.pth'}' does not exist"
+    ]
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "sam_config.json").write_text("{}")
+    assert missing_weights(tmp_path / "sd", tmp_path / "half") == [
+        f"Stable Diffusion folder '{tmp_path / 'sd'}' lacks "
+        "['vae', 'unet', 'tokenizer', 'text_encoder', 'scheduler']",
+        f"SAM folder '{tmp_path / 'half'}' lacks ['sam.pth']",
+    ]
+    monkeypatch.setenv("DIFFUPROMPTER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(
+        weights.SAM_CHECKPOINTS, "vit_b", ((tmp_path / "absent.pth").as_uri(), "0" * 64)
+    )
+    assert missing_weights(tiny_models[0], "vit_b") == [
+        f"SAM 'vit_b' checkpoint is not in {tmp_path / 'cache'} and "
+        f"{(tmp_path / 'absent.pth').as_uri()} cannot be reached"
+    ]
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "absent.pth").write_bytes(b"cached")
+    assert missing_weights(tiny_models[0], "vit_b") == []
 
 
 def test_wrong_or_corrupt_sam_checkpoint_names_the_file(tiny_models, tmp_path):
@@ -104,7 +140,7 @@ def test_wrong_or_corrupt_sam_checkpoint_names_the_file(tiny_models, tmp_path):
 def _fake_release(tmp_path, monkeypatch, payload: bytes, sha: str):
     source = tmp_path / "sam_vit_b_01ec64.pth"
     source.write_bytes(payload)
-    monkeypatch.setitem(models.SAM_CHECKPOINTS, "vit_b", (source.as_uri(), sha))
+    monkeypatch.setitem(weights.SAM_CHECKPOINTS, "vit_b", (source.as_uri(), sha))
     return tmp_path / "cache"
 
 
@@ -127,7 +163,7 @@ def test_corrupt_sam_download_leaves_nothing(tmp_path, monkeypatch):
 
 def test_unreachable_sam_download_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.setitem(
-        models.SAM_CHECKPOINTS, "vit_b", ((tmp_path / "absent.pth").as_uri(), "0" * 64)
+        weights.SAM_CHECKPOINTS, "vit_b", ((tmp_path / "absent.pth").as_uri(), "0" * 64)
     )
     with pytest.raises(ModelUnavailableError, match="(?s)Cannot download.*sam_checkpoint=PATH"):
         download_sam_checkpoint("vit_b", tmp_path / "cache")

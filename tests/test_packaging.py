@@ -15,6 +15,15 @@ def test_license_is_an_spdx_string_that_setuptools_reads_without_warning():
     assert "setuptools>=77" in project["build-system"]["requires"]  # reads SPDX strings
 
 
+def test_each_dependency_is_listed_once():
+    import re
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for d in project["dependencies"]]
+    assert "rasterio" in names
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
 def test_install_script_announces_each_install_and_lets_pip_show_progress():
     lines = (ROOT / "scripts" / "install.sh").read_text().splitlines()
     installs = [

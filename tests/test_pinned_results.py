@@ -52,7 +52,7 @@ def pinned_model(prompter):
     """6 loops in calls of 4 (classes share calls; the last one is short), CRF on."""
     config = prompter.config.replace(loops=6, loop_batch_size=4, crf=True)
     g = prompter.grounder
-    sam = SamPrompter(prompter.prompter.predictor.model, config, g.device)
+    sam = SamPrompter(prompter.sam_prompter.predictor.model, config, g.device)
     return DiffuPrompter(TextGrounder(g.sd, config, g.device, g.dtype), sam, config)
 
 

@@ -59,7 +59,7 @@ def test_config_assignment_reaches_both_stages(prompter, rgb):
     assert prompter.annotate(rgb, ["ship"]).instances
     try:
         prompter.config = own.replace(min_area=48 * 64 + 1)  # larger than the image
-        assert prompter.grounder.config is prompter.prompter.config is prompter.config
+        assert prompter.grounder.config is prompter.sam_prompter.config is prompter.config
         assert prompter.annotate(rgb, ["ship"]).instances == []
     finally:
         prompter.config = own
@@ -85,7 +85,7 @@ def test_annotate_all_overlaps_crf_and_matches_annotate(prompter, rgb, tmp_path)
 
     config = prompter.config.replace(crf=True, crf_workers=2, threshold=0.3)
     g = prompter.grounder
-    sam = SamPrompter(prompter.prompter.predictor.model, config, g.device)
+    sam = SamPrompter(prompter.sam_prompter.predictor.model, config, g.device)
     model = DiffuPrompter(TextGrounder(g.sd, config, g.device, g.dtype), sam, config)
     images = [rgb, rgb[::-1].copy(), tmp_path / "missing.png", rgb[:, ::-1].copy()]
     items = [(i, image, ["ship", "harbor"]) for i, image in enumerate(images)]
@@ -111,7 +111,7 @@ def test_half_precision_follows_float32(prompter, tiny_models, rgb):
         *tiny_models, device="cpu", config=prompter.config, dtype=torch.float16
     )
     assert half.grounder.sd.unet.dtype == torch.float16
-    sam = half.prompter.predictor.model
+    sam = half.sam_prompter.predictor.model
     assert next(sam.parameters()).dtype == torch.float32  # autocast, not cast weights
     computed = []
     sam.image_encoder.blocks[0].mlp.register_forward_hook(lambda m, i, out: computed.append(out))

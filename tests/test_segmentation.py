@@ -77,7 +77,7 @@ def test_heatmap_size_must_match_image():
 def test_tiny_sam_returns_masks_cropped_to_their_boxes(prompter, rgb):
     heat = np.zeros(rgb.shape[:2], np.float32)
     heat[10:30, 20:44] = 0.9
-    found = prompter.prompter.segment(rgb, {"storage tank": heat})
+    found = prompter.sam_prompter.segment(rgb, {"storage tank": heat})
     assert found
     for inst in found:
         x0, y0, x1, y1 = inst.box

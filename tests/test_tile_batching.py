@@ -14,10 +14,10 @@ from rasterio.transform import from_origin
 from diffuprompter_plugin.engine.config import DiffuPrompterConfig
 from diffuprompter_plugin.engine.grounding import TextGrounder
 from diffuprompter_plugin.engine.heatmap_store import read_heatmap_window
-from diffuprompter_plugin.engine.models import load_stable_diffusion
 from diffuprompter_plugin.engine.pipeline import DiffuPrompter
 from diffuprompter_plugin.engine.raster import open_raster
 from diffuprompter_plugin.engine.segmentation import SamPrompter
+from diffuprompter_plugin.engine.stable_diffusion import load_stable_diffusion
 from diffuprompter_plugin.engine.tiling import ground_scene, tiles_per_group
 
 SCENE_TILES = dict(tile_size=64, tile_overlap=16)
@@ -40,7 +40,7 @@ def _model(prompter, sd, **changes) -> DiffuPrompter:
     """A tiny DiffuPrompter on ``sd`` (in its dtype) with changed settings."""
     config = prompter.config.replace(**changes)
     g = prompter.grounder
-    sam = SamPrompter(prompter.prompter.predictor.model, config, g.device)
+    sam = SamPrompter(prompter.sam_prompter.predictor.model, config, g.device)
     return DiffuPrompter(TextGrounder(sd, config, g.device, sd.unet.dtype), sam, config)
 
 

@@ -120,7 +120,7 @@ def test_empty_tiles_are_scaled_below_gamma_not_normalised_to_foreground():
 def test_rethreshold_of_a_scene_gives_exactly_the_run_from_the_stored_heatmaps():
     model = stub_model(TILED)
     result = model.annotate(scene(), ["car"])
-    again = segment_scene(model.prompter, ArrayRaster(scene()), result.heatmap_files)
+    again = segment_scene(model.sam_prompter, ArrayRaster(scene()), result.heatmap_files)
 
     def key(instances):
         return sorted((i.box, i.mask.tobytes(), i.score) for i in instances)
@@ -190,7 +190,7 @@ def test_a_scene_in_a_brain_run_stores_previews_and_geotiffs_and_rethresholds_ex
         for d in sample.dp_instances.detections
     )
     assert boxes == sorted((x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in OBJECTS.values())
-    rethreshold_pseudo_labels(dataset, "dp", "dp_again", prompter=model.prompter)
+    rethreshold_pseudo_labels(dataset, "dp", "dp_again", prompter=model.sam_prompter)
     sample.reload()
     again = [(d.bounding_box, d.mask.tobytes()) for d in sample.dp_again.detections]
     assert sorted(again) == sorted(

@@ -7,14 +7,14 @@ computes the attention output with SDPA too, and of the probabilities
 ``exp(s_j - logsumexp(s))`` from the logits ``s``. It reduces them at once to
 one map per sample (mean over heads and the class's sub-tokens) and hands it
 to a :class:`CrossAttentionStore`. Nothing in the forward pass leaves the
-graph, so the U-Net compiles with the capture in place.
+graph, so the U-Net compiles with the capture in place; :class:`CapturedUNet`
+keeps a U-Net's capture and its compiled form.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -229,16 +229,35 @@ def install_capture(unet: torch.nn.Module) -> CrossAttentionStore:
     return store
 
 
-@contextlib.contextmanager
-def capture_cross_attention(unet: torch.nn.Module) -> Iterator[CrossAttentionStore]:
-    """Installs capture processors on ``attn2`` modules for the ``with`` block
-    and restores the processors they replaced afterwards."""
-    modules = cross_attention_modules(unet)
-    originals = {name: module.processor for name, module in modules.items()}
-    store = install_capture(unet)
-    try:
-        yield store
-    finally:
-        store.active = False
-        for name, module in modules.items():
-            module.set_processor(originals[name])
+class CapturedUNet:
+    """A U-Net's capture and compile state: its cross-attention capture is
+    installed on first use and stays; its ``torch.compile`` form is built
+    once and kept, so every grounder sharing the U-Net pays the compile
+    warm-up once per process.
+
+    Attributes:
+        unet: the eager U-Net.
+        store: the capture's store, None until first use.
+        compiled: the compiled U-Net, None until first asked for.
+    """
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.unet = unet
+        self.store: CrossAttentionStore | None = None
+        self.compiled: torch.nn.Module | None = None
+
+    def module(self, compiled: bool) -> tuple[torch.nn.Module, CrossAttentionStore]:
+        """The U-Net to call, compiled when ``compiled``, and its capture's store."""
+        if self.store is None:
+            self.store = install_capture(self.unet)
+        if not compiled:
+            return self.unet, self.store
+        if self.compiled is None:
+            self.compiled = torch.compile(self.unet)
+        return self.compiled, self.store
+
+
+def compiles_unet(setting: str, device: torch.device) -> bool:
+    """Whether ``DiffuPrompterConfig.compile_unet`` compiles on ``device``:
+    ``"auto"`` does on CUDA, where it pays off, and not on the CPU."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .attention import compiles_unet
 from .config import DiffuPrompterConfig
 from .image import ImageLike, to_rgb_uint8
-from .models import StableDiffusion, compiles_unet
+from .stable_diffusion import StableDiffusion
 
 EPS = 1e-12
 LATENT_STRIDE = 64
@@ -281,7 +282,7 @@ class TextGrounder:
         classes = triples // loops % len(class_names)
         size = tuple(latents.shape[-2:])
         compiled = compiles_unet(self.config.compile_unet, self.device)
-        unet, store = self.sd.capturing_unet(compiled)
+        unet, store = self.sd.captured_unet.module(compiled)
         try:
             for call in triples.split(self.config.loop_batch_size):
                 call_tiles = tiles[call].to(self.device)

@@ -16,20 +16,21 @@ import torch
 
 from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig, model_source
 from .crf import binary_map
+from .crf_pool import crf_pool
+from .device import default_dtype, resolve_device
 from .grounding import TextGrounder, check_class_prompts
 from .image import ImageLike, opened, to_rgb_uint8
-from .models import default_dtype, load_stable_diffusion, load_tokenizer, resolve_device
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
+from .stable_diffusion import load_stable_diffusion, load_tokenizer
 from .tiling import annotate_scene, needs_tiling
-from .workers import worker_pool
 
 ITEM_ERRORS = (OSError, ValueError, RuntimeError)
 """Errors that fail one image in :meth:`Annotator.annotate_all` (unreadable
 file, bad input, out of memory) without stopping the others."""
 
-IMAGES_PER_WORKER = 2
-"""Images in flight per CRF worker in :meth:`DiffuPrompter.annotate_all`:
-while the oldest image waits for its CRF, the others' keep every worker busy."""
+IMAGES_PER_PROCESS = 2
+"""Images in flight per CRF pool process in :meth:`DiffuPrompter.annotate_all`:
+while the oldest image waits for its CRF, the others' keep every process busy."""
 
 Item = tuple[Any, ImageLike, Sequence[str]]
 """(key, image, class names): the key comes back with the image's result."""
@@ -115,27 +116,27 @@ class DiffuPrompter(Annotator):
 
     Args:
         grounder: the Stable Diffusion heatmap stage.
-        prompter: the SAM stage.
+        sam_prompter: the SAM stage.
         config: method settings shared by both stages.
     """
 
     def __init__(
-        self, grounder: TextGrounder, prompter: SamPrompter, config: DiffuPrompterConfig
+        self, grounder: TextGrounder, sam_prompter: SamPrompter, config: DiffuPrompterConfig
     ) -> None:
         self.grounder = grounder
-        self.prompter = prompter
+        self.sam_prompter = sam_prompter
         self.config = config
 
     @property
     def config(self) -> DiffuPrompterConfig:
         """Method settings of both stages. Assigning a new config (e.g.
         ``model.config = model.config.replace(loops=10)``) sets it on the
-        grounder and the prompter too, so what a run records is what ran."""
+        grounder and the SAM prompter too, so what a run records is what ran."""
         return self._config
 
     @config.setter
     def config(self, config: DiffuPrompterConfig) -> None:
-        self._config = self.grounder.config = self.prompter.config = config
+        self._config = self.grounder.config = self.sam_prompter.config = config
 
     @classmethod
     def from_pretrained(
@@ -167,9 +168,11 @@ class DiffuPrompter(Annotator):
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         sd = load_stable_diffusion(sd_model, device, dtype)
-        prompter = SamPrompter.from_pretrained(sam_model, sam_checkpoint, device, config, dtype)
-        model = cls(TextGrounder(sd, config, device, dtype), prompter, config)
-        model.sources = {**prompter.sources, "sd_model": model_source(sd_model)}
+        sam_prompter = SamPrompter.from_pretrained(
+            sam_model, sam_checkpoint, device, config, dtype
+        )
+        model = cls(TextGrounder(sd, config, device, dtype), sam_prompter, config)
+        model.sources = {**sam_prompter.sources, "sd_model": model_source(sd_model)}
         return model
 
     def check_class_names(self, class_names: Sequence[str]) -> list[str]:
@@ -216,7 +219,7 @@ class DiffuPrompter(Annotator):
             return grounded
         rgb, heatmaps, gammas = grounded
         binaries = binary_maps(rgb, heatmaps, gammas, self.config)
-        return Annotation(heatmaps, self.prompter.prompt(rgb, heatmaps, binaries))
+        return Annotation(heatmaps, self.sam_prompter.prompt(rgb, heatmaps, binaries))
 
     def annotate_all(
         self, items: Iterable[Item], thresholds: Thresholds = None
@@ -224,18 +227,18 @@ class DiffuPrompter(Annotator):
         """As :meth:`Annotator.annotate_all`. With ``config.crf_workers`` > 0,
         one pool of that many single-threaded processes runs the DenseCRF of
         every (image, class) of the whole stream, while the models work on
-        the following images; up to :data:`IMAGES_PER_WORKER` images per
-        worker are in flight, so no worker waits for the models."""
-        workers = self.config.crf_workers if self.config.crf else 0
-        if workers == 0:
+        the following images; up to :data:`IMAGES_PER_PROCESS` images per
+        process are in flight, so no process waits for the models."""
+        processes = self.config.crf_workers if self.config.crf else 0
+        if processes == 0:
             yield from super().annotate_all(items, thresholds)
             return
-        with worker_pool(workers) as pool:
+        with crf_pool(processes) as pool:
             pending: deque = deque()
             for key, image, names in items:
                 submit = partial(self._submit_crf, pool, image, names, thresholds)
                 pending.append((key, _guarded(submit)))
-                if len(pending) > IMAGES_PER_WORKER * workers:
+                if len(pending) > IMAGES_PER_PROCESS * processes:
                     yield self._finish(*pending.popleft())
             while pending:
                 yield self._finish(*pending.popleft())
@@ -257,7 +260,7 @@ class DiffuPrompter(Annotator):
                 return annotate_scene(self, raster, names, thresholds, progress)
             rgb = to_rgb_uint8(raster)
         heatmaps = self.grounder.heatmaps(rgb, names, progress=progress)
-        return rgb, heatmaps, self.prompter.thresholds_for(names, thresholds)
+        return rgb, heatmaps, self.sam_prompter.thresholds_for(names, thresholds)
 
     def _submit_crf(
         self, pool: Executor, image: ImageLike, names: Sequence[str], thresholds: Thresholds
@@ -282,7 +285,7 @@ class DiffuPrompter(Annotator):
 
         def prompt() -> Annotation:
             binaries = {name: future.result() for name, future in futures.items()}
-            return Annotation(heatmaps, self.prompter.prompt(rgb, heatmaps, binaries))
+            return Annotation(heatmaps, self.sam_prompter.prompt(rgb, heatmaps, binaries))
 
         return key, _guarded(prompt)
 

@@ -12,11 +12,12 @@ import torch
 
 from .config import DEFAULT_SAM_MODEL, DiffuPrompterConfig, model_source
 from .crf import binary_map
+from .device import default_dtype, resolve_device
 from .errors import InputImageError
 from .image import ImageLike, to_rgb_uint8
 from .mask_runs import MaskRuns
-from .models import default_dtype, load_sam, resolve_device
 from .prompts import Box, Region, components, mask_box, regions
+from .sam import load_sam
 
 
 class Instance:
@@ -121,7 +122,7 @@ class SamPrompter:
         config: DiffuPrompterConfig | None = None,
         dtype: torch.dtype | None = None,
     ) -> SamPrompter:
-        """Loads SAM (see :func:`~diffuprompter_plugin.engine.models.load_sam`); dtype
+        """Loads SAM (see :func:`~diffuprompter_plugin.engine.sam.load_sam`); dtype
         defaults to float16 on GPU, float32 on CPU. The prompter's ``sources``
         record ``sam_model`` and ``sam_checkpoint`` when they are ids or paths."""
         device = resolve_device(device)
@@ -265,7 +266,7 @@ def binary_maps(
     config: DiffuPrompterConfig,
 ) -> dict[str, np.ndarray]:
     """Eq. 10 for every class: ``{class: H x W bool}``. A module-level
-    function, so DenseCRF can run in worker processes."""
+    function, so DenseCRF can run in the CRF pool's processes."""
     for label, heatmap in heatmaps.items():
         if heatmap.shape != rgb.shape[:2]:
             raise ValueError(f"Heatmap '{label}' is {heatmap.shape}, image is {rgb.shape[:2]}")

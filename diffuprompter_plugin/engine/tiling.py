@@ -359,6 +359,6 @@ def annotate_scene(
     paths = {name: os.path.join(folder, f"{k}.tif") for k, name in enumerate(names)}
     with _gdal_env():
         ground_scene(model, raster, names, paths, raster.georef, progress)
-        instances = segment_scene(model.prompter, raster, paths, thresholds)
+        instances = segment_scene(model.sam_prompter, raster, paths, thresholds)
         previews = {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}
     return Annotation(previews, instances, paths, (raster.height, raster.width))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .models import build_sam, save_sam
+from .sam import build_sam, save_sam
 
 SMOKE_WORDS = (
     "photo of a airplane ship storage tank baseball diamond swimming pool tennis "

@@ -181,8 +181,8 @@ def check_workers_can_label(record: PseudoLabelsConfig) -> None:
     weights that cannot be had, class prompts the text encoder cannot take
     (when its tokenizer is here)."""
     from ..engine.errors import ModelUnavailableError
-    from ..engine.models import missing_weights
     from ..engine.pipeline import check_prompts
+    from ..engine.weights import missing_weights
 
     check_writable(record.heatmap_dir)
     models = record.models

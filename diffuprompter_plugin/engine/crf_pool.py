@@ -1,0 +1,67 @@
+"""The process pool that runs DenseCRF beside the models (``crf_workers``).
+
+Its processes are spawned, so they inherit no CUDA state; they run
+single-threaded, so that N processes use N cores without BLAS or OpenMP
+oversubscription; and they start without importing the caller's
+``__main__``, so a user script with no ``if __name__ == "__main__":`` guard
+is not run again in every pool process (it would otherwise fail every image
+with ``BrokenProcessPool``). This module imports nothing heavy: a pool
+process runs :func:`single_threaded` before its first task imports numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import types
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.context import SpawnContext, SpawnProcess
+
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+"""Environment variables that size the OpenMP and BLAS thread pools."""
+
+
+def single_threaded() -> None:
+    """Pool process initializer: one OpenMP and BLAS thread, set before any
+    library that reads these variables is imported."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = "1"
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Makes ``__main__`` a bare module while a pool process is launched, so
+    that multiprocessing does not tell it to import the caller's script."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+class _PoolProcess(SpawnProcess):
+    """A spawned process that does not import the caller's ``__main__``."""
+
+    @staticmethod
+    def _Popen(process_obj):  # noqa: N802 (multiprocessing's name)
+        with _main_hidden():
+            return SpawnProcess._Popen(process_obj)
+
+
+class _PoolContext(SpawnContext):
+    Process = _PoolProcess
+
+
+def crf_pool(processes: int) -> ProcessPoolExecutor:
+    """A pool of ``processes`` single-threaded processes that never import
+    ``__main__``; tasks must be module-level functions of importable modules."""
+    return ProcessPoolExecutor(processes, mp_context=_PoolContext(), initializer=single_threaded)
