@@ -13,7 +13,8 @@ import numpy as np
 from fiftyone import ViewField as F
 
 from .coco import COCO_MAX_DETS, METRIC_NAMES, coco_metrics
-from .importers.categories import CATEGORIES, normalize
+from .engine.class_names import match_key
+from .importers.categories import CATEGORIES
 
 DEFAULT_CLASS_MAP = {
     **{c: c for c in CATEGORIES},
@@ -22,8 +23,9 @@ DEFAULT_CLASS_MAP = {
     "large vehicle": "vehicle",
     "playground": "ground track field",
 }
-"""Ground-truth class -> pseudo-label class, matched on normalised names
-(``Ground_Track_Field``, ``storage_tank`` and ``Small_Vehicle`` included)."""
+"""Ground-truth class -> pseudo-label class, matched on the names' matching
+keys (:func:`~diffuprompter_plugin.engine.class_names.match_key`:
+``Ground_Track_Field``, ``storage_tank`` and ``Small_Vehicle`` included)."""
 
 CALIBRATION_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))
 
@@ -36,7 +38,7 @@ def resolve_class_map(
     Args:
         gt_labels: the distinct labels of the ground-truth field.
         class_map: ``{gt name: pseudo-label name}`` added to (and overriding)
-            :data:`DEFAULT_CLASS_MAP`; names match after normalisation.
+            :data:`DEFAULT_CLASS_MAP`; names match on their matching keys.
 
     Returns:
         (``{gt label: pseudo class}``, ground-truth labels with no pseudo class).
@@ -44,15 +46,15 @@ def resolve_class_map(
     Raises:
         ValueError: ``class_map`` names a class absent from the ground truth.
     """
-    table = {normalize(k): v for k, v in DEFAULT_CLASS_MAP.items()}
-    present = {normalize(label): label for label in gt_labels}
+    table = {match_key(k): v for k, v in DEFAULT_CLASS_MAP.items()}
+    present = {match_key(label): label for label in gt_labels}
     for gt_name, pred_name in (class_map or {}).items():
-        if normalize(gt_name) not in present:
+        if match_key(gt_name) not in present:
             raise ValueError(
                 f"class_map names ground-truth class '{gt_name}', which the ground "
                 f"truth does not have ({sorted(gt_labels)})"
             )
-        table[normalize(gt_name)] = pred_name
+        table[match_key(gt_name)] = pred_name
     mapping = {label: table[key] for key, label in present.items() if key in table}
     unmatched = sorted(label for key, label in present.items() if key not in table)
     return mapping, unmatched

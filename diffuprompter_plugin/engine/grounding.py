@@ -11,7 +11,6 @@ scene that share a working size, share the micro-batches: a U-Net call runs
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .class_names import ClassName
 from .config import DiffuPrompterConfig
 from .image import ImageLike, to_rgb_uint8
 from .models import StableDiffusion, compiles_unet
@@ -30,35 +30,26 @@ LATENT_STRIDE = 64
 downsamplings."""
 
 
-def prompt_name(class_name: str) -> str:
-    """The class name as it goes into the prompt: ``storage_tank`` and
-    ``Storage-Tank`` become ``storage tank``."""
-    name = re.sub(r"[\s_\-]+", " ", class_name).strip().lower()
-    if not name:
-        raise ValueError(f"Invalid class name {class_name!r}")
-    return name
-
-
-def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
-    """Positions of the class's sub-tokens in the tokenised prompt.
+def class_token_indices(tokenizer, template: str, class_name: ClassName) -> list[int]:
+    """Positions of the class's sub-tokens (its prompt name's) in the
+    tokenised prompt.
 
     The prefix before ``{}`` and the class are tokenised separately; the start
     token is position 0, so neither it nor padding is ever selected.
     """
     prefix = template.split("{}")[0]
+    name, prompt = class_name.prompt_name, class_name.prompt(template)
     n_prefix = len(tokenizer(prefix, add_special_tokens=False).input_ids)
-    class_ids = tokenizer(class_name, add_special_tokens=False).input_ids
-    prompt_ids = tokenizer(template.format(class_name)).input_ids
+    class_ids = tokenizer(name, add_special_tokens=False).input_ids
+    prompt_ids = tokenizer(prompt).input_ids
     indices = list(range(1 + n_prefix, 1 + n_prefix + len(class_ids)))
     if indices[-1] >= tokenizer.model_max_length - 1:
         raise ValueError(
-            f"The prompt for '{class_name[:60]}' is too long for the text encoder: "
+            f"The prompt for '{name[:60]}' is too long for the text encoder: "
             f"{len(prompt_ids)} tokens, at most {tokenizer.model_max_length} fit"
         )
     if [prompt_ids[i] for i in indices] != class_ids:
-        raise ValueError(
-            f"Cannot locate '{class_name}' in the prompt {template.format(class_name)!r}"
-        )
+        raise ValueError(f"Cannot locate '{name}' in the prompt {prompt!r}")
     return indices
 
 
@@ -66,7 +57,7 @@ def check_class_prompts(tokenizer, template: str, class_names: Sequence[str]) ->
     """Raises ValueError naming a class whose prompt the text encoder cannot
     take (too long) or in which the class cannot be located."""
     for name in class_names:
-        class_token_indices(tokenizer, template, prompt_name(name))
+        class_token_indices(tokenizer, template, ClassName(name))
 
 
 def working_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -241,11 +232,11 @@ class TextGrounder:
         return self._embeddings[key]
 
     def _embed(self, class_name: str) -> tuple[torch.Tensor, list[int]]:
-        name = prompt_name(class_name)
+        name = ClassName(class_name)
         tokenizer = self.sd.tokenizer
         indices = class_token_indices(tokenizer, self.config.template, name)
         ids = tokenizer(
-            self.config.template.format(name),
+            name.prompt(self.config.template),
             padding="max_length",
             max_length=tokenizer.model_max_length,
             truncation=True,

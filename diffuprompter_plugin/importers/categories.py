@@ -1,16 +1,18 @@
 """The paper's 12 categories and the one table mapping collection folders onto them.
 
-Folder names are matched on a normalised key (lowercase, letters and digits
-only), so ``storage-tank``, ``StorageTanks`` and ``storage_tanks`` differ only
-where the collections really differ. "direct" folders are the category;
-"candidate" folders are scene-level guesses (a parking lot shows vehicles)
-that are imported only on request.
+Folder names are matched on their matching key (lowercase, letters and
+digits only: :func:`~diffuprompter_plugin.engine.class_names.match_key`), so
+``storage-tank``, ``StorageTanks`` and ``storage_tanks`` differ only where the
+collections really differ. "direct" folders are the category; "candidate"
+folders are scene-level guesses (a parking lot shows vehicles) that are
+imported only on request.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from ..engine.class_names import match_key
 
 CATEGORIES = (
     "airplane",
@@ -26,11 +28,6 @@ CATEGORIES = (
     "bridge",
     "vehicle",
 )
-
-
-def normalize(name: str) -> str:
-    """Matching key of a folder or class name: lowercase alphanumerics only."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 @dataclass(frozen=True)
@@ -53,11 +50,11 @@ class Collection:
 
     def category(self, folder: str, include_candidates: bool) -> tuple[str | None, bool]:
         """(category or None, whether it is a candidate mapping) of a folder."""
-        key = normalize(folder)
-        direct = {normalize(k): v for k, v in self.direct.items()}
+        key = match_key(folder)
+        direct = {match_key(k): v for k, v in self.direct.items()}
         if key in direct:
             return direct[key], False
-        candidate = {normalize(k): v for k, v in self.candidate.items()}
+        candidate = {match_key(k): v for k, v in self.candidate.items()}
         if include_candidates and key in candidate:
             return candidate[key], True
         return None, False
@@ -216,8 +213,8 @@ COLLECTIONS = {
 
 def find_collection(name: str) -> Collection | None:
     """The collection a folder or user-given name refers to, or None."""
-    key = normalize(name)
+    key = match_key(name)
     for collection in COLLECTIONS.values():
-        if key in {normalize(collection.name), *map(normalize, collection.roots)}:
+        if key in {match_key(collection.name), *map(match_key, collection.roots)}:
             return collection
     return None

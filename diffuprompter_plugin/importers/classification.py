@@ -10,11 +10,12 @@ from pathlib import Path
 import fiftyone as fo
 import fiftyone.core.utils as fou
 
-from .categories import COLLECTIONS, Collection, find_collection, normalize
+from ..engine.class_names import match_key
+from .categories import COLLECTIONS, Collection, find_collection
 from .common import ImportReport, image_metadata, is_image, run_import
 from .dlr import import_dlr_munich
 
-DLR = normalize("DLR Munich")
+DLR = match_key("DLR Munich")
 
 
 def detect_collection(root: Path) -> Collection:
@@ -35,7 +36,7 @@ def detect_collection(root: Path) -> Collection:
 
 
 SPLIT_FOLDERS = {"train", "training", "val", "validation", "test", "testing"}
-"""Folder names (normalised) of a collection shipped as split folders, each
+"""Folder names (matching keys) of a collection shipped as split folders, each
 holding the class folders (RSD46-WHU: ``train/`` and ``test/``)."""
 
 
@@ -55,7 +56,7 @@ def class_folders(root: Path, collection: Collection) -> list[tuple[Path, str | 
             f"'{base}' has no class folders; {collection.name} keeps images in "
             f"<root>/{collection.image_dir + '/' if collection.image_dir else ''}<class>/"
         )
-    if all(normalize(f.name) in SPLIT_FOLDERS for f in folders):
+    if all(match_key(f.name) in SPLIT_FOLDERS for f in folders):
         return [
             (c, split.name) for split in folders for c in sorted(split.iterdir()) if c.is_dir()
         ]
@@ -134,7 +135,7 @@ def import_classification_collection(
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"Collection folder '{root}' does not exist")
-    if normalize(collection or "") == DLR or any(root.glob("*.samp")):
+    if match_key(collection or "") == DLR or any(root.glob("*.samp")):
         return import_dlr_munich(root, name, tile_size=tile_size, progress=progress)
     found = find_collection(collection) if collection else detect_collection(root)
     if found is None:
