@@ -236,13 +236,29 @@ def evaluate_pseudo_labels(
     return report
 
 
+def iou_index(results: Any, iou: float) -> int:
+    """The index of the IoU threshold ``iou`` in COCO evaluation results'
+    ``iou_threshs`` (the first axis of their ``precision``, which is
+    ``num_iou_threshs x num_classes x num_recall``), matched to within 1e-6.
+
+    Raises:
+        ValueError: the evaluation has no such threshold.
+    """
+    threshs = np.asarray(results.iou_threshs, dtype=float)
+    matches = np.flatnonzero(np.abs(threshs - iou) < 1e-6)
+    if matches.size == 0:
+        raise ValueError(f"IoU threshold {iou} is not one of the evaluation's: {threshs.tolist()}")
+    return int(matches[0])
+
+
 def fiftyone_metrics(results: Any, classes: Sequence[str]) -> dict[str, Any]:
     """AP, AP50, AP75 and per-class AP from FiftyOne's COCO results."""
 
     def ap_at(iou: float | None) -> float:
         precision = results.precision
         if iou is not None:
-            precision = precision[results._get_iou_thresh_inds(iou)]
+            index = iou_index(results, iou)
+            precision = precision[index : index + 1]
         per_class = [precision[:, k] for k in range(precision.shape[1])]
         values = [p.mean() for p in per_class if (p > -1).all()]
         return float(np.mean(values)) if values else -1.0
@@ -321,7 +337,7 @@ def pr_curves(samples: Any, eval_key: str, iou: float = 0.5) -> list[dict[str, A
     """Precision-recall curves per class of a stored evaluation at one IoU,
     as plotly scatter traces."""
     results = samples.load_evaluation_results(eval_key)
-    index = results._get_iou_thresh_inds(iou)[0]
+    index = iou_index(results, iou)
     traces = []
     for k, name in enumerate(results.classes):
         precision = results.precision[index, k]

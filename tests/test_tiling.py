@@ -27,19 +27,17 @@ class RedGrounder:
     def check_prompts(self, names):
         pass
 
-    def heatmaps(self, rgb, names, peaks=None, progress=False):
-        self.tiles += 1
-        raw = rgb[..., 0].astype(np.float32) / 255
-        span = raw.max() - raw.min()
-        heat = (raw - raw.min()) / span if span else np.zeros_like(raw)
-        if peaks is not None:
-            peaks.update(dict.fromkeys(names, float(raw.max())))
-        return {name: heat.copy() for name in names}
+    def heatmaps(self, rgb, names, progress=False):
+        ((heatmaps, _),) = self.tile_heatmaps([rgb], names)
+        return heatmaps
 
     def tile_heatmaps(self, images, names, progress=False):
         for rgb in images:
-            peaks = {}
-            yield self.heatmaps(rgb, names, peaks), peaks
+            self.tiles += 1
+            raw = rgb[..., 0].astype(np.float32) / 255
+            span = raw.max() - raw.min()
+            heat = (raw - raw.min()) / span if span else np.zeros_like(raw)
+            yield {name: heat.copy() for name in names}, dict.fromkeys(names, float(raw.max()))
 
 
 def stub_model(config: DiffuPrompterConfig) -> DiffuPrompter:

@@ -153,16 +153,12 @@ class TextGrounder:
         self,
         image: ImageLike,
         class_names: Sequence[str],
-        peaks: dict[str, float] | None = None,
         progress: bool = False,
     ) -> dict[str, np.ndarray]:
         """Returns ``{class name: H x W float32 heatmap in [0, 1]}`` at the
-        image's own size: the one-tile case of :meth:`tile_heatmaps`. A given
-        ``peaks`` dict receives each class's mean :func:`pyramid_peak` over
-        the draws. With ``progress``, a bar counts the U-Net calls done."""
-        ((heatmaps, class_peaks),) = self.tile_heatmaps([image], class_names, progress)
-        if peaks is not None:
-            peaks.update(class_peaks)
+        image's own size: the one-tile case of :meth:`tile_heatmaps`. With
+        ``progress``, a bar counts the U-Net calls done."""
+        ((heatmaps, _),) = self.tile_heatmaps([image], class_names, progress)
         return heatmaps
 
     @torch.inference_mode()
