@@ -12,7 +12,12 @@ import fiftyone as fo
 import numpy as np
 
 from .engine.class_names import ClassName, validate_class_names
-from .engine.heatmap_store import HEATMAP_SCALE, read_heatmap_window
+from .engine.heatmap_store import (
+    HEATMAP_SCALE,
+    dequantize_heatmap,
+    quantize_heatmap,
+    read_heatmap_window,
+)
 from .engine.raster import RasterFile
 
 BANDS_FIELD = "bands"
@@ -63,8 +68,7 @@ def write_heatmap(heatmap: np.ndarray, path: str, geotiff: str | None = None) ->
             with the extension ``.tif``); the label's ``geotiff_path`` names it.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    data = np.round(np.clip(heatmap, 0, 1) * HEATMAP_SCALE).astype(np.uint16)
-    if not cv2.imwrite(path, data):
+    if not cv2.imwrite(path, quantize_heatmap(heatmap)):
         raise OSError(f"Cannot write heatmap '{path}'")
     label = fo.Heatmap(map_path=path, range=[0, HEATMAP_SCALE])
     if geotiff is not None:
@@ -88,7 +92,7 @@ def read_heatmap(label: fo.Heatmap) -> np.ndarray:
     data = label.get_map()
     if data is None:
         raise ValueError(f"Heatmap file '{label.map_path}' cannot be read")
-    return (data.astype(np.float32) / HEATMAP_SCALE).clip(0, 1)
+    return dequantize_heatmap(data)
 
 
 def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections:
