@@ -60,6 +60,25 @@ class Collection:
         return None, False
 
 
+RESISC45_FOLDERS = (
+    {
+        "airplane": "airplane",
+        "baseball_diamond": "baseball diamond",
+        "basketball_court": "basketball court",
+        "bridge": "bridge",
+        "ground_track_field": "ground track field",
+        "harbor": "harbor",
+        "roundabout": "roundabout",
+        "ship": "ship",
+        "storage_tank": "storage tank",
+        "tennis_court": "tennis court",
+    },
+    {"parking_lot": "vehicle", "overpass": "bridge"},
+)
+"""(direct, candidate) folders of NWPU-RESISC45, and of OPTIMAL-31, whose 31
+folders are named as RESISC45's and lack only its ship, storage tank and
+tennis court."""
+
 COLLECTIONS = {
     c.name: c
     for c in (
@@ -96,24 +115,7 @@ COLLECTIONS = {
             {"harbor": "harbor", "storage tanks": "storage tank"},
             {"overpass": "bridge"},
         ),
-        Collection(
-            "NWPU-RESISC45",
-            ("NWPU-RESISC45",),
-            "",
-            {
-                "airplane": "airplane",
-                "baseball_diamond": "baseball diamond",
-                "basketball_court": "basketball court",
-                "bridge": "bridge",
-                "ground_track_field": "ground track field",
-                "harbor": "harbor",
-                "roundabout": "roundabout",
-                "ship": "ship",
-                "storage_tank": "storage tank",
-                "tennis_court": "tennis court",
-            },
-            {"parking_lot": "vehicle", "overpass": "bridge"},
-        ),
+        Collection("NWPU-RESISC45", ("NWPU-RESISC45",), "", *RESISC45_FOLDERS),
         Collection(
             "AID",
             ("AID",),
@@ -175,21 +177,7 @@ COLLECTIONS = {
                 "overpass": "bridge",
             },
         ),
-        Collection(
-            "OPTIMAL-31",
-            ("OPTIMAL-31",),
-            "Images",
-            {
-                "airplane": "airplane",
-                "baseball_diamond": "baseball diamond",
-                "basketball_court": "basketball court",
-                "bridge": "bridge",
-                "ground_track_field": "ground track field",
-                "harbor": "harbor",
-                "roundabout": "roundabout",
-            },
-            {"parking_lot": "vehicle", "overpass": "bridge"},
-        ),
+        Collection("OPTIMAL-31", ("OPTIMAL-31",), "Images", *RESISC45_FOLDERS),
         Collection(
             "CLRS",
             ("CLRS",),
