@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 
 import fiftyone as fo
-import fiftyone.core.utils as fou
 
 from ..engine.class_names import match_key
 from .categories import COLLECTIONS, Collection, find_collection
-from .common import ImportReport, image_metadata, is_image, run_import
+from .common import ImportReport, image_metadata, is_image, new_files, run_import
 from .dlr import import_dlr_munich
 
 DLR = match_key("DLR Munich")
@@ -151,23 +151,17 @@ def _samples(
     known: set[str],
     report: ImportReport,
 ) -> Iterator[fo.Sample]:
-    with fou.ProgressBar(total=len(paths), progress=progress) as pb:
-        for path, source_class, category, mapping, split in paths:
-            pb.update()
-            if path in known:
-                report.existing += 1
-                continue
-            metadata = report.load(image_metadata, path)
-            if metadata is None:
-                continue
-            sample = fo.Sample(
-                filepath=path,
-                metadata=metadata,
-                ground_truth=fo.Classification(label=category),
-                source_collection=collection.name,
-                source_class=source_class,
-                mapping=mapping,
-            )
-            if split is not None:
-                sample["split"] = split
-            yield sample
+    for (path, source_class, category, mapping, split), metadata in new_files(
+        paths, itemgetter(0), image_metadata, known, report, progress
+    ):
+        sample = fo.Sample(
+            filepath=path,
+            metadata=metadata,
+            ground_truth=fo.Classification(label=category),
+            source_collection=collection.name,
+            source_class=source_class,
+            mapping=mapping,
+        )
+        if split is not None:
+            sample["split"] = split
+        yield sample
