@@ -30,15 +30,17 @@ LATENT_STRIDE = 64
 downsamplings."""
 
 
-def class_token_indices(tokenizer, template: str, class_name: ClassName) -> list[int]:
-    """Positions of the class's sub-tokens (its prompt name's) in the
-    tokenised prompt.
+def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
+    """Positions of the class's sub-tokens (its :attr:`ClassName.prompt_name
+    <diffuprompter_plugin.engine.class_names.ClassName.prompt_name>`'s) in
+    the tokenised prompt.
 
     The prefix before ``{}`` and the class are tokenised separately; the start
     token is position 0, so neither it nor padding is ever selected.
     """
     prefix = template.split("{}")[0]
-    name, prompt = class_name.prompt_name, class_name.prompt(template)
+    checked = ClassName(class_name)
+    name, prompt = checked.prompt_name, checked.prompt(template)
     n_prefix = len(tokenizer(prefix, add_special_tokens=False).input_ids)
     class_ids = tokenizer(name, add_special_tokens=False).input_ids
     prompt_ids = tokenizer(prompt).input_ids
@@ -57,7 +59,7 @@ def check_class_prompts(tokenizer, template: str, class_names: Sequence[str]) ->
     """Raises ValueError naming a class whose prompt the text encoder cannot
     take (too long) or in which the class cannot be located."""
     for name in class_names:
-        class_token_indices(tokenizer, template, ClassName(name))
+        class_token_indices(tokenizer, template, name)
 
 
 def working_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -228,11 +230,10 @@ class TextGrounder:
         return self._embeddings[key]
 
     def _embed(self, class_name: str) -> tuple[torch.Tensor, list[int]]:
-        name = ClassName(class_name)
         tokenizer = self.sd.tokenizer
-        indices = class_token_indices(tokenizer, self.config.template, name)
+        indices = class_token_indices(tokenizer, self.config.template, class_name)
         ids = tokenizer(
-            name.prompt(self.config.template),
+            ClassName(class_name).prompt(self.config.template),
             padding="max_length",
             max_length=tokenizer.model_max_length,
             truncation=True,
