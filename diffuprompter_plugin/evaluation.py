@@ -13,7 +13,8 @@ import numpy as np
 from fiftyone import ViewField as F
 
 from .coco import COCO_MAX_DETS, METRIC_NAMES, coco_metrics
-from .importers.categories import CATEGORIES, normalize
+from .engine.class_names import match_key
+from .importers.categories import CATEGORIES
 
 DEFAULT_CLASS_MAP = {
     **{c: c for c in CATEGORIES},
@@ -22,8 +23,9 @@ DEFAULT_CLASS_MAP = {
     "large vehicle": "vehicle",
     "playground": "ground track field",
 }
-"""Ground-truth class -> pseudo-label class, matched on normalised names
-(``Ground_Track_Field``, ``storage_tank`` and ``Small_Vehicle`` included)."""
+"""Ground-truth class -> pseudo-label class, matched on the names' matching
+keys (:func:`~diffuprompter_plugin.engine.class_names.match_key`:
+``Ground_Track_Field``, ``storage_tank`` and ``Small_Vehicle`` included)."""
 
 CALIBRATION_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))
 
@@ -36,7 +38,7 @@ def resolve_class_map(
     Args:
         gt_labels: the distinct labels of the ground-truth field.
         class_map: ``{gt name: pseudo-label name}`` added to (and overriding)
-            :data:`DEFAULT_CLASS_MAP`; names match after normalisation.
+            :data:`DEFAULT_CLASS_MAP`; names match on their matching keys.
 
     Returns:
         (``{gt label: pseudo class}``, ground-truth labels with no pseudo class).
@@ -44,15 +46,15 @@ def resolve_class_map(
     Raises:
         ValueError: ``class_map`` names a class absent from the ground truth.
     """
-    table = {normalize(k): v for k, v in DEFAULT_CLASS_MAP.items()}
-    present = {normalize(label): label for label in gt_labels}
+    table = {match_key(k): v for k, v in DEFAULT_CLASS_MAP.items()}
+    present = {match_key(label): label for label in gt_labels}
     for gt_name, pred_name in (class_map or {}).items():
-        if normalize(gt_name) not in present:
+        if match_key(gt_name) not in present:
             raise ValueError(
                 f"class_map names ground-truth class '{gt_name}', which the ground "
                 f"truth does not have ({sorted(gt_labels)})"
             )
-        table[normalize(gt_name)] = pred_name
+        table[match_key(gt_name)] = pred_name
     mapping = {label: table[key] for key, label in present.items() if key in table}
     unmatched = sorted(label for key, label in present.items() if key not in table)
     return mapping, unmatched
@@ -234,13 +236,29 @@ def evaluate_pseudo_labels(
     return report
 
 
+def iou_index(results: Any, iou: float) -> int:
+    """The index of the IoU threshold ``iou`` in COCO evaluation results'
+    ``iou_threshs`` (the first axis of their ``precision``, which is
+    ``num_iou_threshs x num_classes x num_recall``), matched to within 1e-6.
+
+    Raises:
+        ValueError: the evaluation has no such threshold.
+    """
+    threshs = np.asarray(results.iou_threshs, dtype=float)
+    matches = np.flatnonzero(np.abs(threshs - iou) < 1e-6)
+    if matches.size == 0:
+        raise ValueError(f"IoU threshold {iou} is not one of the evaluation's: {threshs.tolist()}")
+    return int(matches[0])
+
+
 def fiftyone_metrics(results: Any, classes: Sequence[str]) -> dict[str, Any]:
     """AP, AP50, AP75 and per-class AP from FiftyOne's COCO results."""
 
     def ap_at(iou: float | None) -> float:
         precision = results.precision
         if iou is not None:
-            precision = precision[results._get_iou_thresh_inds(iou)]
+            index = iou_index(results, iou)
+            precision = precision[index : index + 1]
         per_class = [precision[:, k] for k in range(precision.shape[1])]
         values = [p.mean() for p in per_class if (p > -1).all()]
         return float(np.mean(values)) if values else -1.0
@@ -319,7 +337,7 @@ def pr_curves(samples: Any, eval_key: str, iou: float = 0.5) -> list[dict[str, A
     """Precision-recall curves per class of a stored evaluation at one IoU,
     as plotly scatter traces."""
     results = samples.load_evaluation_results(eval_key)
-    index = results._get_iou_thresh_inds(iou)[0]
+    index = iou_index(results, iou)
     traces = []
     for k, name in enumerate(results.classes):
         precision = results.precision[index, k]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Iterable
 
@@ -12,7 +11,13 @@ import cv2
 import fiftyone as fo
 import numpy as np
 
-from .engine.heatmap_store import HEATMAP_SCALE, read_heatmap_window
+from .engine.class_names import ClassName, validate_class_names
+from .engine.heatmap_store import (
+    HEATMAP_SCALE,
+    dequantize_heatmap,
+    quantize_heatmap,
+    read_heatmap_window,
+)
 from .engine.raster import RasterFile
 
 BANDS_FIELD = "bands"
@@ -27,47 +32,18 @@ DETECTION_BYTES = 1024
 """An upper bound on what a detection takes beside its mask's pixels (label,
 box, score, ids, the mask's headers)."""
 
-MAX_SLUG_LENGTH = 100
-"""A class slug names a heatmap field and a folder: 100 characters leave room
-for the field prefix and stay far below file systems' 255-byte name limit."""
-
-
-def class_slug(class_name: str) -> str:
-    """A field- and file-safe name for a class: ``Storage Tank`` -> ``storage_tank``.
-
-    Raises:
-        ValueError: the name has no letter or digit, or its slug is longer
-            than :data:`MAX_SLUG_LENGTH`.
-    """
-    slug = re.sub(r"\W+", "_", class_name.strip().lower()).strip("_")
-    if not slug:
-        raise ValueError(f"Invalid class name {class_name!r}")
-    if len(slug) > MAX_SLUG_LENGTH:
-        raise ValueError(
-            f"Class name '{class_name[:60]}...' is too long: its field and folder name "
-            f"would be {len(slug)} characters, at most {MAX_SLUG_LENGTH} fit"
-        )
-    return slug
-
 
 def heatmap_fields(class_names: Iterable[str], prefix: str) -> dict[str, str]:
     """``{class name: <prefix>_<class slug>}``, the run's heatmap fields.
 
     Raises:
-        ValueError: two names share one slug (``storage tank`` and
-            ``Storage_Tank``), so one of them would get no heatmap.
+        ValueError: the names fail
+            :func:`~diffuprompter_plugin.engine.class_names.validate_class_names`,
+            e.g. two share one slug (``storage tank`` and ``Storage_Tank``),
+            so one of them would get no heatmap.
     """
-    fields: dict[str, str] = {}
-    for name in class_names:
-        field = f"{prefix}_{class_slug(name)}"
-        same = [other for other, taken in fields.items() if taken == field]
-        if same:
-            raise ValueError(
-                f"Class names '{same[0]}' and '{name}' differ only in case, spaces or "
-                f"punctuation, so both would be stored in field '{field}': keep one"
-            )
-        fields[name] = field
-    return fields
+    names = validate_class_names(class_names)
+    return {name: f"{prefix}_{ClassName(name).slug}" for name in names}
 
 
 def write_heatmap(heatmap: np.ndarray, path: str, geotiff: str | None = None) -> fo.Heatmap:
@@ -80,8 +56,7 @@ def write_heatmap(heatmap: np.ndarray, path: str, geotiff: str | None = None) ->
             with the extension ``.tif``); the label's ``geotiff_path`` names it.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    data = np.round(np.clip(heatmap, 0, 1) * HEATMAP_SCALE).astype(np.uint16)
-    if not cv2.imwrite(path, data):
+    if not cv2.imwrite(path, quantize_heatmap(heatmap)):
         raise OSError(f"Cannot write heatmap '{path}'")
     label = fo.Heatmap(map_path=path, range=[0, HEATMAP_SCALE])
     if geotiff is not None:
@@ -105,7 +80,7 @@ def read_heatmap(label: fo.Heatmap) -> np.ndarray:
     data = label.get_map()
     if data is None:
         raise ValueError(f"Heatmap file '{label.map_path}' cannot be read")
-    return (data.astype(np.float32) / HEATMAP_SCALE).clip(0, 1)
+    return dequantize_heatmap(data)
 
 
 def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections:

@@ -22,6 +22,7 @@ from diffuprompter_plugin.engine.pipeline import Annotation, Annotator
 from diffuprompter_plugin.evaluation import (
     calibrate_thresholds,
     evaluate_pseudo_labels,
+    iou_index,
     resolve_class_map,
 )
 from diffuprompter_plugin.importers import import_nwpu_vhr10
@@ -99,6 +100,22 @@ def test_iou_exactly_on_thresholds(tmp_path, width, shift, ap, ap75):
     assert _metric(report, "AP50") == (1.0, 1.0)
     assert _metric(report, "AP75") == (ap75, ap75)
     assert _metric(report, "AP") == (ap, ap)
+
+
+def test_iou_index_reads_the_public_iou_threshs(tmp_path):
+    shape = (48, 64)
+    scenes = [
+        ([("ship", _rect(shape, 2, 10, 28, 6))], [("ship", _rect(shape, 6, 10, 28, 6), 0.9)])
+    ]
+    dataset = _dataset(tmp_path, scenes)
+    evaluate_pseudo_labels(dataset, "pred", "gt", "indexed")
+    results = dataset.load_evaluation_results("indexed")
+    assert [iou_index(results, iou) for iou in (0.5, 0.55, 0.75, 0.95)] == [0, 1, 5, 9]
+    assert iou_index(results, 0.75 + 1e-9) == 5  # float noise, as FiftyOne matches
+    assert results.precision[iou_index(results, 0.75), 0, 0] == 1.0  # IoU 0.75 matches
+    assert results.precision[iou_index(results, 0.8), 0, 0] == 0.0  # IoU 0.8 does not
+    with pytest.raises(ValueError, match=r"IoU threshold 0.52 is not one of the evaluation.s"):
+        iou_index(results, 0.52)
 
 
 def test_small_medium_large_ranges(tmp_path):

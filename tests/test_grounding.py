@@ -10,7 +10,6 @@ from diffuprompter_plugin.engine.grounding import (
     TextGrounder,
     aggregate_pyramid,
     normalize,
-    prompt_name,
     working_size,
 )
 
@@ -100,13 +99,6 @@ def test_working_size_keeps_aspect_in_multiples_of_64():
     assert working_size(600, 800, 512) == (384, 512)
     assert working_size(1000, 100, 512) == (512, 64)
     assert working_size(48, 64, 64) == (64, 64)
-
-
-def test_prompt_name_spaces_underscores():
-    assert prompt_name("Storage_Tank") == "storage tank"
-    assert prompt_name(" ground-track  field ") == "ground track field"
-    with pytest.raises(ValueError, match="Invalid class name"):
-        prompt_name("__")
 
 
 def _count_calls(module: torch.nn.Module, calls: list[int]):

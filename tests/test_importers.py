@@ -17,7 +17,13 @@ from diffuprompter_plugin.importers import (
     import_isaid,
     import_nwpu_vhr10,
 )
-from diffuprompter_plugin.importers.common import windows
+from diffuprompter_plugin.importers.categories import COLLECTIONS
+from diffuprompter_plugin.importers.common import (
+    ImportReport,
+    image_metadata,
+    new_files,
+    windows,
+)
 
 
 def _image(path, size=(40, 30), mode="RGB"):
@@ -38,6 +44,83 @@ def test_windows_shift_edge_patches_inside():
     assert [w[0] for w in windows(1200, 512, 512, 128)] == [0, 384, 688]
     with pytest.raises(ValueError, match="overlap 512"):
         windows(1000, 1000, 512, 512)
+
+
+def test_new_files_skip_imported_and_unreadable_files_counting_each(tmp_path):
+    for name in ("a.png", "b.png", "d.png"):
+        _image(tmp_path / name, (8 + len(name), 6))
+    (tmp_path / "c.png").write_bytes(b"broken")
+    items = [("A", tmp_path / n) for n in ("a.png", "b.png", "c.png", "d.png")]
+    report = ImportReport("ds")
+    new = list(
+        new_files(items, lambda i: i[1], image_metadata, {str(tmp_path / "b.png")}, report, False)
+    )
+    assert [(item[0], meta.width, meta.height) for item, meta in new] == [
+        ("A", 13, 6),
+        ("A", 13, 6),
+    ]
+    assert [item[1].name for item, _ in new] == ["a.png", "d.png"]
+    assert report.existing == 1
+    assert [(p, "not a readable image" in r) for p, r in report.skipped] == [
+        (str(tmp_path / "c.png"), True)
+    ]
+
+
+OPTIMAL_31 = {
+    "airplane": ("airplane", False),
+    "baseball_diamond": ("baseball diamond", False),
+    "basketball_court": ("basketball court", False),
+    "bridge": ("bridge", False),
+    "ground_track_field": ("ground track field", False),
+    "harbor": ("harbor", False),
+    "roundabout": ("roundabout", False),
+    "parking_lot": ("vehicle", True),
+    "overpass": ("bridge", True),
+}
+"""OPTIMAL-31's mapped folders; its 22 other folders map onto nothing."""
+
+
+def test_optimal_31_and_resisc45_share_one_folder_table():
+    folders = [
+        "airplane",
+        "airport",
+        "baseball_diamond",
+        "basketball_court",
+        "beach",
+        "bridge",
+        "chaparral",
+        "church",
+        "circular_farmland",
+        "commercial_area",
+        "dense_residential",
+        "desert",
+        "forest",
+        "freeway",
+        "golf_course",
+        "ground_track_field",
+        "harbor",
+        "industrial_area",
+        "intersection",
+        "island",
+        "lake",
+        "meadow",
+        "medium_residential",
+        "mobile_home_park",
+        "mountain",
+        "overpass",
+        "parking_lot",
+        "railway",
+        "rectangular_farmland",
+        "roundabout",
+        "runway",
+    ]
+    assert len(folders) == 31
+    optimal, resisc = COLLECTIONS["OPTIMAL-31"], COLLECTIONS["NWPU-RESISC45"]
+    mapped = {f: optimal.category(f, True) for f in folders if optimal.category(f, True)[0]}
+    assert mapped == OPTIMAL_31
+    assert all(optimal.category(f, False) == (None, False) for f in ("parking_lot", "overpass"))
+    assert (optimal.direct, optimal.candidate) == (resisc.direct, resisc.candidate)
+    assert resisc.category("storage_tank", False) == ("storage tank", False)
 
 
 def test_uc_merced_layout_maps_folders_and_keeps_sources(tmp_path, dataset_name):

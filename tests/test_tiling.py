@@ -9,9 +9,16 @@ from helpers import EchoPrompter
 from rasterio.transform import from_origin
 
 from diffuprompter_plugin.engine.config import DiffuPrompterConfig
-from diffuprompter_plugin.engine.heatmap_store import read_heatmap_window
+from diffuprompter_plugin.engine.heatmap_store import (
+    HEATMAP_SCALE,
+    HeatmapWriter,
+    dequantize_heatmap,
+    heatmap_preview,
+    quantize_heatmap,
+    read_heatmap_window,
+)
 from diffuprompter_plugin.engine.pipeline import DiffuPrompter
-from diffuprompter_plugin.engine.raster import ArrayRaster
+from diffuprompter_plugin.engine.raster import ArrayRaster, decimated_shape
 from diffuprompter_plugin.engine.tiling import segment_scene, tile_grid
 
 TILED = DiffuPrompterConfig(crf=False, tile_size=64, tile_overlap=16)
@@ -27,19 +34,17 @@ class RedGrounder:
     def check_prompts(self, names):
         pass
 
-    def heatmaps(self, rgb, names, peaks=None, progress=False):
-        self.tiles += 1
-        raw = rgb[..., 0].astype(np.float32) / 255
-        span = raw.max() - raw.min()
-        heat = (raw - raw.min()) / span if span else np.zeros_like(raw)
-        if peaks is not None:
-            peaks.update(dict.fromkeys(names, float(raw.max())))
-        return {name: heat.copy() for name in names}
+    def heatmaps(self, rgb, names, progress=False):
+        ((heatmaps, _),) = self.tile_heatmaps([rgb], names)
+        return heatmaps
 
     def tile_heatmaps(self, images, names, progress=False):
         for rgb in images:
-            peaks = {}
-            yield self.heatmaps(rgb, names, peaks), peaks
+            self.tiles += 1
+            raw = rgb[..., 0].astype(np.float32) / 255
+            span = raw.max() - raw.min()
+            heat = (raw - raw.min()) / span if span else np.zeros_like(raw)
+            yield {name: heat.copy() for name in names}, dict.fromkeys(names, float(raw.max()))
 
 
 def stub_model(config: DiffuPrompterConfig) -> DiffuPrompter:
@@ -196,3 +201,33 @@ def test_a_scene_in_a_brain_run_stores_previews_and_geotiffs_and_rethresholds_ex
     assert sorted(again) == sorted(
         (d.bounding_box, d.mask.tobytes()) for d in sample.dp_instances.detections
     )
+
+
+def test_heatmap_quantisation_round_trips_within_half_a_step():
+    heat = np.array([[-0.5, 0.0, 1e-6, 0.3], [0.5, 0.999999, 1.0, 2.0]], np.float32)
+    stored = quantize_heatmap(heat)
+    assert stored.dtype == np.uint16
+    assert stored.tolist() == [[0, 0, 0, 19660], [32768, 65535, 65535, 65535]]
+    back = dequantize_heatmap(stored)
+    assert back.dtype == np.float32
+    assert np.abs(back - heat.clip(0, 1)).max() <= 0.5 / HEATMAP_SCALE + 1e-7
+
+
+@pytest.mark.parametrize(
+    ("shape", "side", "decimated"),
+    [((100, 60), 200, (100, 60)), ((3000, 1000), 300, (300, 100)), ((5000, 3), 100, (100, 1))],
+)
+def test_decimated_reads_keep_aspect_and_never_enlarge(shape, side, decimated):
+    assert decimated_shape(*shape, side) == decimated
+
+
+def test_heatmap_preview_has_the_decimated_shape_and_the_stored_values(tmp_path):
+    path = str(tmp_path / "heat.tif")
+    heat = np.tile(np.linspace(0, 1, 300, dtype=np.float32), (90, 1))
+    writer = HeatmapWriter({"ship": path}, heat.shape)
+    writer.write("ship", (0, 0, 300, 90), heat)
+    writer.close()
+    preview = heatmap_preview(path, 100)
+    assert preview.shape == decimated_shape(90, 300, 100) == (30, 100)
+    np.testing.assert_allclose(preview, heat.reshape(30, 3, 100, 3).mean((1, 3)), atol=1e-4)
+    np.testing.assert_allclose(read_heatmap_window(path), heat, atol=0.5 / HEATMAP_SCALE)

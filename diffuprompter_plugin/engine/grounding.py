@@ -11,7 +11,6 @@ scene that share a working size, share the micro-batches: a U-Net call runs
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attention import compiles_unet
+from .class_names import ClassName
 from .config import DiffuPrompterConfig
 from .image import ImageLike, to_rgb_uint8
 from .stable_diffusion import StableDiffusion
@@ -31,35 +31,28 @@ LATENT_STRIDE = 64
 downsamplings."""
 
 
-def prompt_name(class_name: str) -> str:
-    """The class name as it goes into the prompt: ``storage_tank`` and
-    ``Storage-Tank`` become ``storage tank``."""
-    name = re.sub(r"[\s_\-]+", " ", class_name).strip().lower()
-    if not name:
-        raise ValueError(f"Invalid class name {class_name!r}")
-    return name
-
-
 def class_token_indices(tokenizer, template: str, class_name: str) -> list[int]:
-    """Positions of the class's sub-tokens in the tokenised prompt.
+    """Positions of the class's sub-tokens (its :attr:`ClassName.prompt_name
+    <diffuprompter_plugin.engine.class_names.ClassName.prompt_name>`'s) in
+    the tokenised prompt.
 
     The prefix before ``{}`` and the class are tokenised separately; the start
     token is position 0, so neither it nor padding is ever selected.
     """
     prefix = template.split("{}")[0]
+    checked = ClassName(class_name)
+    name, prompt = checked.prompt_name, checked.prompt(template)
     n_prefix = len(tokenizer(prefix, add_special_tokens=False).input_ids)
-    class_ids = tokenizer(class_name, add_special_tokens=False).input_ids
-    prompt_ids = tokenizer(template.format(class_name)).input_ids
+    class_ids = tokenizer(name, add_special_tokens=False).input_ids
+    prompt_ids = tokenizer(prompt).input_ids
     indices = list(range(1 + n_prefix, 1 + n_prefix + len(class_ids)))
     if indices[-1] >= tokenizer.model_max_length - 1:
         raise ValueError(
-            f"The prompt for '{class_name[:60]}' is too long for the text encoder: "
+            f"The prompt for '{name[:60]}' is too long for the text encoder: "
             f"{len(prompt_ids)} tokens, at most {tokenizer.model_max_length} fit"
         )
     if [prompt_ids[i] for i in indices] != class_ids:
-        raise ValueError(
-            f"Cannot locate '{class_name}' in the prompt {template.format(class_name)!r}"
-        )
+        raise ValueError(f"Cannot locate '{name}' in the prompt {prompt!r}")
     return indices
 
 
@@ -67,7 +60,7 @@ def check_class_prompts(tokenizer, template: str, class_names: Sequence[str]) ->
     """Raises ValueError naming a class whose prompt the text encoder cannot
     take (too long) or in which the class cannot be located."""
     for name in class_names:
-        class_token_indices(tokenizer, template, prompt_name(name))
+        class_token_indices(tokenizer, template, name)
 
 
 def working_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -163,16 +156,12 @@ class TextGrounder:
         self,
         image: ImageLike,
         class_names: Sequence[str],
-        peaks: dict[str, float] | None = None,
         progress: bool = False,
     ) -> dict[str, np.ndarray]:
         """Returns ``{class name: H x W float32 heatmap in [0, 1]}`` at the
-        image's own size: the one-tile case of :meth:`tile_heatmaps`. A given
-        ``peaks`` dict receives each class's mean :func:`pyramid_peak` over
-        the draws. With ``progress``, a bar counts the U-Net calls done."""
-        ((heatmaps, class_peaks),) = self.tile_heatmaps([image], class_names, progress)
-        if peaks is not None:
-            peaks.update(class_peaks)
+        image's own size: the one-tile case of :meth:`tile_heatmaps`. With
+        ``progress``, a bar counts the U-Net calls done."""
+        ((heatmaps, _),) = self.tile_heatmaps([image], class_names, progress)
         return heatmaps
 
     @torch.inference_mode()
@@ -242,11 +231,10 @@ class TextGrounder:
         return self._embeddings[key]
 
     def _embed(self, class_name: str) -> tuple[torch.Tensor, list[int]]:
-        name = prompt_name(class_name)
         tokenizer = self.sd.tokenizer
-        indices = class_token_indices(tokenizer, self.config.template, name)
+        indices = class_token_indices(tokenizer, self.config.template, class_name)
         ids = tokenizer(
-            self.config.template.format(name),
+            ClassName(class_name).prompt(self.config.template),
             padding="max_length",
             max_length=tokenizer.model_max_length,
             truncation=True,

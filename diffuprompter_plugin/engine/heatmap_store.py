@@ -18,13 +18,25 @@ from typing import Any
 
 import numpy as np
 
-from .raster import Box
+from .raster import Box, decimated_shape
 
 HEATMAP_SCALE = 65535
 """Stored value of heatmap 1.0: a step of 1.5e-5, enough to re-threshold."""
 
 BLOCK = 512
 """Side of the GeoTIFF's internal tiles."""
+
+
+def quantize_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    """A float heatmap (any shape) as stored: clipped to [0, 1], times
+    :data:`HEATMAP_SCALE`, rounded to uint16 (a run's PNGs and GeoTIFFs alike)."""
+    return np.round(np.clip(heatmap, 0, 1) * HEATMAP_SCALE).astype(np.uint16)
+
+
+def dequantize_heatmap(data: np.ndarray) -> np.ndarray:
+    """The float32 [0, 1] heatmap of stored values (the inverse of
+    :func:`quantize_heatmap`, to within half a step)."""
+    return (data.astype(np.float32) / HEATMAP_SCALE).clip(0, 1)
 
 
 @contextmanager
@@ -86,7 +98,7 @@ class HeatmapWriter:
         from rasterio.windows import Window
 
         x0, y0, x1, y1 = box
-        data = np.round(np.clip(heatmap, 0, 1) * HEATMAP_SCALE).astype(np.uint16)
+        data = quantize_heatmap(heatmap)
         self.files[name].write(data[None], window=Window(x0, y0, x1 - x0, y1 - y0))
 
     def close(self, overviews: bool = True) -> None:
@@ -114,7 +126,7 @@ def read_heatmap_window(path: str, box: Box | None = None) -> np.ndarray:
     with _quiet(), rasterio.open(path) as src:
         window = None if box is None else Window(box[0], box[1], box[2] - box[0], box[3] - box[1])
         data = src.read(1, window=window)
-    return data.astype(np.float32) / HEATMAP_SCALE
+    return dequantize_heatmap(data)
 
 
 def heatmap_preview(path: str, max_side: int) -> np.ndarray:
@@ -124,7 +136,6 @@ def heatmap_preview(path: str, max_side: int) -> np.ndarray:
     from rasterio.enums import Resampling
 
     with _quiet(), rasterio.open(path) as src:
-        factor = max(1.0, max(src.height, src.width) / max_side)
-        shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
+        shape = decimated_shape(src.height, src.width, max_side)
         data = src.read(1, out_shape=shape, resampling=Resampling.average)
-    return data.astype(np.float32) / HEATMAP_SCALE
+    return dequantize_heatmap(data)

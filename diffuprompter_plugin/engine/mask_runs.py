@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .prompts import Box
+from .raster import Box
 
 
 class MaskRuns:

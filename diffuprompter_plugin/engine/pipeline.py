@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .class_names import validate_class_names
 from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig, model_source
 from .crf import binary_map
 from .crf_pool import crf_pool
@@ -308,18 +309,3 @@ def check_prompts(sd_model: str | os.PathLike, template: str, class_names: Seque
         return False
     check_class_prompts(tokenizer, template, names)
     return True
-
-
-def validate_class_names(class_names: Sequence[str]) -> list[str]:
-    """Checks that class names are a non-empty list of distinct non-blank strings."""
-    if isinstance(class_names, str):
-        raise ValueError(f"class_names must be a list of names, not the string {class_names!r}")
-    names = list(class_names)
-    if not names:
-        raise ValueError("class_names is empty: give at least one class name")
-    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
-    if bad:
-        raise ValueError(f"Invalid class names {bad!r}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"Duplicate class names in {names!r}")
-    return names

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-Box = tuple[int, int, int, int]
-"""(x0, y0, x1, y1) in pixels; x1 and y1 are exclusive (x1 - x0 is the width)."""
+from .raster import Box
 
 
 @dataclass(frozen=True)

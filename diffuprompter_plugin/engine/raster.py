@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import InputImageError
 
 Box = tuple[int, int, int, int]
-"""(x0, y0, x1, y1) in pixels; x1 and y1 are exclusive."""
+"""(x0, y0, x1, y1) in pixels; x1 and y1 are exclusive (x1 - x0 is the width)."""
 
 STRETCH_PERCENTILES = (0.5, 99.5)
 """Percentiles mapped to 0 and 255 for 16-bit, integer and unbounded float data."""
@@ -232,8 +232,7 @@ class FileRaster(Raster):
 
     def _decimated(self, side: int, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`_read` of the whole extent, its longest side at most ``side``."""
-        factor = max(1.0, max(self.height, self.width) / side)
-        shape = (max(1, round(self.height / factor)), max(1, round(self.width / factor)))
+        shape = decimated_shape(self.height, self.width, side)
         return self._read(out_shape=(len(set(self.bands)), *shape), **kwargs)
 
     def _stretch(self) -> tuple[float, float, float]:
@@ -263,6 +262,13 @@ class FileRaster(Raster):
         if self.scale == 255.0:
             return np.round(np.clip(data, 0, 1) * 255).astype(np.uint8)
         return stretch(data, self.low, self.high)
+
+
+def decimated_shape(height: int, width: int, side: int) -> tuple[int, int]:
+    """(h, w) of a decimated read of a ``height`` x ``width`` image: aspect
+    kept, the longest side at most ``side`` (never enlarged), each side >= 1."""
+    factor = max(1.0, max(height, width) / side)
+    return max(1, round(height / factor)), max(1, round(width / factor))
 
 
 def stretch(data: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -16,7 +16,8 @@ from .device import default_dtype, resolve_device
 from .errors import InputImageError
 from .image import ImageLike, to_rgb_uint8
 from .mask_runs import MaskRuns
-from .prompts import Box, Region, components, mask_box, regions
+from .prompts import Region, components, mask_box, regions
+from .raster import Box
 from .sam import load_sam
 
 

@@ -1,16 +1,18 @@
 """The paper's 12 categories and the one table mapping collection folders onto them.
 
-Folder names are matched on a normalised key (lowercase, letters and digits
-only), so ``storage-tank``, ``StorageTanks`` and ``storage_tanks`` differ only
-where the collections really differ. "direct" folders are the category;
-"candidate" folders are scene-level guesses (a parking lot shows vehicles)
-that are imported only on request.
+Folder names are matched on their matching key (lowercase, letters and
+digits only: :func:`~diffuprompter_plugin.engine.class_names.match_key`), so
+``storage-tank``, ``StorageTanks`` and ``storage_tanks`` differ only where the
+collections really differ. "direct" folders are the category; "candidate"
+folders are scene-level guesses (a parking lot shows vehicles) that are
+imported only on request.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from ..engine.class_names import match_key
 
 CATEGORIES = (
     "airplane",
@@ -26,11 +28,6 @@ CATEGORIES = (
     "bridge",
     "vehicle",
 )
-
-
-def normalize(name: str) -> str:
-    """Matching key of a folder or class name: lowercase alphanumerics only."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 @dataclass(frozen=True)
@@ -53,15 +50,34 @@ class Collection:
 
     def category(self, folder: str, include_candidates: bool) -> tuple[str | None, bool]:
         """(category or None, whether it is a candidate mapping) of a folder."""
-        key = normalize(folder)
-        direct = {normalize(k): v for k, v in self.direct.items()}
+        key = match_key(folder)
+        direct = {match_key(k): v for k, v in self.direct.items()}
         if key in direct:
             return direct[key], False
-        candidate = {normalize(k): v for k, v in self.candidate.items()}
+        candidate = {match_key(k): v for k, v in self.candidate.items()}
         if include_candidates and key in candidate:
             return candidate[key], True
         return None, False
 
+
+RESISC45_FOLDERS = (
+    {
+        "airplane": "airplane",
+        "baseball_diamond": "baseball diamond",
+        "basketball_court": "basketball court",
+        "bridge": "bridge",
+        "ground_track_field": "ground track field",
+        "harbor": "harbor",
+        "roundabout": "roundabout",
+        "ship": "ship",
+        "storage_tank": "storage tank",
+        "tennis_court": "tennis court",
+    },
+    {"parking_lot": "vehicle", "overpass": "bridge"},
+)
+"""(direct, candidate) folders of NWPU-RESISC45, and of OPTIMAL-31, whose 31
+folders are named as RESISC45's and lack only its ship, storage tank and
+tennis court."""
 
 COLLECTIONS = {
     c.name: c
@@ -99,24 +115,7 @@ COLLECTIONS = {
             {"harbor": "harbor", "storage tanks": "storage tank"},
             {"overpass": "bridge"},
         ),
-        Collection(
-            "NWPU-RESISC45",
-            ("NWPU-RESISC45",),
-            "",
-            {
-                "airplane": "airplane",
-                "baseball_diamond": "baseball diamond",
-                "basketball_court": "basketball court",
-                "bridge": "bridge",
-                "ground_track_field": "ground track field",
-                "harbor": "harbor",
-                "roundabout": "roundabout",
-                "ship": "ship",
-                "storage_tank": "storage tank",
-                "tennis_court": "tennis court",
-            },
-            {"parking_lot": "vehicle", "overpass": "bridge"},
-        ),
+        Collection("NWPU-RESISC45", ("NWPU-RESISC45",), "", *RESISC45_FOLDERS),
         Collection(
             "AID",
             ("AID",),
@@ -178,21 +177,7 @@ COLLECTIONS = {
                 "overpass": "bridge",
             },
         ),
-        Collection(
-            "OPTIMAL-31",
-            ("OPTIMAL-31",),
-            "Images",
-            {
-                "airplane": "airplane",
-                "baseball_diamond": "baseball diamond",
-                "basketball_court": "basketball court",
-                "bridge": "bridge",
-                "ground_track_field": "ground track field",
-                "harbor": "harbor",
-                "roundabout": "roundabout",
-            },
-            {"parking_lot": "vehicle", "overpass": "bridge"},
-        ),
+        Collection("OPTIMAL-31", ("OPTIMAL-31",), "Images", *RESISC45_FOLDERS),
         Collection(
             "CLRS",
             ("CLRS",),
@@ -216,8 +201,8 @@ COLLECTIONS = {
 
 def find_collection(name: str) -> Collection | None:
     """The collection a folder or user-given name refers to, or None."""
-    key = normalize(name)
+    key = match_key(name)
     for collection in COLLECTIONS.values():
-        if key in {normalize(collection.name), *map(normalize, collection.roots)}:
+        if key in {match_key(collection.name), *map(match_key, collection.roots)}:
             return collection
     return None

@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 
 import fiftyone as fo
-import fiftyone.core.utils as fou
 
-from .categories import COLLECTIONS, Collection, find_collection, normalize
-from .common import ImportReport, image_metadata, is_image, run_import
+from ..engine.class_names import match_key
+from .categories import COLLECTIONS, Collection, find_collection
+from .common import ImportReport, image_metadata, is_image, new_files, run_import
 from .dlr import import_dlr_munich
 
-DLR = normalize("DLR Munich")
+DLR = match_key("DLR Munich")
 
 
 def detect_collection(root: Path) -> Collection:
@@ -35,7 +36,7 @@ def detect_collection(root: Path) -> Collection:
 
 
 SPLIT_FOLDERS = {"train", "training", "val", "validation", "test", "testing"}
-"""Folder names (normalised) of a collection shipped as split folders, each
+"""Folder names (matching keys) of a collection shipped as split folders, each
 holding the class folders (RSD46-WHU: ``train/`` and ``test/``)."""
 
 
@@ -55,7 +56,7 @@ def class_folders(root: Path, collection: Collection) -> list[tuple[Path, str | 
             f"'{base}' has no class folders; {collection.name} keeps images in "
             f"<root>/{collection.image_dir + '/' if collection.image_dir else ''}<class>/"
         )
-    if all(normalize(f.name) in SPLIT_FOLDERS for f in folders):
+    if all(match_key(f.name) in SPLIT_FOLDERS for f in folders):
         return [
             (c, split.name) for split in folders for c in sorted(split.iterdir()) if c.is_dir()
         ]
@@ -134,7 +135,7 @@ def import_classification_collection(
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"Collection folder '{root}' does not exist")
-    if normalize(collection or "") == DLR or any(root.glob("*.samp")):
+    if match_key(collection or "") == DLR or any(root.glob("*.samp")):
         return import_dlr_munich(root, name, tile_size=tile_size, progress=progress)
     found = find_collection(collection) if collection else detect_collection(root)
     if found is None:
@@ -150,23 +151,17 @@ def _samples(
     known: set[str],
     report: ImportReport,
 ) -> Iterator[fo.Sample]:
-    with fou.ProgressBar(total=len(paths), progress=progress) as pb:
-        for path, source_class, category, mapping, split in paths:
-            pb.update()
-            if path in known:
-                report.existing += 1
-                continue
-            metadata = report.load(image_metadata, path)
-            if metadata is None:
-                continue
-            sample = fo.Sample(
-                filepath=path,
-                metadata=metadata,
-                ground_truth=fo.Classification(label=category),
-                source_collection=collection.name,
-                source_class=source_class,
-                mapping=mapping,
-            )
-            if split is not None:
-                sample["split"] = split
-            yield sample
+    for (path, source_class, category, mapping, split), metadata in new_files(
+        paths, itemgetter(0), image_metadata, known, report, progress
+    ):
+        sample = fo.Sample(
+            filepath=path,
+            metadata=metadata,
+            ground_truth=fo.Classification(label=category),
+            source_collection=collection.name,
+            source_class=source_class,
+            mapping=mapping,
+        )
+        if split is not None:
+            sample["split"] = split
+        yield sample

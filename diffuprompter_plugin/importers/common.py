@@ -5,18 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import cv2
 import fiftyone as fo
+import fiftyone.core.utils as fou
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class AnnotationError(ValueError):
@@ -56,6 +58,38 @@ class ImportReport:
             "existing": self.existing,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
         }
+
+
+def new_files(
+    items: Sequence[T],
+    path: Callable[[T], str | os.PathLike],
+    read: Callable[[str], R],
+    known: set[str],
+    report: ImportReport,
+    progress: bool | Callable | None,
+) -> Iterator[tuple[T, R]]:
+    """``(item, read(its file))`` of each item whose file is new and reads.
+
+    A file already in the dataset (in ``known``) is counted in
+    ``report.existing``; one that does not read is recorded in
+    ``report.skipped`` (see :meth:`ImportReport.load`). A FiftyOne progress
+    bar counts every item.
+
+    Args:
+        items: what to import, in order.
+        path: the file of an item.
+        read: what to load from a new file (its metadata, its sample).
+    """
+    with fou.ProgressBar(total=len(items), progress=progress) as pb:
+        for item in items:
+            pb.update()
+            file = str(path(item))
+            if file in known:
+                report.existing += 1
+                continue
+            loaded = report.load(read, file)
+            if loaded is not None:
+                yield item, loaded
 
 
 def is_image(path: str) -> bool:

@@ -16,7 +16,6 @@ from functools import partial
 from pathlib import Path
 
 import fiftyone as fo
-import fiftyone.core.utils as fou
 import rasterio
 from PIL import Image
 from pyproj import CRS, Transformer
@@ -24,7 +23,7 @@ from pyproj import CRS, Transformer
 from ..engine.errors import InputImageError
 from ..engine.raster import FileRaster
 from ..labels import BANDS_FIELD
-from .common import ImportReport, run_import
+from .common import ImportReport, new_files, run_import
 
 GEOTIFF_EXTENSIONS = {".tif", ".tiff"}
 
@@ -157,12 +156,5 @@ def show_previews(dataset: fo.Dataset) -> None:
 def _scenes(files, preview_dir, bands, size, progress, known, report) -> Iterator[fo.Sample]:
     preview_dir.mkdir(parents=True, exist_ok=True)
     load = partial(scene_sample, preview_dir=preview_dir, bands=bands, preview_size=size)
-    with fou.ProgressBar(total=len(files), progress=progress) as pb:
-        for path in files:
-            pb.update()
-            if path in known:
-                report.existing += 1
-                continue
-            sample = report.load(load, path)
-            if sample is not None:
-                yield sample
+    for _, sample in new_files(files, str, load, known, report, progress):
+        yield sample

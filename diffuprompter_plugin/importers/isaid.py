@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import fiftyone as fo
@@ -110,6 +110,17 @@ def instance_detections(
     return detections
 
 
+class PatchSettings(NamedTuple):
+    """How :func:`import_isaid` cuts and keeps patches (its arguments)."""
+
+    split: str
+    size: int | None
+    overlap: int
+    min_area: int
+    keep_empty: bool
+    path: Path
+
+
 def import_isaid(
     root: str | os.PathLike,
     split: str,
@@ -153,14 +164,7 @@ def import_isaid(
     name = name or f"isaid-{split}"
     patch_dir = Path(patch_dir or os.path.join(fo.config.default_dataset_dir, "__patches__", name))
     images, names, by_image = load_coco(annotations)
-    settings = dict(
-        split=split,
-        size=patch_size,
-        overlap=overlap,
-        min_area=min_area,
-        keep_empty=keep_empty,
-        path=annotations,
-    )
+    settings = PatchSettings(split, patch_size, overlap, min_area, keep_empty, annotations)
     return run_import(
         name,
         partial(_patches, images, names, by_image, image_dir, patch_dir, settings, progress),
@@ -169,9 +173,9 @@ def import_isaid(
 
 
 def _patches(
-    images, names, by_image, image_dir, patch_dir, s, progress, known, report
+    images, names, by_image, image_dir, patch_dir, s: PatchSettings, progress, known, report
 ) -> Iterator[fo.Sample]:
-    scene = s["size"] is None
+    scene = s.size is None
     if not scene:
         patch_dir.mkdir(parents=True, exist_ok=True)
     with fou.ProgressBar(total=len(images), progress=progress) as pb:
@@ -183,9 +187,7 @@ def _patches(
                 continue
             height, width = image.shape[:2]
             for window in (
-                [(0, 0, width, height)]
-                if scene
-                else windows(width, height, s["size"], s["overlap"])
+                [(0, 0, width, height)] if scene else windows(width, height, s.size, s.overlap)
             ):
                 x0, y0, x1, y1 = window
                 path = (
@@ -199,16 +201,16 @@ def _patches(
                 detections = instance_detections(
                     by_image.get(image_id, []),
                     names,
-                    s["path"],
+                    s.path,
                     window,
                     (width, height),
-                    s["min_area"],
+                    s.min_area,
                 )
-                if not detections and not s["keep_empty"]:
+                if not detections and not s.keep_empty:
                     continue
                 if not os.path.exists(path):
                     cv2.imwrite(path, image[y0:y1, x0:x1])
-                yield _patch_sample(path, window, source, width, height, s["split"], detections)
+                yield _patch_sample(path, window, source, width, height, s.split, detections)
 
 
 def _patch_sample(path, window, source, width, height, split, detections: list[Any]):

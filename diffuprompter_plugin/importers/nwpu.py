@@ -6,12 +6,19 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 
 import fiftyone as fo
-import fiftyone.core.utils as fou
 
-from .common import AnnotationError, ImportReport, image_metadata, is_image, run_import
+from .common import (
+    AnnotationError,
+    ImportReport,
+    image_metadata,
+    is_image,
+    new_files,
+    run_import,
+)
 from .isaid import instance_detections, load_coco
 
 NWPU_CLASSES = {
@@ -104,39 +111,33 @@ def _samples(root, sets, masks, coco_json, progress, known, report) -> Iterator[
         images, names, by_image = masks
         names = {i: n.replace("_", " ") for i, n in names.items()}  # storage_tank -> storage tank
         by_name = {im["file_name"]: (by_image.get(i, []), names) for i, im in images.items()}
-    with fou.ProgressBar(total=len(files), progress=progress) as pb:
-        for image_set, path in files:
-            pb.update()
-            if str(path) in known:
-                report.existing += 1
+    for (image_set, path), metadata in new_files(
+        files, itemgetter(1), image_metadata, known, report, progress
+    ):
+        sample = fo.Sample(
+            filepath=str(path),
+            metadata=metadata,
+            tags=[image_set],
+            nwpu_set=image_set,
+            nwpu_id=f"{image_set}/{path.stem}",
+            gt_boxes=fo.Detections(),
+        )
+        size = (metadata.width, metadata.height)
+        if image_set == "positive":
+            truth = root / "ground truth" / f"{path.stem}.txt"
+            if not truth.is_file():
+                report.skipped.append((str(path), f"no ground truth file {truth}"))
                 continue
-            metadata = report.load(image_metadata, path)
-            if metadata is None:
-                continue
-            sample = fo.Sample(
-                filepath=str(path),
-                metadata=metadata,
-                tags=[image_set],
-                nwpu_set=image_set,
-                nwpu_id=f"{image_set}/{path.stem}",
-                gt_boxes=fo.Detections(),
-            )
-            size = (metadata.width, metadata.height)
-            if image_set == "positive":
-                truth = root / "ground truth" / f"{path.stem}.txt"
-                if not truth.is_file():
-                    report.skipped.append((str(path), f"no ground truth file {truth}"))
+            sample["gt_boxes"] = fo.Detections(detections=parse_boxes(truth, *size))
+        if masks is not None:
+            anns, names = [], {}
+            if image_set == "positive":  # negatives reuse the positives' file names
+                if path.name not in by_name:
+                    report.skipped.append((str(path), f"not in the mask JSON {coco_json}"))
                     continue
-                sample["gt_boxes"] = fo.Detections(detections=parse_boxes(truth, *size))
-            if masks is not None:
-                anns, names = [], {}
-                if image_set == "positive":  # negatives reuse the positives' file names
-                    if path.name not in by_name:
-                        report.skipped.append((str(path), f"not in the mask JSON {coco_json}"))
-                        continue
-                    anns, names = by_name[path.name]
-                window = (0, 0, *size)
-                sample["gt_masks"] = fo.Detections(
-                    detections=instance_detections(anns, names, coco_json, window, size, 1)
-                )
-            yield sample
+                anns, names = by_name[path.name]
+            window = (0, 0, *size)
+            sample["gt_masks"] = fo.Detections(
+                detections=instance_detections(anns, names, coco_json, window, size, 1)
+            )
+        yield sample

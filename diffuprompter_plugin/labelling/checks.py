@@ -54,7 +54,7 @@ def checked_class_names(
     if (classes is None) == (class_field is None):
         raise ValueError("Give exactly one of classes (a list) and class_field")
     if classes is not None:
-        from ..engine.pipeline import validate_class_names
+        from ..engine.class_names import validate_class_names
 
         return validate_class_names(classes)
     return _classes_in_field(samples, class_field)

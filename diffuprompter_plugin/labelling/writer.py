@@ -11,7 +11,8 @@ from typing import Any
 import fiftyone as fo
 
 from ..brain import PseudoLabelsConfig
-from ..labels import class_slug, sample_classes, sample_image, to_detections, write_heatmap
+from ..engine.class_names import ClassName
+from ..labels import sample_classes, sample_image, to_detections, write_heatmap
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def write(sample: fo.Sample, result: Any, record: PseudoLabelsConfig) -> None:
         _fail(sample, result, record)
         return
     for name, heatmap in result.heatmaps.items():
-        path = os.path.join(record.heatmap_dir, class_slug(name), f"{sample.id}.png")
+        path = os.path.join(record.heatmap_dir, ClassName(name).slug, f"{sample.id}.png")
         geotiff = result.heatmap_files.get(name)
         sample[record.heatmap_fields[name]] = write_heatmap(heatmap, path, geotiff)
     height, width = result.image_shape
