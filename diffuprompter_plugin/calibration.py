@@ -9,11 +9,12 @@ The method (README, "Review and verified export"):
   match at IoU >= 0.5 in FiftyOne's own ``evaluate_detections`` (masks where
   both sides have them). Automatic verdicts never count.
 - **Bins.** The class's labels are split into quality bins at quantiles of
-  their quality (fixed from the qualities alone, before any verdict is
-  read); the candidate thresholds are the bins' lower edges. There are at
-  most ``bins`` bins, and fewer for a small class, so that the top bin can
-  hold the ``n_min = ceil(ln(alpha) / ln(target))`` labels that the
-  smallest possible proof needs (59 at 95 % / 95 %).
+  their quality (fixed from the qualities and the number of judged labels,
+  never from the verdicts); the candidate thresholds are the bins' lower
+  edges. There are at most ``bins`` bins, and fewer when few labels are
+  judged: ``judged // n_min``, so that the top bin can hold the
+  ``n_min = ceil(ln(alpha) / ln(target))`` judged labels that the smallest
+  possible proof needs (59 at 95 % / 95 %).
 - **Estimate above a threshold.** Bins above it are weighted by their share
   W_b of the class's labels: ``p = sum W_b k_b / n_b`` (k_b correct of n_b
   judged in bin b), unbiased when the judged labels of each bin are a random
@@ -264,7 +265,7 @@ def calibrate_class(
         unreviewed: (N,) bool, labels that acceptance may still tag.
     """
     judged_mask = ~np.isnan(correct)
-    count = max(1, min(bins, quality.size // min_proof(target, confidence)))
+    count = max(1, min(bins, int(judged_mask.sum()) // min_proof(target, confidence)))
     edges = quality_edges(quality, count)
     strata = bin_index(quality, edges)
     size = len(edges)
