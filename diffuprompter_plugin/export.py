@@ -146,7 +146,9 @@ def export_training_set(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        kwargs = {"use_masks": True, "split": "train"} if name == "yolov5" else {}
+        kwargs = {}
+        if name == "yolov5":  # no absolute "path" in dataset.yaml: the folder is renamed
+            kwargs = {"use_masks": True, "split": "train", "include_path": False}
         view.export(
             export_dir=staging,
             dataset_type=FORMATS[name],

@@ -44,6 +44,7 @@ def reviewed_dataset(folder, images: int = 3, persistent: bool = False) -> fo.Da
     """``images`` samples, each with four instances in ``dp``: ship, tank,
     ship, tank at qualities spread over [0.1, 0.95], the first a ring (a hole), all
     unreviewed; each sample georeferenced (UTM 33N, 2 m pixels)."""
+    os.makedirs(folder, exist_ok=True)
     dataset = fo.Dataset(persistent=persistent)
     rng = np.random.default_rng(0)
     crs = CRS.from_epsg(32633).to_wkt()
