@@ -8,6 +8,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from . import forms
+from .export_training_set import EVERY, include_input, include_param, include_params
 
 
 class ExportGeo(foo.Operator):
@@ -38,6 +39,7 @@ class ExportGeo(foo.Operator):
             label="GeoPackage CRS (optional)",
             description="e.g. EPSG:32633; needed when the scenes are in different CRSs",
         )
+        include_input(inputs, ctx, every=True)
         return types.Property(inputs, view=types.View(label="Export polygons"))
 
     def execute(self, ctx: Any) -> dict[str, Any]:
@@ -49,6 +51,7 @@ class ExportGeo(foo.Operator):
             params["pred_field"],
             params["path"],
             crs=params.get("crs") or None,
+            include=include_param(params, default=EVERY),
             progress=forms.progress_reporter(ctx, "Export"),
         )
 
@@ -66,8 +69,9 @@ class ExportGeo(foo.Operator):
         pred_field: str,
         path: str,
         crs: str | None = None,
+        include: str | float | None = None,
         delegate: bool = False,
     ) -> Any:
         """Runs the export from Python."""
-        params = dict(pred_field=pred_field, path=str(path), crs=crs)
+        params = dict(pred_field=pred_field, path=str(path), crs=crs, **include_params(include))
         return forms.execute_from_sdk(self, sample_collection, params, delegate)
