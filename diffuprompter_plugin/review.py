@@ -168,7 +168,7 @@ def accept_pseudo_labels(
         (f"threshold of '{c}'", t) for c, t in per_class.items()
     ]:
         _check_quality(name, value)
-    if min_quality is None and not per_class and reject_below is None:
+    if min_quality is None and thresholds is None and reject_below is None:
         raise ValueError("Give min_quality, thresholds or reject_below")
     levels = [*per_class.values(), *([] if min_quality is None else [min_quality])]
     if reject_below is not None and levels and reject_below > min(levels):
