@@ -101,6 +101,7 @@ class ReviewPseudoLabels(foo.Operator):
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         from diffuprompter_plugin.review import review_view
+        from diffuprompter_plugin.verdicts import labels_path
 
         params = ctx.params
         label = params.get("label") or ALL
@@ -115,8 +116,7 @@ class ReviewPseudoLabels(foo.Operator):
             size=int(params.get("size") or 60),
             seed=params.get("seed"),
         )
-        field = params["pred_field"]
-        left = len(view) if bool(params.get("patches")) else view.count(f"{field}.detections")
+        left = view.count(labels_path(view, params["pred_field"]))
         if not ctx.delegated:
             ctx.ops.set_view(view=view)
         return {"left": left, "samples": len(view), "order": ORDER_LABELS[order]}
@@ -193,8 +193,8 @@ class AcceptPseudoLabels(foo.Operator):
         if params.get("mode") == "calibrated":
             ctx.set_progress(progress=0.0, label="Calibrating")
             gt_field = params.get("gt_field")
-            calibration = calibrate_acceptance(
-                target,
+            calibration = calibrate_acceptance(  # every verdict counts, not the view's
+                ctx.dataset,
                 params["pred_field"],
                 target_precision=params.get("target_precision", 0.95),
                 confidence=params.get("confidence", 0.95),
@@ -251,14 +251,15 @@ class ReviewStatus(foo.Operator):
 
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
-        inputs.view_target(ctx)
         field_and_class(ctx, inputs)
         return types.Property(inputs, view=types.View(label="Review status"))
 
     def execute(self, ctx: Any) -> dict[str, Any]:
+        """The whole dataset's status: the App's view is often a review view,
+        which hides the labels already reviewed."""
         from diffuprompter_plugin.review import review_status
 
-        return review_status(ctx.target_view(), ctx.params["pred_field"])
+        return review_status(ctx.dataset, ctx.params["pred_field"])
 
     def resolve_output(self, ctx: Any) -> types.Property:
         outputs = types.Object()
