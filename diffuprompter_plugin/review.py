@@ -217,6 +217,6 @@ def review_status(samples: Any, pred_field: str) -> dict[str, Any]:
         judged = counts[PERSON_ACCEPTED] + counts[PERSON_REJECTED]
         row = {"class": "all" if name is None else name, "labels": int(codes.size)}
         row.update({VERDICT_NAMES[k]: int(counts[k]) for k in VERDICT_NAMES})
-        row["precision"] = round(counts[PERSON_ACCEPTED] / judged, 4) if judged else None
+        row["precision"] = round(float(counts[PERSON_ACCEPTED] / judged), 4) if judged else None
         rows.append(row)
     return {"pred_field": pred_field, "rows": rows, "unreviewed": rows[-1]["unreviewed"]}

@@ -84,3 +84,31 @@ def ids_by_quality(dataset: fo.Dataset) -> list[tuple[float, str, str]]:
         strict=True,
     )
     return sorted(rows)
+
+
+def crowded_dataset(folder, images: int = 8, per_image: int = 50) -> fo.Dataset:
+    """``images`` georeferenced samples of ``per_image`` small instances
+    each in ``dp_instances`` (ship and tank alternating), quality uniform in
+    [0, 1], and ``truth``: whether a person would accept the label (quality
+    at least 0.3)."""
+    os.makedirs(folder, exist_ok=True)
+    dataset = fo.Dataset()
+    rng = np.random.default_rng(5)
+    crs = CRS.from_epsg(32633).to_wkt()
+    samples = []
+    for i in range(images):
+        path = os.path.join(folder, f"scene_{i}.png")
+        Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
+        dets = []
+        for k in range(per_image):
+            quality = float(np.round(rng.random(), 4))
+            col, row = (k % 7) * 5, (k // 7) * 5
+            det = detection("ship" if k % 2 else "tank", col, row, np.ones((4, 4), bool), quality)
+            det["truth"] = quality >= 0.3
+            dets.append(det)
+        transform = list(from_origin(500_000 + 100 * i, 5_000_000, 2.0, 2.0))[:6]
+        labels = fo.Detections(detections=dets)
+        samples.append(fo.Sample(filepath=path, dp_instances=labels, crs=crs, transform=transform))
+    dataset.add_samples(samples)
+    dataset.compute_metadata()
+    return dataset

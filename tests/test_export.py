@@ -13,12 +13,12 @@ import geopandas as gpd
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
-from reviewed import ids_by_quality, reviewed_dataset, ring, tag
+from reviewed import crowded_dataset, ids_by_quality, reviewed_dataset, ring, tag
 
 from diffuprompter_plugin.coco import full_mask
 from diffuprompter_plugin.export import export_training_set
 from diffuprompter_plugin.geo import export_geo
-from diffuprompter_plugin.review import accept_pseudo_labels
+from diffuprompter_plugin.review import accept_pseudo_labels, review_status
 
 
 @pytest.fixture
@@ -168,3 +168,45 @@ def test_geopackage_holds_the_accepted_labels_with_quality_and_verdict(dataset, 
     assert everything["verdict"].value_counts().to_dict() == {
         "accepted": 5, "unreviewed": 5, "rejected": 2,
     }  # fmt: skip
+
+
+def test_the_readme_worked_example(tmp_path):
+    """The README's two review blocks, with the calibration sample tagged
+    in between as a person would (from each label's known correctness)."""
+    from test_readme import README, python_blocks
+
+    blocks = [
+        b for b in python_blocks(README.read_text())
+        if "review_view(" in b or "calibrate_acceptance(" in b
+    ]  # fmt: skip
+    assert len(blocks) == 2
+    dataset = crowded_dataset(str(tmp_path / "scenes"))
+    namespace: dict = {}
+    try:
+        first = blocks[0].replace(
+            'fo.load_dataset("scenes")', f'fo.load_dataset("{dataset.name}")'
+        )
+        exec(compile(first, "README review block 1", "exec"), namespace)
+        sample = namespace["sample"]
+        assert sample.count("dp_instances.detections") == 240  # 120 per class
+        for verdict, truth in (("accepted", True), ("rejected", False)):
+            chosen = sample.filter_labels("dp_instances", fo.ViewField("truth") == truth)
+            chosen.tag_labels([verdict], label_fields=["dp_instances"])
+        second = blocks[1].replace('"/data/', f'"{tmp_path}/')
+        exec(compile(second, "README review block 2", "exec"), namespace)
+
+        accepted = dataset.filter_labels("dp_instances", fo.ViewField("tags").contains("accepted"))
+        qualities = sorted(accepted.values("dp_instances.detections.quality", unwind=True))
+        coco = json.loads((tmp_path / "train_coco" / "labels.json").read_text())
+        assert sorted(a["quality"] for a in coco["annotations"]) == qualities
+        frame = gpd.read_file(tmp_path / "accepted.gpkg")
+        assert sorted(frame["quality"]) == qualities and set(frame["verdict"]) == {"accepted"}
+        assert (tmp_path / "train_yolo" / "dataset.yaml").exists()
+        calibration = namespace["calibration"]
+        assert all(r.judged == 120 for r in calibration.classes.values())
+        assert all(r.decided and r.threshold >= 0.3 for r in calibration.classes.values())
+        rows = {r["class"]: r for r in review_status(dataset, "dp_instances")["rows"]}
+        for name, result in calibration.classes.items():
+            assert rows[name]["auto_accepted"] == result.would_accept
+    finally:
+        dataset.delete()
