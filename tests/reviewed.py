@@ -44,14 +44,9 @@ def reviewed_dataset(folder, images: int = 3, persistent: bool = False) -> fo.Da
     """``images`` samples, each with four instances in ``dp``: ship, tank,
     ship, tank at qualities spread over [0.1, 0.95], the first a ring (a hole), all
     unreviewed; each sample georeferenced (UTM 33N, 2 m pixels)."""
-    os.makedirs(folder, exist_ok=True)
-    dataset = fo.Dataset(persistent=persistent)
     rng = np.random.default_rng(0)
-    crs = CRS.from_epsg(32633).to_wkt()
     samples = []
     for i in range(images):
-        path = os.path.join(folder, f"tile_{i}.png")
-        Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
         qualities = np.round(np.linspace(0.1, 0.95, 4 * images)[i::images], 4)
         dets = [
             detection("ship", 2, 2, ring(), float(qualities[0])),
@@ -59,9 +54,23 @@ def reviewed_dataset(folder, images: int = 3, persistent: bool = False) -> fo.Da
             detection("ship", 2, 20, np.ones((6, 6), bool), float(qualities[2])),
             detection("tank", 20, 20, np.ones((9, 9), bool), float(qualities[3])),
         ]
-        transform = list(from_origin(500_000 + 100 * i, 5_000_000, 2.0, 2.0))[:6]
-        labels = fo.Detections(detections=dets)
-        samples.append(fo.Sample(filepath=path, dp=labels, crs=crs, transform=transform))
+        samples.append(scene_sample(folder, i, rng, dp=fo.Detections(detections=dets)))
+    return _dataset(samples, persistent)
+
+
+def scene_sample(folder, i: int, rng: np.random.Generator, **fields) -> fo.Sample:
+    """Sample ``i``: a random SIZE x SIZE image in ``folder``, georeferenced
+    (UTM 33N, 2 m pixels, scenes 100 m apart), with ``fields``."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"scene_{i}.png")
+    Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
+    transform = list(from_origin(500_000 + 100 * i, 5_000_000, 2.0, 2.0))[:6]
+    crs = CRS.from_epsg(32633).to_wkt()
+    return fo.Sample(filepath=path, crs=crs, transform=transform, **fields)
+
+
+def _dataset(samples: list[fo.Sample], persistent: bool = False) -> fo.Dataset:
+    dataset = fo.Dataset(persistent=persistent)
     dataset.add_samples(samples)
     dataset.compute_metadata()
     return dataset
@@ -91,14 +100,9 @@ def crowded_dataset(folder, images: int = 8, per_image: int = 50) -> fo.Dataset:
     each in ``dp_instances`` (ship and tank alternating), quality uniform in
     [0, 1], and ``truth``: whether a person would accept the label (quality
     at least 0.3)."""
-    os.makedirs(folder, exist_ok=True)
-    dataset = fo.Dataset()
     rng = np.random.default_rng(5)
-    crs = CRS.from_epsg(32633).to_wkt()
     samples = []
     for i in range(images):
-        path = os.path.join(folder, f"scene_{i}.png")
-        Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
         dets = []
         for k in range(per_image):
             quality = float(np.round(rng.random(), 4))
@@ -106,9 +110,6 @@ def crowded_dataset(folder, images: int = 8, per_image: int = 50) -> fo.Dataset:
             det = detection("ship" if k % 2 else "tank", col, row, np.ones((4, 4), bool), quality)
             det["truth"] = quality >= 0.3
             dets.append(det)
-        transform = list(from_origin(500_000 + 100 * i, 5_000_000, 2.0, 2.0))[:6]
         labels = fo.Detections(detections=dets)
-        samples.append(fo.Sample(filepath=path, dp_instances=labels, crs=crs, transform=transform))
-    dataset.add_samples(samples)
-    dataset.compute_metadata()
-    return dataset
+        samples.append(scene_sample(folder, i, rng, dp_instances=labels))
+    return _dataset(samples)
