@@ -151,3 +151,26 @@ def test_rethreshold_into_a_reviewed_field_is_refused(image_dataset):
     assert out["instances"] == 4
     assert image_dataset.count_label_tags(label_fields=["dp_new"]) == {}  # no verdicts
     check_no_verdicts(image_dataset, "dp_new")  # a fresh field passes
+
+
+def test_accept_on_a_patches_view_and_labels_without_quality(dataset):
+    from diffuprompter_plugin.calibration import calibrate_acceptance
+
+    patches = dataset.to_patches("dp")
+    out = accept_pseudo_labels(patches, "dp", min_quality=0.9)
+    assert out["accepted"] == 1  # 0.95 only; the tag lands on the dataset's label
+    assert dataset.count_label_tags() == {"accepted": 1, "auto_accepted": 1}
+
+    old = dataset.clone()  # a run made before the signals: no quality at all
+    try:
+        for sample in old.iter_samples(autosave=True):
+            for det in sample.dp.detections:
+                det.quality = None
+        before = review_status(old, "dp")["rows"][-1]["unreviewed"]
+        assert accept_pseudo_labels(old, "dp", min_quality=0.0)["accepted"] == 0
+        assert review_status(old, "dp")["rows"][-1]["unreviewed"] == before == 11
+        with pytest.raises(ValueError, match="No label of 'dp' has a 'quality'"):
+            calibrate_acceptance(old, "dp")
+        assert len(review_view(old, "dp")) == 3  # still reviewable, worst first unknown
+    finally:
+        old.delete()
