@@ -24,7 +24,7 @@ IMPORTS = [
 ]
 EVALUATE = f"{PLUGIN}/evaluate_pseudo_labels"
 EXPORT_GEO = f"{PLUGIN}/export_geo"
-REVIEW_OPERATORS = [
+REVIEWS = [
     f"{PLUGIN}/{n}"
     for n in (
         "review_pseudo_labels",
@@ -66,20 +66,7 @@ def test_plugin_registers_operators_without_heavy_imports():
     ).stdout.splitlines()
     assert out == [
         "[]",
-        str(
-            sorted(
-                [
-                    RESUME,
-                    RETHRESHOLD,
-                    RUN,
-                    WORKER,
-                    *IMPORTS,
-                    EVALUATE,
-                    EXPORT_GEO,
-                    *REVIEW_OPERATORS,
-                ]
-            )
-        ),
+        str(sorted([RESUME, RETHRESHOLD, RUN, WORKER, *IMPORTS, EVALUATE, EXPORT_GEO, *REVIEWS])),
         "[]",
     ]
 
