@@ -27,6 +27,12 @@ _EXPORTS = {
     "evaluate_pseudo_labels": "evaluation",
     "calibrate_thresholds": "evaluation",
     "export_coco": "coco",
+    "review_view": "review",
+    "accept_pseudo_labels": "review",
+    "review_status": "review",
+    "calibrate_acceptance": "calibration",
+    "export_training_set": "export",
+    "compare_signals": "ranking",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -155,6 +155,7 @@ def evaluate_pseudo_labels(
     max_dets: int | None = None,
     pr_curves_path: str | os.PathLike | bool | None = None,
     progress: bool | Callable | None = None,
+    score_field: str = "confidence",
 ) -> dict[str, Any]:
     """Mask AP of pseudo-labels, with pycocotools and FiftyOne's COCO evaluation.
 
@@ -177,11 +178,14 @@ def evaluate_pseudo_labels(
         pr_curves_path: where to write the IoU-0.5 PR curves as an HTML
             page; True picks ``<dataset dir>/__diffuprompter__/<dataset>/
             <eval_key>_pr.html``; None or False writes nothing.
+        score_field: the detection attribute that ranks predictions
+            (``confidence``, ``quality`` or another signal; see
+            :func:`~.ranking.ranked_view`); the stored confidence is kept.
 
     Returns:
         ``{"eval_key", "max_dets", "classes", "unmatched_gt_classes",
         "fiftyone", "pycocotools", "agree", "table", "pr_curves",
-        "pr_curves_file"}``; ``agree`` says whether AP, AP50 and AP75 match
+        "pr_curves_file", "score_field"}``; ``agree`` says whether AP, AP50 and AP75 match
         to 1e-6, ``table`` is :func:`report_rows`, ``pr_curves`` the plotly
         traces and ``pr_curves_file`` the page written (or None).
 
@@ -191,7 +195,10 @@ def evaluate_pseudo_labels(
             pseudo-label class, unreadable images, or a class map naming
             unknown classes; each names the field, class or file.
     """
+    from .ranking import ranked_view
+
     view, classes, unmatched = _check_inputs(samples, pred_field, gt_field, class_map)
+    view = ranked_view(view, pred_field, score_field)
     max_dets = default_max_dets(samples) if max_dets is None else int(max_dets)
     coco = coco_metrics(view, pred_field, gt_field, classes, max_dets)
     try:
@@ -222,6 +229,7 @@ def evaluate_pseudo_labels(
         "agree": agree,
         "pr_curves": pr_curves(view, eval_key),
         "pr_curves_file": None,
+        "score_field": score_field,
     }
     report["table"] = report_rows(report)
     if pr_curves_path is True:

@@ -31,6 +31,9 @@ from pyproj import CRS
 from rasterio import Affine
 from rasterio.features import shapes
 
+from .export import training_view
+from .verdicts import verdict_name
+
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 """Output formats by file extension."""
 
@@ -45,6 +48,8 @@ COLUMNS = {
     "sample_id": "object",
     "filepath": "object",
     "detection_id": "object",
+    "quality": "float64",
+    "verdict": "object",
 }
 """The attribute table of every exported layer, in order."""
 
@@ -144,6 +149,8 @@ def sample_features(sample: Any, pred_field: str) -> gpd.GeoDataFrame:
                 "sample_id": sample.id,
                 "filepath": sample.filepath,
                 "detection_id": det.id,
+                "quality": det.get_attribute_value("quality", np.nan),
+                "verdict": verdict_name(det.tags),
             }
         )
     table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
@@ -156,6 +163,7 @@ def export_geo(
     path: str | os.PathLike,
     crs: Any = None,
     layer: str | None = None,
+    include: str | float | None = None,
     progress: bool | Callable | None = None,
 ) -> dict[str, Any]:
     """Writes the instance masks of a Detections field as georeferenced
@@ -165,7 +173,8 @@ def export_geo(
     native CRS (or ``crs``); ``.geojson``/``.json`` is RFC 7946 GeoJSON in
     WGS84 lon/lat. Attributes: ``label``, ``score`` (the confidence),
     ``area_px``, ``area_m2`` (see :func:`area_m2`, computed in the native
-    CRS), ``sample_id``, ``filepath``, ``detection_id``. The file is written
+    CRS), ``sample_id``, ``filepath``, ``detection_id``, ``quality`` and
+    ``verdict`` (accepted, rejected, unreviewed or conflicting). The file is written
     to a temporary name and then replaces ``path``, so a failed export leaves
     nothing half-written.
 
@@ -177,6 +186,9 @@ def export_geo(
         crs: GeoPackage only: the CRS to write (anything pyproj accepts);
             needed when the samples are in different CRSs.
         layer: the GeoPackage layer name; default ``pred_field``.
+        include: only the labels a review lets in, as in
+            ``export_training_set`` (``"accepted"``, ``"accepted+unreviewed"``
+            or a quality threshold); None: every label.
 
     Returns:
         ``path``, ``samples``, ``features`` written and the output ``crs``
@@ -195,6 +207,8 @@ def export_geo(
     if driver == "GeoJSON" and crs is not None:
         raise ValueError("GeoJSON is always WGS84 (RFC 7946); crs= applies to .gpkg only")
     _check_detections_field(samples, pred_field)
+    if include is not None:
+        samples = training_view(samples, pred_field, include)
     with fou.ProgressBar(total=len(samples), progress=progress) as pb:
         frames = [sample_features(sample, pred_field) for sample in pb(samples)]
     target = _output_crs(frames, driver, crs)

@@ -15,6 +15,7 @@ from .brain import PseudoLabels, stored_config
 from .engine.config import check_setting
 from .labelling.checks import check_batch_size
 from .labels import read_heatmap, sample_image, scene_heatmap_path, to_detections
+from .verdicts import check_no_verdicts
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ def rethreshold_pseudo_labels(
     Args:
         samples: a dataset or view with a finished or partial run.
         brain_key: the DiffuPrompter run whose heatmaps to use.
-        out_field: new ``fo.Detections`` field (overwritten if it exists);
-            it is recorded with the run, so deleting the run deletes it.
+        out_field: new ``fo.Detections`` field (overwritten if it exists,
+            unless a label there carries a verdict: refused); it is recorded
+            with the run, so deleting the run deletes it.
         thresholds: gamma for all classes, ``{class: gamma}``, or a JSON file
             of that dict; None keeps the run's threshold.
         sam_model, sam_checkpoint, device: SAM to use (default: the run's
@@ -76,6 +78,7 @@ def rethreshold_pseudo_labels(
     if out_field in config.field_types():
         raise ValueError(f"Field '{out_field}' belongs to brain run '{brain_key}'")
     check_batch_size(batch_size)
+    check_no_verdicts(samples, out_field)
     thresholds = load_thresholds(thresholds)
     prompter = config.load_prompter(sam_model, sam_checkpoint, device, prompter)
     if out_field not in config.rethreshold_fields:  # deleted with the run from now on

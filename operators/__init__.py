@@ -2,6 +2,7 @@
 
 from .evaluation import EvaluatePseudoLabels
 from .export_geo import ExportGeo
+from .export_training_set import ExportTrainingSet
 from .importers import (
     ImportClassificationCollection,
     ImportGeotiffs,
@@ -11,6 +12,7 @@ from .importers import (
 from .label_queued import LabelQueuedSamples
 from .resume import ResumePseudoLabels
 from .rethreshold import RethresholdPseudoLabels
+from .review import AcceptPseudoLabels, ReviewPseudoLabels, ReviewStatus
 from .run_diffuprompter import RunDiffuPrompter
 
 OPERATORS = (
@@ -24,6 +26,10 @@ OPERATORS = (
     ImportGeotiffs,
     EvaluatePseudoLabels,
     ExportGeo,
+    ReviewPseudoLabels,
+    AcceptPseudoLabels,
+    ReviewStatus,
+    ExportTrainingSet,
 )
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import fiftyone.operators.types as types
 
+from diffuprompter_plugin.ranking import SIGNALS
+
 from . import forms
 
 METRICS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AP (FiftyOne)")
@@ -45,6 +47,13 @@ class EvaluatePseudoLabels(forms.FormOperator):
             "(iSAID 1000, COCO 100)",
             min=1,
         )
+        inputs.enum(
+            "score_field",
+            list(SIGNALS),
+            label="Rank by",
+            default="confidence",
+            description="The detection attribute that orders predictions for AP",
+        )
         return forms.form(inputs, "Evaluate pseudo-labels")
 
     def execute(self, ctx: Any) -> dict[str, Any]:
@@ -64,6 +73,7 @@ class EvaluatePseudoLabels(forms.FormOperator):
             class_map=class_map,
             max_dets=params.get("max_dets"),
             pr_curves_path=True,
+            score_field=params.get("score_field") or "confidence",
             progress=forms.progress_reporter(ctx, "Evaluate"),
         )
         forms.reload_app(ctx)
@@ -98,6 +108,7 @@ class EvaluatePseudoLabels(forms.FormOperator):
         eval_key: str,
         class_map: dict[str, str] | None = None,
         max_dets: int | None = None,
+        score_field: str = "confidence",
         delegate: bool = False,
     ) -> Any:
         """Runs the evaluation from Python."""
@@ -107,5 +118,6 @@ class EvaluatePseudoLabels(forms.FormOperator):
             eval_key=eval_key,
             class_map=json.dumps(class_map) if class_map else None,
             max_dets=max_dets,
+            score_field=score_field,
         )
         return forms.execute_from_sdk(self, sample_collection, params, delegate)

@@ -7,6 +7,7 @@ from typing import Any
 import fiftyone.operators.types as types
 
 from . import forms
+from .export_training_set import EVERY, include_input, include_param, include_params
 
 
 class ExportGeo(forms.FormOperator):
@@ -32,6 +33,7 @@ class ExportGeo(forms.FormOperator):
             label="GeoPackage CRS (optional)",
             description="e.g. EPSG:32633; needed when the scenes are in different CRSs",
         )
+        include_input(inputs, ctx, every=True)
         return forms.form(inputs, "Export polygons")
 
     def execute(self, ctx: Any) -> dict[str, Any]:
@@ -43,6 +45,7 @@ class ExportGeo(forms.FormOperator):
             params["pred_field"],
             params["path"],
             crs=params.get("crs") or None,
+            include=include_param(params, default=EVERY),
             progress=forms.progress_reporter(ctx, "Export"),
         )
 
@@ -60,8 +63,9 @@ class ExportGeo(forms.FormOperator):
         pred_field: str,
         path: str,
         crs: str | None = None,
+        include: str | float | None = None,
         delegate: bool = False,
     ) -> Any:
         """Runs the export from Python."""
-        params = dict(pred_field=pred_field, path=str(path), crs=crs)
+        params = dict(pred_field=pred_field, path=str(path), crs=crs, **include_params(include))
         return forms.execute_from_sdk(self, sample_collection, params, delegate)

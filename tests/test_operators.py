@@ -24,6 +24,15 @@ IMPORTS = [
 ]
 EVALUATE = f"{PLUGIN}/evaluate_pseudo_labels"
 EXPORT_GEO = f"{PLUGIN}/export_geo"
+REVIEWS = [
+    f"{PLUGIN}/{n}"
+    for n in (
+        "review_pseudo_labels",
+        "accept_pseudo_labels",
+        "review_status",
+        "export_training_set",
+    )
+]
 
 
 def _tiny_settings(tiny_models):
@@ -57,7 +66,7 @@ def test_plugin_registers_operators_without_heavy_imports():
     ).stdout.splitlines()
     assert out == [
         "[]",
-        str(sorted([RESUME, RETHRESHOLD, RUN, WORKER, *IMPORTS, EVALUATE, EXPORT_GEO])),
+        str(sorted([RESUME, RETHRESHOLD, RUN, WORKER, *IMPORTS, EVALUATE, EXPORT_GEO, *REVIEWS])),
         "[]",
     ]
 

@@ -1,0 +1,151 @@
+"""A person's verdict on a pseudo-label, kept as FiftyOne label tags.
+
+A label is *accepted* or *rejected* when it carries the label tag
+``accepted`` or ``rejected``: the tags the App's own label tagging writes
+(select labels, then the tag button). The library reads and writes the same
+tags. An automatic step (:func:`~.review.accept_pseudo_labels`) adds a
+marker tag beside its verdict (``auto_accepted`` or ``auto_rejected``), so
+that a person's verdicts, which calibration counts, are told apart from the
+automatic ones, which it must not count. A verdict is a person's unless its
+marker matches it: a person who turns an automatically accepted label into a
+rejected one in the App has made a verdict of their own.
+
+No automatic step changes a label that has a verdict; a label tagged both
+``accepted`` and ``rejected`` is *conflicting*: never exported, never
+counted, and left for a person to settle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import fiftyone as fo
+import numpy as np
+from fiftyone import ViewField as F
+
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+VERDICTS = (ACCEPTED, REJECTED)
+AUTO_ACCEPTED = "auto_accepted"
+AUTO_REJECTED = "auto_rejected"
+
+UNREVIEWED, PERSON_ACCEPTED, PERSON_REJECTED, AUTO_ACCEPT, AUTO_REJECT, CONFLICT = range(6)
+"""Verdict codes of :class:`LabelTable` ``verdict``."""
+
+VERDICT_NAMES = {
+    UNREVIEWED: "unreviewed",
+    PERSON_ACCEPTED: "accepted",
+    PERSON_REJECTED: "rejected",
+    AUTO_ACCEPT: "auto_accepted",
+    AUTO_REJECT: "auto_rejected",
+    CONFLICT: "conflicting",
+}
+
+
+def has_verdict() -> Any:
+    """A label filter (``filter_labels``) true for labels tagged accepted or rejected."""
+    return F("tags").exists() & (F("tags").contains(list(VERDICTS)))
+
+
+def unreviewed() -> Any:
+    """A label filter true for labels with neither verdict tag."""
+    return ~has_verdict()
+
+
+def labels_path(samples: Any, pred_field: str) -> str:
+    """The path of the labels of ``pred_field``: ``<field>.detections`` for a
+    Detections field, ``<field>`` for the Detection field of a patches view.
+
+    Raises:
+        ValueError: the field does not exist or holds other labels, naming it.
+    """
+    field = samples.get_field(pred_field)
+    kind = getattr(field, "document_type", None)
+    if kind is fo.Detections:
+        return f"{pred_field}.detections"
+    if kind is fo.Detection:
+        return pred_field
+    what = "does not exist" if field is None else f"holds {(kind or type(field)).__name__}"
+    raise ValueError(f"Field '{pred_field}' {what}: reviews take an fo.Detections field")
+
+
+def verdict_code(tags: list[str] | None) -> int:
+    """The verdict code of a label's tags (see the module notes)."""
+    tags = set(tags or ())
+    accepted, rejected = ACCEPTED in tags, REJECTED in tags
+    if accepted and rejected:
+        return CONFLICT
+    if accepted:
+        return AUTO_ACCEPT if AUTO_ACCEPTED in tags else PERSON_ACCEPTED
+    if rejected:
+        return AUTO_REJECT if AUTO_REJECTED in tags else PERSON_REJECTED
+    return UNREVIEWED
+
+
+def verdict_name(tags: list[str] | None) -> str:
+    """``accepted``, ``rejected`` or ``unreviewed`` (automatic or not),
+    ``conflicting`` for both tags."""
+    code = verdict_code(tags)
+    return {AUTO_ACCEPT: ACCEPTED, AUTO_REJECT: REJECTED}.get(code, VERDICT_NAMES[code])
+
+
+@dataclass
+class LabelTable:
+    """Every label of a field, flat, in collection order (N labels).
+
+    Attributes:
+        ids: label ids, (N,) str.
+        labels: class names, (N,) str.
+        quality: the ``quality`` attribute, (N,) float, NaN where missing.
+        verdict: verdict codes (see :data:`VERDICT_NAMES`), (N,) int.
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    quality: np.ndarray
+    verdict: np.ndarray
+
+    @classmethod
+    def read(cls, samples: Any, pred_field: str) -> LabelTable:
+        """Reads the field's labels in one pass over ``samples`` (a dataset,
+        view or patches view)."""
+        path = labels_path(samples, pred_field)
+        columns = samples.values([f"{path}.{k}" for k in ("id", "label", "quality", "tags")])
+        if path.endswith(".detections"):  # lists per sample -> flat
+            columns = [[v for row in column if row for v in row] for column in columns]
+        ids, labels, quality, tags = columns
+        return cls(
+            ids=np.asarray(ids, dtype=object),
+            labels=np.asarray(labels, dtype=object),
+            quality=np.asarray([np.nan if q is None else q for q in quality], dtype=float),
+            verdict=np.asarray([verdict_code(t) for t in tags], dtype=int),
+        )
+
+
+def check_no_verdicts(samples: Any, field: str) -> None:
+    """Refuses to overwrite a field whose labels carry verdicts.
+
+    Re-thresholding writes new labels; a person's accepted and rejected tags
+    on the old ones would be lost. Write into a new field (which starts with
+    no verdicts), or export or untag the verdicts first.
+
+    Raises:
+        ValueError: ``samples`` has labels in ``field`` tagged accepted or
+            rejected, naming the field and the counts.
+    """
+    if not samples.has_field(field):
+        return
+    try:
+        path = labels_path(samples, field)
+    except ValueError:
+        return  # not labels: nothing a reviewer could have tagged
+    tagged = samples.filter_labels(field, has_verdict()).count_label_tags(label_fields=[field])
+    counts = {t: tagged.get(t, 0) for t in VERDICTS if tagged.get(t)}
+    if counts:
+        what = ", ".join(f"{n} {t}" for t, n in counts.items())
+        raise ValueError(
+            f"Field '{field}' holds reviewed labels ({what} of "
+            f"{samples.count(path)}); re-thresholding would overwrite them: write into a "
+            "new field, which starts with no verdicts"
+        )

@@ -1,0 +1,125 @@
+"""Operator: export the reviewed labels as a COCO or YOLOv5 training set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from . import forms
+
+INCLUDE_LABELS = {
+    "accepted": "Accepted labels",
+    "accepted+unreviewed": "Accepted and unreviewed (not rejected)",
+    "threshold": "Accepted, and unreviewed at or above a quality",
+}
+EVERY = "all"
+
+
+def include_input(inputs: types.Object, ctx: Any, every: bool = False) -> None:
+    """Adds the choice of labels to export (rejected ones never are, unless
+    ``every`` offers all labels, each with its verdict)."""
+    labels = {EVERY: "Every label, with its verdict"} if every else {}
+    labels.update(INCLUDE_LABELS)
+    choice = types.RadioGroup()
+    for value, label in labels.items():
+        choice.add_choice(value, label=label)
+    default = next(iter(labels))
+    inputs.enum("include", list(labels), label="Labels", default=default, view=choice)
+    if ctx.params.get("include") == "threshold":
+        inputs.float("min_quality", label="Quality at least", default=0.8, min=0, max=1)
+
+
+def include_param(params: dict[str, Any], default: str = "accepted") -> str | float | None:
+    """The ``include`` argument of the export functions from the form (None: every label)."""
+    include = params.get("include") or default
+    if include == "threshold":
+        return float(params.get("min_quality", 0.8))
+    return None if include == EVERY else include
+
+
+def include_params(include: str | float | None) -> dict[str, Any]:
+    """The form's parameters for an SDK ``include`` value (None: every label)."""
+    if include is None:
+        return {"include": EVERY}
+    if isinstance(include, str):
+        return {"include": include}
+    return {"include": "threshold", "min_quality": float(include)}
+
+
+class ExportTrainingSet(foo.Operator):
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return forms.operator_config(
+            "export_training_set",
+            "DiffuPrompter: export training set",
+            "The reviewed labels as COCO instance segmentation (exact RLE masks) or YOLOv5 "
+            "segmentation; rejected labels are never exported",
+            default_delegated=False,
+        )
+
+    def resolve_input(self, ctx: Any) -> types.Property:
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        fields = forms.detections_fields(ctx, inputs)
+        if not fields:
+            return types.Property(inputs, view=types.View(label="Export training set"))
+        inputs.enum("pred_field", fields, label="Pseudo-labels", required=True, default=fields[0])
+        inputs.str("export_dir", label="Output folder", required=True)
+        inputs.enum("dataset_type", ["coco", "yolov5"], label="Format", default="coco")
+        include_input(inputs, ctx)
+        if (ctx.params.get("dataset_type") or "coco") == "coco":
+            inputs.enum(
+                "masks",
+                ["rle", "polygons"],
+                label="COCO masks",
+                default="rle",
+                description="rle: exact masks; polygons: FiftyOne's traced outlines "
+                "(holes lost, area = box)",
+            )
+        inputs.bool("overwrite", label="Replace an existing folder", default=False)
+        return types.Property(inputs, view=types.View(label="Export training set"))
+
+    def execute(self, ctx: Any) -> dict[str, Any]:
+        from diffuprompter_plugin.export import export_training_set
+
+        params = ctx.params
+        dataset_type = params.get("dataset_type") or "coco"
+        return export_training_set(
+            ctx.target_view(),
+            params["pred_field"],
+            params["export_dir"],
+            dataset_type=dataset_type,
+            include=include_param(params),
+            masks=params.get("masks") if dataset_type == "coco" else None,
+            overwrite=bool(params.get("overwrite")),
+            progress=forms.progress_reporter(ctx, "Export"),
+        )
+
+    def resolve_output(self, ctx: Any) -> types.Property:
+        outputs = types.Object()
+        outputs.str("export_dir", label="Folder")
+        outputs.str("writer", label="Writer")
+        outputs.int("samples", label="Images")
+        outputs.int("labels", label="Labels written")
+        outputs.obj("per_class", label="Labels per class", view=types.JSONView())
+        outputs.int("split_instances", label="Instances written as several polygons")
+        return types.Property(outputs, view=types.View(label="Export finished"))
+
+    def __call__(
+        self,
+        sample_collection: Any,
+        pred_field: str,
+        export_dir: str,
+        dataset_type: str = "coco",
+        include: str | float = "accepted",
+        masks: str | None = None,
+        overwrite: bool = False,
+        delegate: bool = False,
+    ) -> Any:
+        """Runs the export from Python."""
+        params = dict(pred_field=pred_field, export_dir=str(export_dir))
+        params.update(dataset_type=dataset_type, masks=masks, overwrite=overwrite)
+        params.update(include_params(include))
+        return forms.execute_from_sdk(self, sample_collection, params, delegate)
