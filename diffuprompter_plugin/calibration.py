@@ -417,8 +417,8 @@ def ground_truth_matches(
         paths = [f"{pred_field}.detections.id", f"{pred_field}.detections.{key}"]
         ids, outcomes = view.values(paths)
     finally:
-        if key in samples._dataset.list_evaluations():
-            samples._dataset.delete_evaluation(key)
+        if key in samples.list_evaluations():
+            samples.delete_evaluation(key)
     return {
         i: 1.0 if o == "tp" else 0.0
         for row_ids, row in zip(ids, outcomes, strict=True)

@@ -107,7 +107,7 @@ def _require_masks(view: Any, field: str, classes: Sequence[str]) -> None:
         )
 
 
-def _check_inputs(
+def check_inputs(
     samples: Any, pred_field: str, gt_field: str, class_map: Mapping[str, str] | None
 ) -> tuple[Any, list[str], list[str]]:
     """Everything evaluation needs, checked before anything is stored.
@@ -197,7 +197,7 @@ def evaluate_pseudo_labels(
     """
     from .ranking import ranked_view
 
-    view, classes, unmatched = _check_inputs(samples, pred_field, gt_field, class_map)
+    view, classes, unmatched = check_inputs(samples, pred_field, gt_field, class_map)
     view = ranked_view(view, pred_field, score_field)
     max_dets = default_max_dets(samples) if max_dets is None else int(max_dets)
     coco = coco_metrics(view, pred_field, gt_field, classes, max_dets)

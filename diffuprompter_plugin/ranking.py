@@ -63,9 +63,9 @@ def compare_signals(
         or ``{"signal", "missing": n}``.
     """
     from .coco import coco_metrics
-    from .evaluation import _check_inputs, default_max_dets
+    from .evaluation import check_inputs, default_max_dets
 
-    view, classes, _ = _check_inputs(samples, pred_field, gt_field, class_map)
+    view, classes, _ = check_inputs(samples, pred_field, gt_field, class_map)
     max_dets = default_max_dets(samples) if max_dets is None else int(max_dets)
     path = labels_path(samples, pred_field)
     rows = []

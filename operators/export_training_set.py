@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from . import forms
@@ -48,24 +47,19 @@ def include_params(include: str | float | None) -> dict[str, Any]:
     return {"include": "threshold", "min_quality": float(include)}
 
 
-class ExportTrainingSet(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return forms.operator_config(
-            "export_training_set",
-            "DiffuPrompter: export training set",
-            "The reviewed labels as COCO instance segmentation (exact RLE masks) or YOLOv5 "
-            "segmentation; rejected labels are never exported",
-            default_delegated=False,
-        )
+class ExportTrainingSet(forms.FormOperator):
+    operator_name = "export_training_set"
+    operator_label = "DiffuPrompter: export training set"
+    operator_description = (
+        "The reviewed labels as COCO instance segmentation (exact RLE masks) or YOLOv5 "
+        "segmentation; rejected labels are never exported"
+    )
+    default_delegated = False
 
     def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        inputs.view_target(ctx)
-        fields = forms.detections_fields(ctx, inputs)
-        if not fields:
-            return types.Property(inputs, view=types.View(label="Export training set"))
-        inputs.enum("pred_field", fields, label="Pseudo-labels", required=True, default=fields[0])
+        inputs = forms.target_inputs(ctx)
+        if not forms.detections_fields(ctx, inputs, "Pseudo-labels"):
+            return forms.form(inputs, "Export training set")
         inputs.str("export_dir", label="Output folder", required=True)
         inputs.enum("dataset_type", ["coco", "yolov5"], label="Format", default="coco")
         include_input(inputs, ctx)
@@ -79,7 +73,7 @@ class ExportTrainingSet(foo.Operator):
                 "(holes lost, area = box)",
             )
         inputs.bool("overwrite", label="Replace an existing folder", default=False)
-        return types.Property(inputs, view=types.View(label="Export training set"))
+        return forms.form(inputs, "Export training set")
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         from diffuprompter_plugin.export import export_training_set
@@ -105,7 +99,7 @@ class ExportTrainingSet(foo.Operator):
         outputs.int("labels", label="Labels written")
         outputs.obj("per_class", label="Labels per class", view=types.JSONView())
         outputs.int("split_instances", label="Instances written as several polygons")
-        return types.Property(outputs, view=types.View(label="Export finished"))
+        return forms.form(outputs, "Export finished")
 
     def __call__(
         self,

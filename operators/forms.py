@@ -39,12 +39,15 @@ class FormOperator(foo.Operator):
     """A form-driven operator that may run delegated: subclasses name it
     (``operator_name``, ``operator_label``, ``operator_description``) and
     choose whether the App offers delegation first (``default_delegated``)
-    and whether it is listed (``unlisted`` hides it from the operator list)."""
+    and whether it is listed (``unlisted`` hides it from the operator list).
+    An operator that acts on the App at once (sets its view) is never
+    delegated (``delegable = False``)."""
 
     operator_name = ""
     operator_label = ""
     operator_description = ""
     default_delegated = True
+    delegable = True
     unlisted = False
 
     @property
@@ -55,8 +58,8 @@ class FormOperator(foo.Operator):
             description=self.operator_description,
             dynamic=True,
             allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=self.default_delegated,
+            allow_delegated_execution=self.delegable,
+            default_choice_to_delegated=self.delegable and self.default_delegated,
             unlisted=self.unlisted,
         )
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import fiftyone as fo
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from . import forms
@@ -39,18 +38,12 @@ CALIBRATION_COLUMNS = {
 }
 
 
-def immediate_config(name: str, label: str, description: str) -> foo.OperatorConfig:
-    """Config of an operator that acts on the App at once (never delegated)."""
-    return foo.OperatorConfig(name=name, label=label, description=description, dynamic=True)
-
-
 def field_and_class(ctx: Any, inputs: types.Object) -> tuple[str, list[str]] | None:
     """Adds the pseudo-label field and class choices; returns (field, classes)
     or None when the dataset has no Detections field (the form is then invalid)."""
-    fields = forms.detections_fields(ctx, inputs)
+    fields = forms.detections_fields(ctx, inputs, "Pseudo-labels")
     if not fields:
         return None
-    inputs.enum("pred_field", fields, label="Pseudo-labels", required=True, default=fields[0])
     field = ctx.params.get("pred_field") if ctx.params.get("pred_field") in fields else fields[0]
     classes = sorted(ctx.dataset.distinct(f"{field}.detections.label"))
     return field, classes
@@ -63,22 +56,20 @@ def table(columns: dict[str, str]) -> types.TableView:
     return view
 
 
-class ReviewPseudoLabels(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return immediate_config(
-            "review_pseudo_labels",
-            "DiffuPrompter: review pseudo-labels",
-            "Shows the labels that still need a person, worst first or as a calibration "
-            "sample; tag them accepted or rejected",
-        )
+class ReviewPseudoLabels(forms.FormOperator):
+    operator_name = "review_pseudo_labels"
+    operator_label = "DiffuPrompter: review pseudo-labels"
+    operator_description = (
+        "Shows the labels that still need a person, worst first or as a calibration "
+        "sample; tag them accepted or rejected"
+    )
+    delegable = False
 
     def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        inputs.view_target(ctx)
+        inputs = forms.target_inputs(ctx)
         chosen = field_and_class(ctx, inputs)
         if chosen is None:
-            return types.Property(inputs, view=types.View(label="Review pseudo-labels"))
+            return forms.form(inputs, "Review pseudo-labels")
         _, classes = chosen
         inputs.enum("label", [ALL, *classes], label="Class", default=ALL)
         order = types.RadioGroup()
@@ -97,7 +88,7 @@ class ReviewPseudoLabels(foo.Operator):
                 "(the tag button)."
             ),
         )
-        return types.Property(inputs, view=types.View(label="Review pseudo-labels"))
+        return forms.form(inputs, "Review pseudo-labels")
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         from diffuprompter_plugin.review import review_view
@@ -126,7 +117,7 @@ class ReviewPseudoLabels(foo.Operator):
         outputs.int("left", label="Labels left to review")
         outputs.int("samples", label="Samples in the view")
         outputs.str("order", label="Order")
-        return types.Property(outputs, view=types.View(label="Review"))
+        return forms.form(outputs, "Review")
 
     def __call__(
         self,
@@ -144,21 +135,19 @@ class ReviewPseudoLabels(foo.Operator):
         return forms.execute_from_sdk(self, sample_collection, params, False)
 
 
-class AcceptPseudoLabels(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return immediate_config(
-            "accept_pseudo_labels",
-            "DiffuPrompter: accept confident pseudo-labels",
-            "Tags unreviewed labels above a quality threshold accepted (a fixed one, or per "
-            "class from calibration); a person's tags are never changed",
-        )
+class AcceptPseudoLabels(forms.FormOperator):
+    operator_name = "accept_pseudo_labels"
+    operator_label = "DiffuPrompter: accept confident pseudo-labels"
+    operator_description = (
+        "Tags unreviewed labels above a quality threshold accepted (a fixed one, or per "
+        "class from calibration); a person's tags are never changed"
+    )
+    delegable = False
 
     def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        inputs.view_target(ctx)
+        inputs = forms.target_inputs(ctx)
         if field_and_class(ctx, inputs) is None:
-            return types.Property(inputs, view=types.View(label="Accept pseudo-labels"))
+            return forms.form(inputs, "Accept pseudo-labels")
         mode = types.RadioGroup()
         mode.add_choice("threshold", label="One quality threshold")
         mode.add_choice("calibrated", label="Calibrated per class (target precision)")
@@ -181,7 +170,7 @@ class AcceptPseudoLabels(foo.Operator):
             "reject_below", label="Reject below (optional)", min=0, max=1,
             description="Unreviewed labels below this quality are tagged rejected",
         )  # fmt: skip
-        return types.Property(inputs, view=types.View(label="Accept pseudo-labels"))
+        return forms.form(inputs, "Accept pseudo-labels")
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         from diffuprompter_plugin.calibration import calibrate_acceptance
@@ -219,7 +208,7 @@ class AcceptPseudoLabels(foo.Operator):
         outputs.list(
             "calibration", types.Object(), label="Calibration", view=table(CALIBRATION_COLUMNS)
         )
-        return types.Property(outputs, view=types.View(label="Accepted"))
+        return forms.form(outputs, "Accepted")
 
     def __call__(
         self,
@@ -239,20 +228,19 @@ class AcceptPseudoLabels(foo.Operator):
         return forms.execute_from_sdk(self, sample_collection, params, False)
 
 
-class ReviewStatus(foo.Operator):
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return immediate_config(
-            "review_status",
-            "DiffuPrompter: review status",
-            "Per class: accepted, rejected and unreviewed labels, and the precision "
-            "observed among reviewed ones",
-        )
+class ReviewStatus(forms.FormOperator):
+    operator_name = "review_status"
+    operator_label = "DiffuPrompter: review status"
+    operator_description = (
+        "Per class: accepted, rejected and unreviewed labels, and the precision "
+        "observed among reviewed ones"
+    )
+    delegable = False
 
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
         field_and_class(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Review status"))
+        return forms.form(inputs, "Review status")
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         """The whole dataset's status: the App's view is often a review view,
@@ -265,7 +253,7 @@ class ReviewStatus(foo.Operator):
         outputs = types.Object()
         outputs.int("unreviewed", label="Unreviewed labels")
         outputs.list("rows", types.Object(), label="Per class", view=table(STATUS_COLUMNS))
-        return types.Property(outputs, view=types.View(label="Review status"))
+        return forms.form(outputs, "Review status")
 
     def __call__(self, sample_collection: Any, pred_field: str) -> Any:
         """Runs the operator from Python (the SDK call is ``review_status``)."""
