@@ -173,8 +173,9 @@ def evaluate_pseudo_labels(
         max_dets: detections kept per image and class; by default the
             dataset's convention (:func:`default_max_dets`).
         pr_curves_path: where to write the IoU-0.5 PR curves as an HTML
-            page; True picks ``<dataset dir>/__diffuprompter__/<dataset>/
-            <eval_key>_pr.html``; None or False writes nothing.
+            page; True picks ``<dataset dir>/__diffuprompter__/<dataset
+            id>/<eval_key>_pr.html`` (never a path built from the dataset's
+            name); None or False writes nothing.
 
     Returns:
         ``{"eval_key", "max_dets", "classes", "unmatched_gt_classes",
@@ -226,7 +227,7 @@ def evaluate_pseudo_labels(
         pr_curves_path = os.path.join(
             fo.config.default_dataset_dir,
             "__diffuprompter__",
-            samples._dataset.name,
+            str(samples._dataset._doc.id),
             f"{eval_key}_pr.html",
         )
     if pr_curves_path:

@@ -24,7 +24,7 @@ from pyproj import CRS, Transformer
 from ..engine.errors import InputImageError
 from ..engine.raster import FileRaster
 from ..labels import BANDS_FIELD
-from .common import ImportReport, run_import
+from .common import ImportReport, dataset_folder, run_import
 
 GEOTIFF_EXTENSIONS = {".tif", ".tiff"}
 
@@ -107,7 +107,7 @@ def import_geotiffs(
 
     Any band count and uint8/uint16/int/float data are accepted. Previews
     (PNG, longest side ``preview_size``) are written under ``preview_dir``
-    (default: FiftyOne's dataset dir, ``__previews__/<name>``) and shown by
+    (default: ``<FiftyOne's dataset dir>/__previews__/<dataset id>``) and shown by
     the App through ``dataset.app_config`` (grid and modal media field
     ``preview_path``; ``filepath`` stays the GeoTIFF). See
     :func:`scene_sample` for the fields. Unreadable files, and files lacking
@@ -136,9 +136,6 @@ def import_geotiffs(
         for p in (root.rglob("*") if recursive else root.iterdir())
         if p.suffix.lower() in GEOTIFF_EXTENSIONS and p.is_file()
     )
-    preview_dir = Path(
-        preview_dir or os.path.join(fo.config.default_dataset_dir, "__previews__", name)
-    )
     report = run_import(name, partial(_scenes, files, preview_dir, bands, preview_size, progress))
     show_previews(fo.load_dataset(name))
     return report
@@ -155,6 +152,9 @@ def show_previews(dataset: fo.Dataset) -> None:
 
 
 def _scenes(files, preview_dir, bands, size, progress, known, report) -> Iterator[fo.Sample]:
+    preview_dir = (
+        Path(preview_dir) if preview_dir else dataset_folder("__previews__", report.dataset_id)
+    )
     preview_dir.mkdir(parents=True, exist_ok=True)
     load = partial(scene_sample, preview_dir=preview_dir, bands=bands, preview_size=size)
     with fou.ProgressBar(total=len(files), progress=progress) as pb:

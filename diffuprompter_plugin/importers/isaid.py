@@ -15,7 +15,14 @@ import fiftyone as fo
 import fiftyone.core.utils as fou
 import numpy as np
 
-from .common import AnnotationError, ImportReport, read_image, run_import, windows
+from .common import (
+    AnnotationError,
+    ImportReport,
+    dataset_folder,
+    read_image,
+    run_import,
+    windows,
+)
 from .polygons import polygon_rle, window_mask
 
 ISAID_MAX_DETS = 1000
@@ -132,7 +139,9 @@ def import_isaid(
     the official devkit, and images smaller than a patch stay whole. Each
     patch sample has ``gt_masks`` (labels are iSAID's own category names),
     ``source_image``, ``offset`` [x, y], ``source_size`` [w, h] and ``split``.
-    Missing or unreadable images are reported in ``skipped``. Full-scene
+    Patches are written to ``patch_dir``, default ``<FiftyOne's dataset
+    dir>/__patches__/<dataset id>``. Missing or unreadable images are
+    reported in ``skipped``. Full-scene
     samples are the original images (nothing is written), with offset [0, 0],
     so evaluation can run on scenes as well as on patches.
 
@@ -151,7 +160,6 @@ def import_isaid(
     annotations = Path(annotations or root / split / "Annotations" / f"iSAID_{split}.json")
     image_dir = Path(image_dir or root / split / "images")
     name = name or f"isaid-{split}"
-    patch_dir = Path(patch_dir or os.path.join(fo.config.default_dataset_dir, "__patches__", name))
     images, names, by_image = load_coco(annotations)
     settings = dict(
         split=split,
@@ -173,6 +181,9 @@ def _patches(
 ) -> Iterator[fo.Sample]:
     scene = s["size"] is None
     if not scene:
+        patch_dir = (
+            Path(patch_dir) if patch_dir else dataset_folder("__patches__", report.dataset_id)
+        )
         patch_dir.mkdir(parents=True, exist_ok=True)
     with fou.ProgressBar(total=len(images), progress=progress) as pb:
         for image_id, info in images.items():
