@@ -17,6 +17,7 @@ Conventions (those of rasterio and GDAL):
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ import fiftyone.core.utils as fou
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyogrio
 import shapely
 from pyproj import CRS
 from rasterio import Affine
@@ -156,6 +158,7 @@ def export_geo(
     path: str | os.PathLike,
     crs: Any = None,
     layer: str | None = None,
+    overwrite: bool = False,
     progress: bool | Callable | None = None,
 ) -> dict[str, Any]:
     """Writes the instance masks of a Detections field as georeferenced
@@ -165,9 +168,13 @@ def export_geo(
     native CRS (or ``crs``); ``.geojson``/``.json`` is RFC 7946 GeoJSON in
     WGS84 lon/lat. Attributes: ``label``, ``score`` (the confidence),
     ``area_px``, ``area_m2`` (see :func:`area_m2`, computed in the native
-    CRS), ``sample_id``, ``filepath``, ``detection_id``. The file is written
-    to a temporary name and then replaces ``path``, so a failed export leaves
-    nothing half-written.
+    CRS), ``sample_id``, ``filepath``, ``detection_id``.
+
+    A GeoPackage is a container: exporting into an existing one adds the
+    layer and keeps the others; a layer of that name is replaced only with
+    ``overwrite=True``, as is an existing GeoJSON file (or a ``.gpkg`` that
+    is not a GeoPackage). The export is written to a temporary copy that
+    then replaces ``path``, so a failed export leaves the file as it was.
 
     Args:
         samples: a dataset or view whose samples carry ``crs`` and
@@ -177,6 +184,8 @@ def export_geo(
         crs: GeoPackage only: the CRS to write (anything pyproj accepts);
             needed when the samples are in different CRSs.
         layer: the GeoPackage layer name; default ``pred_field``.
+        overwrite: replace an existing layer of that name (GeoPackage) or
+            an existing file (GeoJSON).
 
     Returns:
         ``path``, ``samples``, ``features`` written and the output ``crs``
@@ -187,6 +196,8 @@ def export_geo(
             field, a sample without georeferencing or
             metadata (samples in pixel coordinates are refused, not written
             without a CRS), or several CRSs without ``crs``.
+        FileExistsError: the layer (GeoPackage) or file (GeoJSON) exists and
+            ``overwrite`` is False; checked before anything is read.
     """
     path = os.fspath(path)
     driver = DRIVERS.get(os.path.splitext(path)[1].lower())
@@ -195,12 +206,14 @@ def export_geo(
     if driver == "GeoJSON" and crs is not None:
         raise ValueError("GeoJSON is always WGS84 (RFC 7946); crs= applies to .gpkg only")
     _check_detections_field(samples, pred_field)
+    layer = layer or pred_field
+    keep = _existing_container(path, driver, layer, overwrite)
     with fou.ProgressBar(total=len(samples), progress=progress) as pb:
         frames = [sample_features(sample, pred_field) for sample in pb(samples)]
     target = _output_crs(frames, driver, crs)
     table = pd.concat([f.to_crs(target) for f in frames] or [_empty(target)], ignore_index=True)
-    layer = layer or pred_field
-    _write_replacing(gpd.GeoDataFrame(table, geometry="geometry", crs=target), path, driver, layer)
+    frame = gpd.GeoDataFrame(table, geometry="geometry", crs=target)
+    _write_replacing(frame, path, driver, layer, keep)
     crs_name = target.to_string()
     return {"path": path, "samples": len(frames), "features": len(table), "crs": crs_name}
 
@@ -234,13 +247,49 @@ def _empty(crs: CRS) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries([], crs=crs))
 
 
-def _write_replacing(frame: gpd.GeoDataFrame, path: str, driver: str, layer: str) -> None:
+def _existing_container(path: str, driver: str, layer: str, overwrite: bool) -> bool:
+    """Whether ``path`` is a GeoPackage whose other layers the export keeps.
+
+    Raises:
+        FileExistsError: the layer, or the file (GeoJSON, or a ``.gpkg``
+            that is not a GeoPackage), exists and ``overwrite`` is False.
+    """
+    if not os.path.exists(path):
+        return False
+    if driver == "GPKG":
+        try:
+            layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+        except pyogrio.errors.DataSourceError as e:
+            if not overwrite:
+                raise FileExistsError(
+                    f"'{path}' exists and is not a GeoPackage ({e}); pass overwrite=True "
+                    "to replace it"
+                ) from e
+            return False
+        if layer in layers and not overwrite:
+            raise FileExistsError(
+                f"Layer '{layer}' exists in '{path}' (layers: {', '.join(layers)}); pass "
+                "overwrite=True to replace it, or another layer="
+            )
+        return True
+    if not overwrite:
+        raise FileExistsError(f"'{path}' exists; pass overwrite=True to replace it")
+    return False
+
+
+def _write_replacing(
+    frame: gpd.GeoDataFrame, path: str, driver: str, layer: str, keep: bool
+) -> None:
+    """Writes ``layer`` to a temporary file (a copy of ``path`` when ``keep``,
+    so its other layers stay) that then replaces ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, temporary = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     os.remove(temporary)  # the drivers create the file themselves
     try:
+        if keep:  # the layer is added to the copy; one of the same name is replaced
+            shutil.copyfile(path, temporary)
         options = {"RFC7946": "YES"} if driver == "GeoJSON" else {}
         frame.to_file(
             temporary,

@@ -30,8 +30,16 @@ class ExportGeo(foo.Operator):
         inputs.str(
             "path",
             label="Output file",
-            description=".gpkg: native CRS (QGIS); .geojson: WGS84 (RFC 7946); replaced",
+            description=".gpkg: native CRS (QGIS), a layer added to an existing "
+            "GeoPackage; .geojson: WGS84 (RFC 7946)",
             required=True,
+        )
+        inputs.str("layer", label="GeoPackage layer (optional)", description="default: the field")
+        inputs.bool(
+            "overwrite",
+            label="Replace",
+            default=False,
+            description="Replace a GeoPackage layer of that name, or an existing GeoJSON file",
         )
         inputs.str(
             "crs",
@@ -49,6 +57,8 @@ class ExportGeo(foo.Operator):
             params["pred_field"],
             params["path"],
             crs=params.get("crs") or None,
+            layer=params.get("layer") or None,
+            overwrite=bool(params.get("overwrite", False)),
             progress=forms.progress_reporter(ctx, "Export"),
         )
 
@@ -66,8 +76,12 @@ class ExportGeo(foo.Operator):
         pred_field: str,
         path: str,
         crs: str | None = None,
+        layer: str | None = None,
+        overwrite: bool = False,
         delegate: bool = False,
     ) -> Any:
         """Runs the export from Python."""
-        params = dict(pred_field=pred_field, path=str(path), crs=crs)
+        params = dict(
+            pred_field=pred_field, path=str(path), crs=crs, layer=layer, overwrite=overwrite
+        )
         return forms.execute_from_sdk(self, sample_collection, params, delegate)
