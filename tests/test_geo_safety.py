@@ -7,13 +7,17 @@ import hashlib
 
 import fiftyone.operators as foo
 import geopandas as gpd
+import numpy as np
 import pyogrio
 import pytest
 import shapely
 from fiftyone.operators.executor import ExecutionError
-from test_geo import UTM33, _rect, _scene_dataset
+from test_geo import UTM33, _rect, _scene_dataset, _write_scene
 
+from diffuprompter_plugin.engine.errors import InputImageError
+from diffuprompter_plugin.engine.raster import FileRaster
 from diffuprompter_plugin.geo import export_geo
+from diffuprompter_plugin.importers import import_geotiffs
 
 PLUGIN = "@diffuprompter/diffuprompter"
 
@@ -89,3 +93,27 @@ def test_export_operator_adds_layers_and_refuses_to_replace(tmp_path):
         export(dataset, "pred", path)
     assert export(dataset, "pred", path, overwrite=True).result["features"] == 1
     assert sorted(pyogrio.list_layers(path)[:, 0]) == ["again", "pred"]
+
+
+def _truncated(path, dtype):
+    data = np.random.default_rng(0).integers(0, 250, (3, 128, 128)).astype(dtype)
+    _write_scene(path, data)
+    full = path.read_bytes()
+    path.write_bytes(full[: len(full) // 2])
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_truncated_tiff_names_the_file_and_gdals_message(tmp_path, dataset_name, dtype):
+    path = _truncated(tmp_path / "scenes" / f"cut-{dtype}.tif", dtype)
+    report = import_geotiffs(tmp_path / "scenes", dataset_name)
+    assert report.added == 0
+    ((skipped, reason),) = report.skipped
+    assert skipped == str(path)
+    assert f"Cannot read image '{path}'" in reason
+    assert "TIFFReadEncodedStrip" in reason and "See previous exception" not in reason
+    with (
+        pytest.raises(InputImageError, match=r"cut-.*\.tif'.*TIFFReadEncoded"),
+        FileRaster(path) as raster,
+    ):
+        raster.read((0, 0, 128, 128))

@@ -141,7 +141,7 @@ class FileRaster(Raster):
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.dataset = rasterio.open(self.name)
         except RasterioIOError as e:
-            raise InputImageError(f"Cannot read image '{self.name}': {e}") from e
+            raise InputImageError(f"Cannot read image '{self.name}': {gdal_message(e)}") from e
         self.height, self.width = self.dataset.height, self.dataset.width
         try:
             self.bands = self._choose_bands(bands)
@@ -199,17 +199,27 @@ class FileRaster(Raster):
         return lut
 
     def _read(self, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
-        """Chosen bands as h x w x 3 in the file's dtype, and the valid mask."""
+        """Chosen bands as h x w x 3 in the file's dtype, and the valid mask.
+
+        Raises:
+            InputImageError: GDAL cannot read the pixels (a truncated or
+                corrupt file), naming the file and carrying GDAL's message.
+        """
+        from rasterio.errors import RasterioError
+
         unique = sorted(set(self.bands))
-        stack = self.dataset.read(unique, **kwargs)
+        try:
+            stack = self.dataset.read(unique, **kwargs)
+            valid = None
+            if any(self.dataset.nodatavals[b - 1] is not None for b in unique) or any(
+                "per_dataset" in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
+                and "alpha" not in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
+                for b in unique
+            ):
+                valid = self.dataset.read_masks(unique, **kwargs).all(axis=0)
+        except RasterioError as e:
+            raise InputImageError(f"Cannot read image '{self.name}': {gdal_message(e)}") from e
         data = np.stack([stack[unique.index(b)] for b in self.bands], axis=-1)
-        valid = None
-        if any(self.dataset.nodatavals[b - 1] is not None for b in unique) or any(
-            "per_dataset" in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
-            and "alpha" not in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
-            for b in unique
-        ):
-            valid = self.dataset.read_masks(unique, **kwargs).all(axis=0)
         if np.issubdtype(data.dtype, np.floating):
             finite = np.isfinite(data).all(axis=-1)
             if not finite.all():
@@ -263,6 +273,19 @@ class FileRaster(Raster):
         if self.scale == 255.0:
             return np.round(np.clip(data, 0, 1) * 255).astype(np.uint8)
         return stretch(data, self.low, self.high)
+
+
+def gdal_message(error: BaseException) -> str:
+    """The message of a rasterio error with GDAL's own messages, which
+    rasterio chains as the error's causes (its own text often says no more
+    than "See previous exception for details."), outermost first."""
+    messages: list[str] = []
+    while error is not None and len(messages) < 8:
+        text = str(error).replace("See previous exception for details.", "").strip()
+        if text and text not in messages:
+            messages.append(text)
+        error = error.__cause__ or error.__context__
+    return "; ".join(messages)
 
 
 def stretch(data: np.ndarray, low: float, high: float) -> np.ndarray:

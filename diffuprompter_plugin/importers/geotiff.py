@@ -66,7 +66,10 @@ def scene_sample(
         raise OSError(str(e)) from e
     with raster:
         src = raster.dataset
-        preview = raster.overview(preview_size)
+        try:
+            preview = raster.overview(preview_size)
+        except InputImageError as e:  # e.g. a truncated file: GDAL's message, the file named
+            raise OSError(str(e)) from e
         chosen = raster.bands[:1] if len(set(raster.bands)) == 1 else raster.bands
         georeferenced = src.crs is not None
         crs = CRS.from_user_input(src.crs.to_wkt()) if georeferenced else None
