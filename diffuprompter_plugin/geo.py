@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -61,12 +62,34 @@ def georeference(sample: Any) -> tuple[CRS, Affine]:
     """
     wkt = sample["crs"] if sample.has_field("crs") else None
     transform = sample["transform"] if sample.has_field("transform") else None
-    if not wkt or not transform:
-        raise ValueError(
-            f"Sample '{sample.filepath}' has no georeferencing (fields 'crs' and "
-            "'transform'); import GeoTIFFs with import_geotiffs()"
-        )
-    return CRS.from_wkt(wkt), Affine(*transform)
+    if wkt and transform:
+        return CRS.from_wkt(wkt), Affine(*transform)
+    why = _why_not_georeferenced(sample.filepath)
+    if why is None:
+        why = "its file is georeferenced: import it with import_geotiffs()"
+    raise ValueError(f"Sample '{sample.filepath}' has no georeferencing: {why}")
+
+
+def _why_not_georeferenced(path: str) -> str | None:
+    """Why a file gives no CRS and transform (see
+    :func:`~diffuprompter_plugin.engine.raster.gcp_georef`); None when it
+    gives them."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    from .engine.raster import gcp_georef, gdal_message
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            with rasterio.open(path) as src:
+                if src.crs is not None:
+                    return None
+                if not src.transform.is_identity:
+                    return "the file has a geotransform but no CRS: assign one and import it again"
+                return gcp_georef(src)[1]
+        except RasterioIOError as e:
+            return f"its file cannot be read: {gdal_message(e)}"
 
 
 def mask_geometry(mask: np.ndarray, transform: Affine) -> shapely.MultiPolygon:

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import hashlib
 
+import fiftyone as fo
 import fiftyone.operators as foo
 import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
+import rasterio
 import shapely
 from fiftyone.operators.executor import ExecutionError
-from test_geo import UTM33, _rect, _scene_dataset, _write_scene
+from pyproj import CRS
+from rasterio.control import GroundControlPoint
+from rasterio.transform import from_origin
+from test_geo import ORIGIN, UTM33, _rect, _scene_dataset, _write_scene
 
 from diffuprompter_plugin.engine.errors import InputImageError
 from diffuprompter_plugin.engine.raster import FileRaster
@@ -117,3 +122,62 @@ def test_truncated_tiff_names_the_file_and_gdals_message(tmp_path, dataset_name,
         FileRaster(path) as raster,
     ):
         raster.read((0, 0, 128, 128))
+
+
+def _gcp_scene(path, corners):
+    """A 60 x 40 GeoTIFF georeferenced by GCPs alone: ``corners`` maps
+    (col, row) to UTM (x, y)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = dict(driver="GTiff", width=60, height=40, count=1, dtype="uint8")
+    gcps = [GroundControlPoint(row, col, x, y) for (col, row), (x, y) in corners.items()]
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.full((1, 40, 60), 100, np.uint8))
+        dst.gcps = (gcps, CRS.from_user_input(UTM33))
+    return path
+
+
+def test_gcp_only_geotiff_is_georeferenced_from_its_gcps(tmp_path, dataset_name):
+    x0, y0 = ORIGIN
+    exact = {(c, r): (x0 + 2 * c, y0 - 2 * r) for c, r in [(0, 0), (60, 0), (0, 40), (60, 40)]}
+    path = _gcp_scene(tmp_path / "scenes" / "gcp.tif", exact)
+    with rasterio.open(path) as src:
+        assert src.crs is None and src.transform.is_identity and len(src.gcps[0]) == 4
+    with FileRaster(path) as raster:  # the heatmap GeoTIFFs are georeferenced the same way
+        assert raster.georef["transform"].almost_equals(from_origin(x0, y0, 2.0, 2.0))
+    assert import_geotiffs(tmp_path / "scenes", dataset_name).added == 1
+    dataset = fo.load_dataset(dataset_name)
+    sample = dataset.first()
+    assert CRS.from_wkt(sample.crs) == CRS.from_user_input(UTM33)
+    assert sample.transform == pytest.approx([2.0, 0.0, x0, 0.0, -2.0, y0])
+    sample["pred"] = fo.Detections(
+        detections=[fo.Detection.from_mask(_rect((40, 60), 10, 5, 10, 10), label="tank")]
+    )
+    sample.save()
+    export_geo(dataset, "pred", tmp_path / "gcp.gpkg")
+    (geometry,) = gpd.read_file(tmp_path / "gcp.gpkg").geometry
+    assert geometry.bounds == pytest.approx((x0 + 20, y0 - 30, x0 + 40, y0 - 10))
+
+
+def test_not_georeferenced_export_says_exactly_why(tmp_path, dataset_name):
+    x0, y0 = ORIGIN
+    warped = {(0, 0): (x0, y0), (60, 0): (x0 + 120, y0), (0, 40): (x0, y0 - 80)}
+    warped[(60, 40)] = (x0 + 160, y0 - 120)  # no affine transform takes all four
+    _gcp_scene(tmp_path / "scenes" / "warped.tif", warped)
+    _write_scene(tmp_path / "scenes" / "bare.tif", np.zeros((1, 40, 60), np.uint8), crs=None)
+    assert import_geotiffs(tmp_path / "scenes", dataset_name).added == 2
+    dataset = fo.load_dataset(dataset_name)
+    for sample in dataset:
+        assert not sample.has_field("crs") or sample.crs is None
+        sample["pred"] = fo.Detections(
+            detections=[fo.Detection.from_mask(_rect((40, 60), 1, 1, 4, 4), label="x")]
+        )
+        sample.save()
+    for name, why in (
+        ("warped.tif", r"no affine transform fits its 4 ground control points .* gdalwarp"),
+        ("bare.tif", r"the file has no CRS, geotransform or ground control points"),
+    ):
+        view = dataset.match(fo.ViewField("filepath").ends_with(name))
+        with pytest.raises(ValueError, match=rf"{name}' has no georeferencing: {why}") as e:
+            export_geo(view, "pred", tmp_path / "x.gpkg")
+        assert "import_geotiffs" not in str(e.value)
+    assert not (tmp_path / "x.gpkg").exists()

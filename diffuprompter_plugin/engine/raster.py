@@ -22,6 +22,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -161,8 +162,11 @@ class FileRaster(Raster):
 
     @property
     def georef(self) -> dict | None:
+        """As :attr:`Raster.georef`; a file georeferenced by ground control
+        points alone gets the affine transform fitted to them
+        (:func:`gcp_georef`)."""
         if self.dataset.crs is None and self.dataset.transform.is_identity:
-            return None
+            return gcp_georef(self.dataset)[0]
         return {"transform": self.dataset.transform, "crs": self.dataset.crs}
 
     def close(self) -> None:
@@ -273,6 +277,45 @@ class FileRaster(Raster):
         if self.scale == 255.0:
             return np.round(np.clip(data, 0, 1) * 255).astype(np.uint8)
         return stretch(data, self.low, self.high)
+
+
+GCP_TOLERANCE_PX = 0.25
+"""Largest distance, in pixels, between a ground control point and where the
+affine transform fitted to all of them puts it (GDAL's own tolerance for
+``GDALGCPsToGeoTransform``)."""
+
+
+def gcp_georef(dataset: Any) -> tuple[dict | None, str | None]:
+    """The georeferencing of a rasterio dataset that has no geotransform:
+    ``({"transform": Affine, "crs": CRS}, None)`` fitted (least squares) to
+    its ground control points, or ``(None, why not)``: no GCPs, GCPs without
+    a CRS, fewer than 3, or GCPs that no affine transform fits within
+    :data:`GCP_TOLERANCE_PX` (a scene that needs warping)."""
+    from rasterio.transform import from_gcps
+
+    gcps, crs = dataset.gcps
+    fix = "georeference it (e.g. QGIS's Georeferencer, or gdalwarp) and import the result"
+    if not gcps:
+        return None, f"the file has no CRS, geotransform or ground control points: {fix}"
+    if crs is None:
+        return None, f"its {len(gcps)} ground control points have no CRS: {fix}"
+    if len(gcps) < 3:
+        return None, (
+            f"it has {len(gcps)} ground control point(s); an affine transform needs at "
+            f"least 3: {fix}"
+        )
+    transform = from_gcps(gcps)
+    if transform.is_degenerate:
+        return None, f"its {len(gcps)} ground control points are collinear: {fix}"
+    back = [~transform * (g.x, g.y) for g in gcps]
+    error = max(np.hypot(c - g.col, r - g.row) for (c, r), g in zip(back, gcps, strict=True))
+    if error > GCP_TOLERANCE_PX:
+        return None, (
+            f"no affine transform fits its {len(gcps)} ground control points (the best "
+            f"is off by up to {error:.2f} px, more than {GCP_TOLERANCE_PX} px): warp it "
+            "with gdalwarp (e.g. gdalwarp -r bilinear in.tif out.tif) and import the result"
+        )
+    return {"transform": transform, "crs": crs}, None
 
 
 def gdal_message(error: BaseException) -> str:

@@ -52,7 +52,9 @@ def scene_sample(
     preview shows what the models see, and labelling reads the sample's
     ``bands``. Fields: ``crs`` (WKT, None when the file has none),
     ``transform`` (the affine ``[a, b, c, d, e, f]``: x = a*col + b*row + c,
-    y = d*col + e*row + f at pixel corners; None when not georeferenced),
+    y = d*col + e*row + f at pixel corners; None when not georeferenced; a
+    file with ground control points only gets the transform fitted to them,
+    see :func:`~diffuprompter_plugin.engine.raster.gcp_georef`),
     ``bands`` (1-based R, G, B, or one band for grey), ``nodata``,
     ``preview_path``, ``location`` (lon/lat footprint) and metadata at
     native size.
@@ -71,8 +73,10 @@ def scene_sample(
         except InputImageError as e:  # e.g. a truncated file: GDAL's message, the file named
             raise OSError(str(e)) from e
         chosen = raster.bands[:1] if len(set(raster.bands)) == 1 else raster.bands
-        georeferenced = src.crs is not None
-        crs = CRS.from_user_input(src.crs.to_wkt()) if georeferenced else None
+        georef = raster.georef  # the file's, or fitted to its ground control points
+        georeferenced = georef is not None and georef["crs"] is not None
+        crs = CRS.from_user_input(georef["crs"].to_wkt()) if georeferenced else None
+        transform = georef["transform"] if georeferenced else None
         sample = fo.Sample(
             filepath=path,
             metadata=fo.ImageMetadata(
@@ -83,11 +87,9 @@ def scene_sample(
                 size_bytes=os.path.getsize(path),
             ),
             crs=crs.to_wkt() if georeferenced else None,
-            transform=list(src.transform)[:6] if georeferenced else None,
+            transform=list(transform)[:6] if georeferenced else None,
             nodata=src.nodata,
-            location=footprint(crs, src.transform, src.width, src.height)
-            if georeferenced
-            else None,
+            location=footprint(crs, transform, src.width, src.height) if georeferenced else None,
         )
         sample[BANDS_FIELD] = list(chosen)
     digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:10]
