@@ -16,6 +16,7 @@ Conventions (those of rasterio and GDAL):
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -39,6 +40,11 @@ DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 
 WGS84 = CRS.from_epsg(4326)
 """GeoJSON's only CRS (RFC 7946 section 4)."""
+
+RFC7946 = {"RFC7946": "YES"}
+"""GDAL's GeoJSON layer options for RFC 7946: WGS84 lon/lat, geometries
+split at the antimeridian (longitudes within [-180, 180]), exteriors
+counter-clockwise, 7 decimals."""
 
 COLUMNS = {
     "label": "object",
@@ -90,6 +96,17 @@ def _why_not_georeferenced(path: str) -> str | None:
                 return gcp_georef(src)[1]
         except RasterioIOError as e:
             return f"its file cannot be read: {gdal_message(e)}"
+
+
+def to_rfc7946(geometries: gpd.GeoSeries) -> list[shapely.Geometry]:
+    """Geometries (with their CRS) as the GeoJSON export writes them: through
+    GDAL's RFC 7946 writer (:data:`RFC7946`), in memory, so a geometry that
+    crosses the antimeridian comes back split into a MultiPolygon and every
+    longitude lies within [-180, 180], as MongoDB's 2dsphere index needs."""
+    buffer = io.BytesIO()
+    frame = gpd.GeoDataFrame(geometry=geometries)
+    pyogrio.write_dataframe(frame, buffer, driver="GeoJSON", layer_options=RFC7946)
+    return list(pyogrio.read_dataframe(io.BytesIO(buffer.getvalue())).geometry)
 
 
 def mask_geometry(mask: np.ndarray, transform: Affine) -> shapely.MultiPolygon:
@@ -313,7 +330,7 @@ def _write_replacing(
     try:
         if keep:  # the layer is added to the copy; one of the same name is replaced
             shutil.copyfile(path, temporary)
-        options = {"RFC7946": "YES"} if driver == "GeoJSON" else {}
+        options = RFC7946 if driver == "GeoJSON" else {}
         frame.to_file(
             temporary,
             driver=driver,

@@ -4,6 +4,7 @@ truncated GeoTIFFs are handled (issue 22)."""
 from __future__ import annotations
 
 import hashlib
+import os
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -14,7 +15,7 @@ import pytest
 import rasterio
 import shapely
 from fiftyone.operators.executor import ExecutionError
-from pyproj import CRS
+from pyproj import CRS, Transformer
 from rasterio.control import GroundControlPoint
 from rasterio.transform import from_origin
 from test_geo import ORIGIN, UTM33, _rect, _scene_dataset, _write_scene
@@ -181,3 +182,41 @@ def test_not_georeferenced_export_says_exactly_why(tmp_path, dataset_name):
             export_geo(view, "pred", tmp_path / "x.gpkg")
         assert "import_geotiffs" not in str(e.value)
     assert not (tmp_path / "x.gpkg").exists()
+
+
+def test_scenes_across_the_antimeridian_store_valid_geojson(tmp_path, dataset_name):
+    data = np.full((1, 60, 60), 50, np.uint8)
+    degree = from_origin(179.5, 1.0, 1 / 60, 1 / 60)  # lon 179.5 to 180.5, lat 0 to 1
+    _write_scene(tmp_path / "s" / "lonlat.tif", data, crs="EPSG:4326", transform=degree)
+    x, y = Transformer.from_crs(4326, 32660, always_xy=True).transform(179.9, 10.0)
+    utm = from_origin(x - 5_000, y, 500.0, 500.0)  # 30 km east across 180 in UTM 60N
+    _write_scene(tmp_path / "s" / "utm.tif", data, crs="EPSG:32660", transform=utm)
+    _write_scene(tmp_path / "s" / "plain.tif", data)  # UTM 33N, 15 deg E: one part
+    assert import_geotiffs(tmp_path / "s", dataset_name).added == 3
+    dataset = fo.load_dataset(dataset_name)
+    by_name = {os.path.basename(s.filepath): s for s in dataset}
+    for name in ("lonlat.tif", "utm.tif"):
+        sample = by_name[name]
+        assert -180 <= sample.location.point[0] <= 180 and sample.location.polygon is None
+        parts = [shapely.Polygon(p[0], p[1:]) for p in sample.footprint.polygons]
+        assert len(parts) == 2 and all(p.is_valid for p in parts)
+        lons = [x for p in parts for x, _ in p.exterior.coords]
+        assert min(lons) >= -180 and max(lons) <= 180 and {180.0, -180.0} <= set(lons)
+    lonlat = shapely.MultiPolygon(
+        [shapely.Polygon(p[0]) for p in by_name["lonlat.tif"].footprint.polygons]
+    )
+    assert lonlat.area == pytest.approx(1.0, abs=1e-6)  # the whole square degree, in two parts
+    plain = by_name["plain.tif"]
+    assert (
+        len(plain.footprint.polygons) == 1
+        and plain.location.polygon == plain.footprint.polygons[0]
+    )
+
+    # MongoDB's 2dsphere indexes build (a longitude of 180.5 made them fail)
+    for field in ("location.point", "location.polygon", "footprint.polygons"):
+        dataset.create_index([(field, "2dsphere")])
+    for lon in (179.7, -179.8):  # both sides of the antimeridian find the lon/lat scene
+        point = {"type": "Point", "coordinates": [lon, 0.5]}
+        query = {"footprint.polygons": {"$geoIntersects": {"$geometry": point}}}
+        found = dataset.mongo([{"$match": query}]).values("filepath")
+        assert [os.path.basename(f) for f in found] == ["lonlat.tif"]

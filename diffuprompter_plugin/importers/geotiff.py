@@ -17,12 +17,15 @@ from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.core.utils as fou
+import geopandas as gpd
 import rasterio
+import shapely
 from PIL import Image
-from pyproj import CRS, Transformer
+from pyproj import CRS
 
 from ..engine.errors import InputImageError
 from ..engine.raster import FileRaster
+from ..geo import to_rfc7946
 from ..labels import BANDS_FIELD
 from .common import ImportReport, dataset_folder, run_import
 
@@ -32,14 +35,35 @@ PREVIEW_FIELD = "preview_path"
 """The sample field holding the preview image the App shows."""
 
 
-def footprint(crs: CRS, transform: rasterio.Affine, width: int, height: int) -> fo.GeoLocation:
-    """The scene's centre and corner polygon in WGS84 lon/lat, for FiftyOne's
-    map and geo queries."""
-    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    corners = [(0, 0), (width, 0), (width, height), (0, height), (0, 0)]
-    ring = [list(to_lonlat.transform(*(transform @ c))) for c in corners]
-    centre = list(to_lonlat.transform(*(transform @ (width / 2, height / 2))))
-    return fo.GeoLocation(point=centre, polygon=[ring])
+FOOTPRINT_FIELD = "footprint"
+"""The sample field holding a scene's footprint as valid GeoJSON (a
+MultiPolygon, split at the antimeridian), for 2dsphere indexes and queries."""
+
+
+def footprint(
+    crs: CRS, transform: rasterio.Affine, width: int, height: int
+) -> tuple[fo.GeoLocation, fo.GeoLocations]:
+    """The scene's lon/lat ``location`` (centre point and corner polygon, for
+    FiftyOne's map and geo queries) and ``footprint`` (its parts), both as
+    the GeoJSON export writes them (:func:`~diffuprompter_plugin.geo.to_rfc7946`):
+    longitudes within [-180, 180], a scene across the antimeridian split
+    there. ``location.polygon`` holds one polygon only, so it is None for a
+    split scene, whose ``footprint`` has both parts."""
+    corners = [transform @ c for c in [(0, 0), (width, 0), (width, height), (0, height)]]
+    centre = transform @ (width / 2, height / 2)
+    shapes = gpd.GeoSeries([shapely.Polygon(corners), shapely.Point(centre)], crs=crs)
+    outline, point = to_rfc7946(shapes)
+    parts = [
+        [_ring(p.exterior), *map(_ring, p.interiors)] for p in getattr(outline, "geoms", [outline])
+    ]
+    location = fo.GeoLocation(
+        point=[point.x, point.y], polygon=parts[0] if len(parts) == 1 else None
+    )
+    return location, fo.GeoLocations(polygons=parts)
+
+
+def _ring(ring: shapely.LinearRing) -> list[list[float]]:
+    return [[x, y] for x, y in ring.coords]
 
 
 def scene_sample(
@@ -56,8 +80,8 @@ def scene_sample(
     file with ground control points only gets the transform fitted to them,
     see :func:`~diffuprompter_plugin.engine.raster.gcp_georef`),
     ``bands`` (1-based R, G, B, or one band for grey), ``nodata``,
-    ``preview_path``, ``location`` (lon/lat footprint) and metadata at
-    native size.
+    ``preview_path``, ``location`` and ``footprint`` (lon/lat, see
+    :func:`footprint`) and metadata at native size.
 
     Raises:
         OSError: not a readable raster, or a band it lacks, naming the file.
@@ -89,8 +113,10 @@ def scene_sample(
             crs=crs.to_wkt() if georeferenced else None,
             transform=list(transform)[:6] if georeferenced else None,
             nodata=src.nodata,
-            location=footprint(crs, transform, src.width, src.height) if georeferenced else None,
         )
+        if georeferenced:
+            location, parts = footprint(crs, transform, src.width, src.height)
+            sample["location"], sample[FOOTPRINT_FIELD] = location, parts
         sample[BANDS_FIELD] = list(chosen)
     digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:10]
     preview_path = str(preview_dir / f"{Path(path).stem}-{digest}.png")
