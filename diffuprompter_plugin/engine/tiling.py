@@ -357,8 +357,12 @@ def annotate_scene(
 
     folder = tempfile.mkdtemp(prefix="dp-heatmaps-")
     paths = {name: os.path.join(folder, f"{k}.tif") for k, name in enumerate(names)}
-    with _gdal_env():
-        ground_scene(model, raster, names, paths, raster.georef, progress)
-        instances = segment_scene(model.prompter, raster, paths, thresholds)
-        previews = {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}
+    try:
+        with _gdal_env():
+            ground_scene(model, raster, names, paths, raster.georef, progress)
+            instances = segment_scene(model.prompter, raster, paths, thresholds)
+            previews = {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}
+    except BaseException:  # the caller owns the folder only once it is returned
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return Annotation(previews, instances, paths, (raster.height, raster.width))
