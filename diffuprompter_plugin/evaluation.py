@@ -156,15 +156,17 @@ def evaluate_pseudo_labels(
 ) -> dict[str, Any]:
     """Mask AP of pseudo-labels, with pycocotools and FiftyOne's COCO evaluation.
 
-    pycocotools runs on RLE of full-image masks whose areas (ground truth and
-    detections alike) are pixel counts, so AP_S/AP_M/AP_L bin objects by
-    mask area. FiftyOne's ``evaluate_detections(method="coco",
-    use_masks=True, compute_mAP=True)`` then runs as a stored evaluation run
-    under ``eval_key`` (the App's evaluation views work), on the ground truth
-    renamed by the class map. Both keep ``max_dets`` detections per image
-    and class and report AP, AP50 and AP75; pycocotools' figures lead,
-    because FiftyOne ranks tied scores differently (README, "Evaluating
-    pseudo-labels").
+    pycocotools runs on RLE of full-image masks. AP_S/AP_M/AP_L bin ground
+    truth by its ``area`` attribute where it has one (the annotation file's,
+    which the NWPU and full-scene iSAID imports keep), as pycocotools does
+    on the official JSON, else by mask pixel count; detections by mask
+    pixel count. FiftyOne's ``evaluate_detections(method="coco",
+    use_masks=True, compute_mAP=True)``, which has no area ranges, then
+    runs as a stored evaluation run under ``eval_key`` (the App's evaluation
+    views work), on the ground truth renamed by the class map. Both keep
+    ``max_dets`` detections per image and class and report AP, AP50 and
+    AP75; pycocotools' figures lead, because FiftyOne ranks tied scores
+    differently (README, "Evaluating pseudo-labels").
 
     Every input is checked first: on bad input nothing is stored (no
     evaluation run, no ``<eval_key>_tp/_fp/_fn`` fields).

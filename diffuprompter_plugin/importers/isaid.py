@@ -85,9 +85,16 @@ def instance_detections(
     """The instances of one window (x0, y0, x1, y1) of a ``image_size``
     (width, height) image, rasterised as pycocotools does (see
     :mod:`.polygons`) and clipped to the window; fragments under
-    ``min_area`` pixels are dropped."""
+    ``min_area`` pixels are dropped.
+
+    Each keeps an ``area``, which pycocotools' AP_S/AP_M/AP_L bin by: the
+    annotation's own ``area`` when the window is the whole image and the
+    file gives one (as pycocotools takes it), else the pixel count of the
+    clipped mask (a patch's cut object has no official area).
+    """
     x0, y0, x1, y1 = window
     width, height = x1 - x0, y1 - y0
+    whole = window == (0, 0, *image_size)
     detections = []
     for ann in anns:
         bx, by, bw, bh = ann["bbox"]
@@ -110,7 +117,7 @@ def instance_detections(
                 ],
                 mask=mask[top:bottom, left:right],
                 iscrowd=int(ann.get("iscrowd", 0)),
-                area=area,
+                area=float(ann["area"]) if whole and ann.get("area") is not None else area,
                 source_id=ann.get("id"),
             )
         )
