@@ -48,7 +48,9 @@ def to_coco(
     samples: Any, field: str, categories: Sequence[str], scores: bool
 ) -> dict[str, list[dict[str, Any]]]:
     """COCO ``images``, ``annotations`` and ``categories`` of a Detections
-    field; labels outside ``categories`` are left out.
+    field; labels outside ``categories`` are left out. An annotation's
+    ``area`` is the object's ``area`` attribute where it has one (the
+    annotation file's), else its mask's pixel count.
 
     Raises:
         ValueError: a sample lacks metadata, or (with ``scores``) a detection
@@ -174,7 +176,8 @@ def summary(precision: np.ndarray, iou_thresholds: np.ndarray) -> dict[str, floa
 
 def export_coco(samples: Any, pred_field: str, path: str | os.PathLike) -> dict[str, int]:
     """Writes a Detections field as COCO instance-segmentation JSON (RLE,
-    true pixel areas, ``score`` from confidence), for training elsewhere.
+    areas as :func:`to_coco` gives them, ``score`` from confidence), for
+    training elsewhere.
 
     Returns:
         counts of images, annotations and categories written.
