@@ -149,3 +149,21 @@ def test_pr_curve_page_is_named_by_dataset_id(tmp_path, hostile_names):
     written = (_files(str(tmp_path.parent)) | _files(home)) - before
     assert written == {report["pr_curves_file"]}
     _check_contained(name, "__diffuprompter__", written, tmp_path)
+
+
+def test_heatmaps_of_a_hostile_dataset_name_stay_in_its_id_folder(tmp_path, hostile_names):
+    from helpers import StubModel
+
+    from diffuprompter_plugin.labelling import compute_pseudo_labels
+
+    home = fo.config.default_dataset_dir
+    name = hostile_names[2]
+    dataset = fo.Dataset(name)
+    path = tmp_path / "img.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    dataset.add_sample(fo.Sample(filepath=str(path)))
+    before = _files(str(tmp_path.parent)) | _files(home)
+    compute_pseudo_labels(dataset, "dp", classes=["ship"], model=StubModel())
+    written = (_files(str(tmp_path.parent)) | _files(home)) - before
+    folder = os.path.join(home, "__diffuprompter__", str(dataset._doc.id), "dp")
+    assert len(written) == 1 and all(f.startswith(folder + os.sep) for f in written)
