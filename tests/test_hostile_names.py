@@ -126,27 +126,37 @@ def test_import_operator_with_a_hostile_name(tmp_path, hostile_names):
     _check_contained(name, "__previews__", written, tmp_path)
 
 
-def test_pr_curve_page_is_named_by_dataset_id(tmp_path, hostile_names):
-    home = fo.config.default_dataset_dir
-    name = hostile_names[0]
+def _one_image_dataset(tmp_path, name, **fields):
     dataset = fo.Dataset(name)
     path = tmp_path / "img.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    metadata = fo.ImageMetadata(width=32, height=32)
+    dataset.add_sample(fo.Sample(filepath=str(path), metadata=metadata, **fields))
+    return dataset
+
+
+def _written(tmp_path, action) -> set[str]:
+    """The files ``action()`` writes under pytest's temp root or FiftyOne's
+    dataset dir."""
+    roots = (str(tmp_path.parent), fo.config.default_dataset_dir)
+    before = set().union(*map(_files, roots))
+    action()
+    return set().union(*map(_files, roots)) - before
+
+
+def test_pr_curve_page_is_named_by_dataset_id(tmp_path, hostile_names):
+    name = hostile_names[0]
     mask = np.zeros((32, 32), bool)
     mask[4:20, 4:20] = True
-    dataset.add_sample(
-        fo.Sample(
-            filepath=str(path),
-            metadata=fo.ImageMetadata(width=32, height=32),
-            gt=fo.Detections(detections=[fo.Detection.from_mask(mask, label="ship")]),
-            pred=fo.Detections(
-                detections=[fo.Detection.from_mask(mask, label="ship", confidence=0.9)]
-            ),
-        )
-    )
-    before = _files(str(tmp_path.parent)) | _files(home)
-    report = evaluate_pseudo_labels(dataset, "pred", "gt", "ev", pr_curves_path=True)
-    written = (_files(str(tmp_path.parent)) | _files(home)) - before
+    gt = fo.Detections(detections=[fo.Detection.from_mask(mask, label="ship")])
+    pred = fo.Detections(detections=[fo.Detection.from_mask(mask, label="ship", confidence=0.9)])
+    dataset = _one_image_dataset(tmp_path, name, gt=gt, pred=pred)
+    report = {}
+
+    def evaluate():
+        report.update(evaluate_pseudo_labels(dataset, "pred", "gt", "ev", pr_curves_path=True))
+
+    written = _written(tmp_path, evaluate)
     assert written == {report["pr_curves_file"]}
     _check_contained(name, "__diffuprompter__", written, tmp_path)
 
@@ -156,14 +166,9 @@ def test_heatmaps_of_a_hostile_dataset_name_stay_in_its_id_folder(tmp_path, host
 
     from diffuprompter_plugin.labelling import compute_pseudo_labels
 
-    home = fo.config.default_dataset_dir
-    name = hostile_names[2]
-    dataset = fo.Dataset(name)
-    path = tmp_path / "img.png"
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
-    dataset.add_sample(fo.Sample(filepath=str(path)))
-    before = _files(str(tmp_path.parent)) | _files(home)
-    compute_pseudo_labels(dataset, "dp", classes=["ship"], model=StubModel())
-    written = (_files(str(tmp_path.parent)) | _files(home)) - before
-    folder = os.path.join(home, "__diffuprompter__", str(dataset._doc.id), "dp")
+    dataset = _one_image_dataset(tmp_path, hostile_names[2])
+    written = _written(
+        tmp_path, partial(compute_pseudo_labels, dataset, "dp", ["ship"], model=StubModel())
+    )
+    folder = os.path.join(fo.config.default_dataset_dir, "__diffuprompter__", str(dataset._doc.id))
     assert len(written) == 1 and all(f.startswith(folder + os.sep) for f in written)
