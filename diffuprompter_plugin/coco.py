@@ -1,7 +1,9 @@
 """COCO instance-segmentation JSON from FiftyOne masks, and pycocotools metrics.
 
-Masks are rebuilt at full image size and run-length encoded, so areas are
-true pixel counts and pycocotools' small/medium/large ranges apply.
+Masks are rebuilt at full image size and run-length encoded. An object's
+area, which pycocotools' small/medium/large ranges bin by, is its ``area``
+attribute where it has one (the annotation file's, as pycocotools takes it),
+else its mask's pixel count.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def to_coco(
     samples: Any, field: str, categories: Sequence[str], scores: bool
 ) -> dict[str, list[dict[str, Any]]]:
     """COCO ``images``, ``annotations`` and ``categories`` of a Detections
-    field; labels outside ``categories`` are left out.
+    field; labels outside ``categories`` are left out. An annotation's
+    ``area`` is the object's ``area`` attribute where it has one (the
+    annotation file's), else its mask's pixel count.
 
     Raises:
         ValueError: a sample lacks metadata, or (with ``scores``) a detection
@@ -70,7 +74,7 @@ def to_coco(
                 "image_id": image_id,
                 "category_id": category_ids[det.label],
                 "segmentation": rle,
-                "area": int(mask_utils.area(rle)),
+                "area": _area(det, rle),
                 "bbox": [float(v) for v in mask_utils.toBbox(rle)],
                 "iscrowd": int(getattr(det, "iscrowd", None) or 0),
             }
@@ -86,12 +90,21 @@ def to_coco(
     return {"images": images, "annotations": annotations, "categories": cats}
 
 
+def _area(detection: fo.Detection, rle: dict[str, Any]) -> float:
+    """The object's ``area`` attribute where it has one (the annotation
+    file's, kept by the importers, as pycocotools takes it), else its
+    mask's pixel count."""
+    area = getattr(detection, "area", None)
+    return float(area) if isinstance(area, (int, float)) else int(mask_utils.area(rle))
+
+
 def detection_results(samples: Any, field: str, categories: Sequence[str]) -> list[dict[str, Any]]:
     """A predictions field as pycocotools ``loadRes`` input: RLE and score,
     without ``bbox``. With a ``bbox``, ``loadRes`` sets each detection's area
     to the box's w x h, which bins thin or diagonal masks into the wrong
     AP_S/M/L range (Detectron2 and MMDetection drop it for the same reason);
-    without it, the area is the mask's pixel count, as for ground truth."""
+    without it, the area is the mask's pixel count (pycocotools computes it
+    from the RLE, whatever ``area`` the results give)."""
     annotations = to_coco(samples, field, categories, scores=True)["annotations"]
     return [{k: v for k, v in ann.items() if k != "bbox"} for ann in annotations]
 
@@ -163,7 +176,8 @@ def summary(precision: np.ndarray, iou_thresholds: np.ndarray) -> dict[str, floa
 
 def export_coco(samples: Any, pred_field: str, path: str | os.PathLike) -> dict[str, int]:
     """Writes a Detections field as COCO instance-segmentation JSON (RLE,
-    true pixel areas, ``score`` from confidence), for training elsewhere.
+    areas as :func:`to_coco` gives them, ``score`` from confidence), for
+    training elsewhere.
 
     Returns:
         counts of images, annotations and categories written.

@@ -159,15 +159,17 @@ def evaluate_pseudo_labels(
 ) -> dict[str, Any]:
     """Mask AP of pseudo-labels, with pycocotools and FiftyOne's COCO evaluation.
 
-    pycocotools runs on RLE of full-image masks whose areas (ground truth and
-    detections alike) are pixel counts, so AP_S/AP_M/AP_L bin objects by
-    mask area. FiftyOne's ``evaluate_detections(method="coco",
-    use_masks=True, compute_mAP=True)`` then runs as a stored evaluation run
-    under ``eval_key`` (the App's evaluation views work), on the ground truth
-    renamed by the class map. Both keep ``max_dets`` detections per image
-    and class and report AP, AP50 and AP75; pycocotools' figures lead,
-    because FiftyOne ranks tied scores differently (README, "Evaluating
-    pseudo-labels").
+    pycocotools runs on RLE of full-image masks. AP_S/AP_M/AP_L bin ground
+    truth by its ``area`` attribute where it has one (the annotation file's,
+    which the NWPU and full-scene iSAID imports keep), as pycocotools does
+    on the official JSON, else by mask pixel count; detections by mask
+    pixel count. FiftyOne's ``evaluate_detections(method="coco",
+    use_masks=True, compute_mAP=True)``, which has no area ranges, then
+    runs as a stored evaluation run under ``eval_key`` (the App's evaluation
+    views work), on the ground truth renamed by the class map. Both keep
+    ``max_dets`` detections per image and class and report AP, AP50 and
+    AP75; pycocotools' figures lead, because FiftyOne ranks tied scores
+    differently (README, "Evaluating pseudo-labels").
 
     Every input is checked first: on bad input nothing is stored (no
     evaluation run, no ``<eval_key>_tp/_fp/_fn`` fields).
@@ -176,8 +178,9 @@ def evaluate_pseudo_labels(
         max_dets: detections kept per image and class; by default the
             dataset's convention (:func:`default_max_dets`).
         pr_curves_path: where to write the IoU-0.5 PR curves as an HTML
-            page; True picks ``<dataset dir>/__diffuprompter__/<dataset>/
-            <eval_key>_pr.html``; None or False writes nothing.
+            page; True picks ``<dataset dir>/__diffuprompter__/<dataset
+            id>/<eval_key>_pr.html`` (never a path built from the dataset's
+            name); None or False writes nothing.
         score_field: the detection attribute that ranks predictions
             (``confidence``, ``quality`` or another signal; see
             :func:`~.ranking.ranked_view`); the stored confidence is kept.
@@ -236,7 +239,7 @@ def evaluate_pseudo_labels(
         pr_curves_path = os.path.join(
             fo.config.default_dataset_dir,
             "__diffuprompter__",
-            samples._dataset.name,
+            str(samples._dataset._doc.id),
             f"{eval_key}_pr.html",
         )
     if pr_curves_path:

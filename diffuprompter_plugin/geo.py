@@ -16,8 +16,11 @@ Conventions (those of rasterio and GDAL):
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +29,7 @@ import fiftyone.core.utils as fou
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyogrio
 import shapely
 from pyproj import CRS
 from rasterio import Affine
@@ -39,6 +43,11 @@ DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 
 WGS84 = CRS.from_epsg(4326)
 """GeoJSON's only CRS (RFC 7946 section 4)."""
+
+RFC7946 = {"RFC7946": "YES"}
+"""GDAL's GeoJSON layer options for RFC 7946: WGS84 lon/lat, geometries
+split at the antimeridian (longitudes within [-180, 180]), exteriors
+counter-clockwise, 7 decimals."""
 
 COLUMNS = {
     "label": "object",
@@ -64,12 +73,45 @@ def georeference(sample: Any) -> tuple[CRS, Affine]:
     """
     wkt = sample["crs"] if sample.has_field("crs") else None
     transform = sample["transform"] if sample.has_field("transform") else None
-    if not wkt or not transform:
-        raise ValueError(
-            f"Sample '{sample.filepath}' has no georeferencing (fields 'crs' and "
-            "'transform'); import GeoTIFFs with import_geotiffs()"
-        )
-    return CRS.from_wkt(wkt), Affine(*transform)
+    if wkt and transform:
+        return CRS.from_wkt(wkt), Affine(*transform)
+    why = _why_not_georeferenced(sample.filepath)
+    if why is None:
+        why = "its file is georeferenced: import it with import_geotiffs()"
+    raise ValueError(f"Sample '{sample.filepath}' has no georeferencing: {why}")
+
+
+def _why_not_georeferenced(path: str) -> str | None:
+    """Why a file gives no CRS and transform (see
+    :func:`~diffuprompter_plugin.engine.raster.gcp_georef`); None when it
+    gives them."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    from .engine.raster import gcp_georef, gdal_message
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            with rasterio.open(path) as src:
+                if src.crs is not None:
+                    return None
+                if not src.transform.is_identity:
+                    return "the file has a geotransform but no CRS: assign one and import it again"
+                return gcp_georef(src)[1]
+        except RasterioIOError as e:
+            return f"its file cannot be read: {gdal_message(e)}"
+
+
+def to_rfc7946(geometries: gpd.GeoSeries) -> list[shapely.Geometry]:
+    """Geometries (with their CRS) as the GeoJSON export writes them: through
+    GDAL's RFC 7946 writer (:data:`RFC7946`), in memory, so a geometry that
+    crosses the antimeridian comes back split into a MultiPolygon and every
+    longitude lies within [-180, 180], as MongoDB's 2dsphere index needs."""
+    buffer = io.BytesIO()
+    frame = gpd.GeoDataFrame(geometry=geometries)
+    pyogrio.write_dataframe(frame, buffer, driver="GeoJSON", layer_options=RFC7946)
+    return list(pyogrio.read_dataframe(io.BytesIO(buffer.getvalue())).geometry)
 
 
 def mask_geometry(mask: np.ndarray, transform: Affine) -> shapely.MultiPolygon:
@@ -164,6 +206,7 @@ def export_geo(
     crs: Any = None,
     layer: str | None = None,
     include: str | float | None = None,
+    overwrite: bool = False,
     progress: bool | Callable | None = None,
 ) -> dict[str, Any]:
     """Writes the instance masks of a Detections field as georeferenced
@@ -174,9 +217,13 @@ def export_geo(
     WGS84 lon/lat. Attributes: ``label``, ``score`` (the confidence),
     ``area_px``, ``area_m2`` (see :func:`area_m2`, computed in the native
     CRS), ``sample_id``, ``filepath``, ``detection_id``, ``quality`` and
-    ``verdict`` (accepted, rejected, unreviewed or conflicting). The file is written
-    to a temporary name and then replaces ``path``, so a failed export leaves
-    nothing half-written.
+    ``verdict`` (accepted, rejected, unreviewed or conflicting).
+
+    A GeoPackage is a container: exporting into an existing one adds the
+    layer and keeps the others; a layer of that name is replaced only with
+    ``overwrite=True``, as is an existing GeoJSON file (or a ``.gpkg`` that
+    is not a GeoPackage). The export is written to a temporary copy that
+    then replaces ``path``, so a failed export leaves the file as it was.
 
     Args:
         samples: a dataset or view whose samples carry ``crs`` and
@@ -189,6 +236,8 @@ def export_geo(
         include: only the labels a review lets in, as in
             ``export_training_set`` (``"accepted"``, ``"accepted+unreviewed"``
             or a quality threshold); None: every label.
+        overwrite: replace an existing layer of that name (GeoPackage) or
+            an existing file (GeoJSON).
 
     Returns:
         ``path``, ``samples``, ``features`` written and the output ``crs``
@@ -199,6 +248,8 @@ def export_geo(
             field, a sample without georeferencing or
             metadata (samples in pixel coordinates are refused, not written
             without a CRS), or several CRSs without ``crs``.
+        FileExistsError: the layer (GeoPackage) or file (GeoJSON) exists and
+            ``overwrite`` is False; checked before anything is read.
     """
     path = os.fspath(path)
     driver = DRIVERS.get(os.path.splitext(path)[1].lower())
@@ -209,12 +260,14 @@ def export_geo(
     _check_detections_field(samples, pred_field)
     if include is not None:
         samples = training_view(samples, pred_field, include)
+    layer = layer or pred_field
+    keep = _existing_container(path, driver, layer, overwrite)
     with fou.ProgressBar(total=len(samples), progress=progress) as pb:
         frames = [sample_features(sample, pred_field) for sample in pb(samples)]
     target = _output_crs(frames, driver, crs)
     table = pd.concat([f.to_crs(target) for f in frames] or [_empty(target)], ignore_index=True)
-    layer = layer or pred_field
-    _write_replacing(gpd.GeoDataFrame(table, geometry="geometry", crs=target), path, driver, layer)
+    frame = gpd.GeoDataFrame(table, geometry="geometry", crs=target)
+    _write_replacing(frame, path, driver, layer, keep)
     crs_name = target.to_string()
     return {"path": path, "samples": len(frames), "features": len(table), "crs": crs_name}
 
@@ -248,14 +301,50 @@ def _empty(crs: CRS) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries([], crs=crs))
 
 
-def _write_replacing(frame: gpd.GeoDataFrame, path: str, driver: str, layer: str) -> None:
+def _existing_container(path: str, driver: str, layer: str, overwrite: bool) -> bool:
+    """Whether ``path`` is a GeoPackage whose other layers the export keeps.
+
+    Raises:
+        FileExistsError: the layer, or the file (GeoJSON, or a ``.gpkg``
+            that is not a GeoPackage), exists and ``overwrite`` is False.
+    """
+    if not os.path.exists(path):
+        return False
+    if driver == "GPKG":
+        try:
+            layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+        except pyogrio.errors.DataSourceError as e:
+            if not overwrite:
+                raise FileExistsError(
+                    f"'{path}' exists and is not a GeoPackage ({e}); pass overwrite=True "
+                    "to replace it"
+                ) from e
+            return False
+        if layer in layers and not overwrite:
+            raise FileExistsError(
+                f"Layer '{layer}' exists in '{path}' (layers: {', '.join(layers)}); pass "
+                "overwrite=True to replace it, or another layer="
+            )
+        return True
+    if not overwrite:
+        raise FileExistsError(f"'{path}' exists; pass overwrite=True to replace it")
+    return False
+
+
+def _write_replacing(
+    frame: gpd.GeoDataFrame, path: str, driver: str, layer: str, keep: bool
+) -> None:
+    """Writes ``layer`` to a temporary file (a copy of ``path`` when ``keep``,
+    so its other layers stay) that then replaces ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, temporary = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     os.remove(temporary)  # the drivers create the file themselves
     try:
-        options = {"RFC7946": "YES"} if driver == "GeoJSON" else {}
+        if keep:  # the layer is added to the copy; one of the same name is replaced
+            shutil.copyfile(path, temporary)
+        options = RFC7946 if driver == "GeoJSON" else {}
         frame.to_file(
             temporary,
             driver=driver,

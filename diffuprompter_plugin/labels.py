@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterable
@@ -62,6 +63,8 @@ def write_heatmap(heatmap: np.ndarray, path: str, geotiff: str | None = None) ->
     if geotiff is not None:
         label["geotiff_path"] = os.path.splitext(path)[0] + ".tif"
         shutil.move(geotiff, label["geotiff_path"])
+        with contextlib.suppress(OSError):  # the engine's temporary folder, once empty
+            os.rmdir(os.path.dirname(geotiff))
     return label
 
 

@@ -25,8 +25,16 @@ class ExportGeo(forms.FormOperator):
         inputs.str(
             "path",
             label="Output file",
-            description=".gpkg: native CRS (QGIS); .geojson: WGS84 (RFC 7946); replaced",
+            description=".gpkg: native CRS (QGIS), a layer added to an existing "
+            "GeoPackage; .geojson: WGS84 (RFC 7946)",
             required=True,
+        )
+        inputs.str("layer", label="GeoPackage layer (optional)", description="default: the field")
+        inputs.bool(
+            "overwrite",
+            label="Replace",
+            default=False,
+            description="Replace a GeoPackage layer of that name, or an existing GeoJSON file",
         )
         inputs.str(
             "crs",
@@ -46,6 +54,8 @@ class ExportGeo(forms.FormOperator):
             params["path"],
             crs=params.get("crs") or None,
             include=include_param(params, default=EVERY),
+            layer=params.get("layer") or None,
+            overwrite=bool(params.get("overwrite", False)),
             progress=forms.progress_reporter(ctx, "Export"),
         )
 
@@ -64,8 +74,13 @@ class ExportGeo(forms.FormOperator):
         path: str,
         crs: str | None = None,
         include: str | float | None = None,
+        layer: str | None = None,
+        overwrite: bool = False,
         delegate: bool = False,
     ) -> Any:
         """Runs the export from Python."""
-        params = dict(pred_field=pred_field, path=str(path), crs=crs, **include_params(include))
+        params = dict(
+            pred_field=pred_field, path=str(path), crs=crs, layer=layer, overwrite=overwrite
+        )
+        params.update(include_params(include))
         return forms.execute_from_sdk(self, sample_collection, params, delegate)

@@ -18,13 +18,26 @@ from typing import Any
 
 import numpy as np
 
-from .raster import Box, decimated_shape
+from .raster import Box, decimated_shape, gdal_message
 
 HEATMAP_SCALE = 65535
 """Stored value of heatmap 1.0: a step of 1.5e-5, enough to re-threshold."""
 
 BLOCK = 512
 """Side of the GeoTIFF's internal tiles."""
+
+CLASSIC_TIFF_BYTES = 2**32
+"""Classic TIFF's file size limit (32-bit offsets); BigTIFF has none."""
+
+
+def needs_bigtiff(height: int, width: int, itemsize: int = 2) -> bool:
+    """Whether a heatmap GeoTIFF of ``height`` x ``width`` pixels of
+    ``itemsize`` bytes is written as BigTIFF: when its pixels uncompressed,
+    with the overviews (a third more at most), come within 5 % (headers,
+    tile indexes, deflate's worst case) of classic TIFF's 4 GiB. Deflate's
+    gain cannot be counted on: a noisy heatmap hardly compresses, and
+    classic TIFF fails only when the limit is reached, late in a long run."""
+    return height * width * itemsize * 4 / 3 >= 0.95 * CLASSIC_TIFF_BYTES
 
 
 def quantize_heatmap(heatmap: np.ndarray) -> np.ndarray:
@@ -62,6 +75,7 @@ def heatmap_profile(height: int, width: int, georef: Mapping[str, Any] | None = 
         "tiled": True,
         "blockxsize": BLOCK,
         "blockysize": BLOCK,
+        "BIGTIFF": "YES" if needs_bigtiff(height, width) else "NO",
     }
     if georef:
         profile.update({k: v for k, v in georef.items() if v is not None})
@@ -90,31 +104,55 @@ class HeatmapWriter:
         self.files = {}
         for name, path in self.paths.items():
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with _quiet():
+            with _quiet(), _gdal_errors(path):
                 self.files[name] = rasterio.open(path, "w", **profile)
 
     def write(self, name: str, box: Box, heatmap: np.ndarray) -> None:
-        """Stores the h x w [0, 1] ``heatmap`` of class ``name`` at ``box``."""
+        """Stores the h x w [0, 1] ``heatmap`` of class ``name`` at ``box``.
+
+        Raises:
+            OSError: GDAL failed (e.g. a full disk), naming the file and
+                carrying GDAL's message.
+        """
         from rasterio.windows import Window
 
         x0, y0, x1, y1 = box
         data = quantize_heatmap(heatmap)
-        self.files[name].write(data[None], window=Window(x0, y0, x1 - x0, y1 - y0))
+        with _gdal_errors(self.paths[name]):
+            self.files[name].write(data[None], window=Window(x0, y0, x1 - x0, y1 - y0))
 
     def close(self, overviews: bool = True) -> None:
         """Closes the files, first adding average overviews (factors 2, 4, ...
-        down to one block) when ``overviews``."""
+        down to one block) when ``overviews``.
+
+        Raises:
+            OSError: as :meth:`write`.
+        """
         from rasterio.enums import Resampling
 
-        for file in self.files.values():
-            if overviews:
-                factors = []
-                while max(file.height, file.width) // 2 ** (len(factors) + 1) >= BLOCK // 2:
-                    factors.append(2 ** (len(factors) + 1))
-                if factors:
-                    file.build_overviews(factors, Resampling.average)
-                    file.update_tags(ns="rio_overview", resampling="average")
-            file.close()
+        for name, file in self.files.items():
+            with _gdal_errors(self.paths[name]):
+                if overviews:
+                    factors = []
+                    while max(file.height, file.width) // 2 ** (len(factors) + 1) >= BLOCK // 2:
+                        factors.append(2 ** (len(factors) + 1))
+                    if factors:
+                        file.build_overviews(factors, Resampling.average)
+                        file.update_tags(ns="rio_overview", resampling="average")
+                file.close()
+
+
+@contextmanager
+def _gdal_errors(path: str) -> Iterator[None]:
+    """Turns rasterio's errors (often only "Write failed. See previous
+    exception for details.") into an OSError naming ``path`` and carrying
+    GDAL's own messages."""
+    from rasterio.errors import RasterioError
+
+    try:
+        yield
+    except RasterioError as e:
+        raise OSError(f"Cannot write heatmap '{path}': {gdal_message(e)}") from e
 
 
 def read_heatmap_window(path: str, box: Box | None = None) -> np.ndarray:

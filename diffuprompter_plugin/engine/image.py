@@ -77,6 +77,13 @@ def to_rgb_uint8(image: ImageLike) -> np.ndarray:
     Raises:
         InputImageError: unsupported dtype, channel count or size.
     """
+    return read_rgb(image)[0]
+
+
+def read_rgb(image: ImageLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`to_rgb_uint8` and the H x W bool mask of pixels with data
+    (None when every pixel has data; see
+    :meth:`~diffuprompter_plugin.engine.raster.Raster.read`)."""
     with opened(image) as raster:
-        rgb, _ = raster.read()
-    return np.require(rgb, requirements=["C", "W"])  # writable: DenseCRF needs it
+        rgb, valid = raster.read()
+    return np.require(rgb, requirements=["C", "W"]), valid  # writable: DenseCRF needs it

@@ -20,8 +20,8 @@ from .crf import binary_map
 from .crf_pool import crf_pool
 from .device import default_dtype, resolve_device
 from .grounding import TextGrounder, check_class_prompts
-from .image import ImageLike, opened, to_rgb_uint8
-from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
+from .image import ImageLike, opened, read_rgb
+from .segmentation import Instance, SamPrompter, Thresholds, binary_maps, zero_nodata
 from .stable_diffusion import load_stable_diffusion, load_tokenizer
 from .tiling import annotate_scene, needs_tiling
 
@@ -218,9 +218,9 @@ class DiffuPrompter(Annotator):
         grounded = self._ground(image, class_names, thresholds, progress)
         if isinstance(grounded, Annotation):
             return grounded
-        rgb, heatmaps, gammas = grounded
+        rgb, heatmaps, gammas, valid = grounded
         binaries = binary_maps(rgb, heatmaps, gammas, self.config)
-        return Annotation(heatmaps, self.sam_prompter.prompt(rgb, heatmaps, binaries))
+        return Annotation(heatmaps, self.sam_prompter.prompt(rgb, heatmaps, binaries, valid))
 
     def annotate_all(
         self, items: Iterable[Item], thresholds: Thresholds = None
@@ -250,43 +250,53 @@ class DiffuPrompter(Annotator):
         names: Sequence[str],
         thresholds: Thresholds,
         progress: bool = False,
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]] | Annotation:
-        """The RGB image, its heatmaps and the per-class thresholds. A scene
-        larger than ``config.tile_size`` is labelled in tiles
+    ) -> (
+        tuple[np.ndarray, dict[str, np.ndarray], dict[str, float], np.ndarray | None] | Annotation
+    ):
+        """The RGB image, its heatmaps (0 on nodata), the per-class thresholds
+        and the valid-pixel mask (None: all valid). A scene larger than
+        ``config.tile_size`` is labelled in tiles
         (:func:`~diffuprompter_plugin.engine.tiling.annotate_scene`) and its
-        Annotation returned."""
+        Annotation returned. An image entirely nodata is not run, as a tile
+        entirely nodata is not."""
         names = validate_class_names(names)
         with opened(image) as raster:
             if needs_tiling(raster.height, raster.width, self.config):
                 return annotate_scene(self, raster, names, thresholds, progress)
-            rgb = to_rgb_uint8(raster)
-        heatmaps = self.grounder.heatmaps(rgb, names, progress=progress)
-        return rgb, heatmaps, self.sam_prompter.thresholds_for(names, thresholds)
+            rgb, valid = read_rgb(raster)
+        if valid is None or valid.any():
+            heatmaps = self.grounder.heatmaps(rgb, names, progress=progress)
+        else:
+            heatmaps = {name: np.zeros(valid.shape, np.float32) for name in names}
+        zero_nodata(heatmaps, valid)
+        return rgb, heatmaps, self.sam_prompter.thresholds_for(names, thresholds), valid
 
     def _submit_crf(
         self, pool: Executor, image: ImageLike, names: Sequence[str], thresholds: Thresholds
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Future]] | Annotation:
+    ) -> (
+        tuple[np.ndarray, dict[str, np.ndarray], dict[str, Future], np.ndarray | None] | Annotation
+    ):
         """Grounds an image and submits the DenseCRF of each class to
         ``pool``; a tiled scene comes back labelled."""
         grounded = self._ground(image, names, thresholds)
         if isinstance(grounded, Annotation):
             return grounded
-        rgb, heatmaps, gammas = grounded
+        rgb, heatmaps, gammas, valid = grounded
         futures = {
             name: pool.submit(binary_map, rgb, heatmap, gammas[name], self.config)
             for name, heatmap in heatmaps.items()
         }
-        return rgb, heatmaps, futures
+        return rgb, heatmaps, futures, valid
 
     def _finish(self, key: Any, grounded: Any) -> tuple[Any, Annotation | Exception]:
         """The SAM stage of an image whose CRF was submitted by :meth:`_submit_crf`."""
         if isinstance(grounded, (Exception, Annotation)):
             return key, grounded
-        rgb, heatmaps, futures = grounded
+        rgb, heatmaps, futures, valid = grounded
 
         def prompt() -> Annotation:
             binaries = {name: future.result() for name, future in futures.items()}
-            return Annotation(heatmaps, self.sam_prompter.prompt(rgb, heatmaps, binaries))
+            return Annotation(heatmaps, self.sam_prompter.prompt(rgb, heatmaps, binaries, valid))
 
         return key, _guarded(prompt)
 

@@ -22,6 +22,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -141,7 +142,7 @@ class FileRaster(Raster):
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.dataset = rasterio.open(self.name)
         except RasterioIOError as e:
-            raise InputImageError(f"Cannot read image '{self.name}': {e}") from e
+            raise InputImageError(f"Cannot read image '{self.name}': {gdal_message(e)}") from e
         self.height, self.width = self.dataset.height, self.dataset.width
         try:
             self.bands = self._choose_bands(bands)
@@ -161,8 +162,11 @@ class FileRaster(Raster):
 
     @property
     def georef(self) -> dict | None:
+        """As :attr:`Raster.georef`; a file georeferenced by ground control
+        points alone gets the affine transform fitted to them
+        (:func:`gcp_georef`)."""
         if self.dataset.crs is None and self.dataset.transform.is_identity:
-            return None
+            return gcp_georef(self.dataset)[0]
         return {"transform": self.dataset.transform, "crs": self.dataset.crs}
 
     def close(self) -> None:
@@ -199,17 +203,27 @@ class FileRaster(Raster):
         return lut
 
     def _read(self, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
-        """Chosen bands as h x w x 3 in the file's dtype, and the valid mask."""
+        """Chosen bands as h x w x 3 in the file's dtype, and the valid mask.
+
+        Raises:
+            InputImageError: GDAL cannot read the pixels (a truncated or
+                corrupt file), naming the file and carrying GDAL's message.
+        """
+        from rasterio.errors import RasterioError
+
         unique = sorted(set(self.bands))
-        stack = self.dataset.read(unique, **kwargs)
+        try:
+            stack = self.dataset.read(unique, **kwargs)
+            valid = None
+            if any(self.dataset.nodatavals[b - 1] is not None for b in unique) or any(
+                "per_dataset" in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
+                and "alpha" not in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
+                for b in unique
+            ):
+                valid = self.dataset.read_masks(unique, **kwargs).all(axis=0)
+        except RasterioError as e:
+            raise InputImageError(f"Cannot read image '{self.name}': {gdal_message(e)}") from e
         data = np.stack([stack[unique.index(b)] for b in self.bands], axis=-1)
-        valid = None
-        if any(self.dataset.nodatavals[b - 1] is not None for b in unique) or any(
-            "per_dataset" in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
-            and "alpha" not in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
-            for b in unique
-        ):
-            valid = self.dataset.read_masks(unique, **kwargs).all(axis=0)
         if np.issubdtype(data.dtype, np.floating):
             finite = np.isfinite(data).all(axis=-1)
             if not finite.all():
@@ -269,6 +283,58 @@ def decimated_shape(height: int, width: int, side: int) -> tuple[int, int]:
     kept, the longest side at most ``side`` (never enlarged), each side >= 1."""
     factor = max(1.0, max(height, width) / side)
     return max(1, round(height / factor)), max(1, round(width / factor))
+
+
+GCP_TOLERANCE_PX = 0.25
+"""Largest distance, in pixels, between a ground control point and where the
+affine transform fitted to all of them puts it (GDAL's own tolerance for
+``GDALGCPsToGeoTransform``)."""
+
+
+def gcp_georef(dataset: Any) -> tuple[dict | None, str | None]:
+    """The georeferencing of a rasterio dataset that has no geotransform:
+    ``({"transform": Affine, "crs": CRS}, None)`` fitted (least squares) to
+    its ground control points, or ``(None, why not)``: no GCPs, GCPs without
+    a CRS, fewer than 3, or GCPs that no affine transform fits within
+    :data:`GCP_TOLERANCE_PX` (a scene that needs warping)."""
+    from rasterio.transform import from_gcps
+
+    gcps, crs = dataset.gcps
+    fix = "georeference it (e.g. QGIS's Georeferencer, or gdalwarp) and import the result"
+    if not gcps:
+        return None, f"the file has no CRS, geotransform or ground control points: {fix}"
+    if crs is None:
+        return None, f"its {len(gcps)} ground control points have no CRS: {fix}"
+    if len(gcps) < 3:
+        return None, (
+            f"it has {len(gcps)} ground control point(s); an affine transform needs at "
+            f"least 3: {fix}"
+        )
+    transform = from_gcps(gcps)
+    if transform.is_degenerate:
+        return None, f"its {len(gcps)} ground control points are collinear: {fix}"
+    back = [~transform * (g.x, g.y) for g in gcps]
+    error = max(np.hypot(c - g.col, r - g.row) for (c, r), g in zip(back, gcps, strict=True))
+    if error > GCP_TOLERANCE_PX:
+        return None, (
+            f"no affine transform fits its {len(gcps)} ground control points (the best "
+            f"is off by up to {error:.2f} px, more than {GCP_TOLERANCE_PX} px): warp it "
+            "with gdalwarp (e.g. gdalwarp -r bilinear in.tif out.tif) and import the result"
+        )
+    return {"transform": transform, "crs": crs}, None
+
+
+def gdal_message(error: BaseException) -> str:
+    """The message of a rasterio error with GDAL's own messages, which
+    rasterio chains as the error's causes (its own text often says no more
+    than "See previous exception for details."), outermost first."""
+    messages: list[str] = []
+    while error is not None and len(messages) < 8:
+        text = str(error).replace("See previous exception for details.", "").strip()
+        if text and text not in messages:
+            messages.append(text)
+        error = error.__cause__ or error.__context__
+    return "; ".join(messages)
 
 
 def stretch(data: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -14,7 +14,7 @@ from .config import DEFAULT_SAM_MODEL, DiffuPrompterConfig, model_source
 from .crf import binary_map
 from .device import default_dtype, resolve_device
 from .errors import InputImageError
-from .image import ImageLike, to_rgb_uint8
+from .image import ImageLike, read_rgb
 from .mask_runs import MaskRuns
 from .prompts import Region, components, mask_box, regions
 from .raster import Box
@@ -157,11 +157,13 @@ class SamPrompter:
         and interior point, keep the candidate with the highest IoU to that
         region, split the union of kept masks into connected instances and
         drop those under ``min_area``. Pixels claimed by several classes go
-        to the class with the highest heatmap value there.
+        to the class with the highest heatmap value there. No instance
+        covers a nodata pixel of a file (see :meth:`prompt`).
         """
-        rgb = to_rgb_uint8(image)
+        rgb, valid = read_rgb(image)
         gammas = self.thresholds_for(list(heatmaps), thresholds)
-        return self.prompt(rgb, heatmaps, binary_maps(rgb, heatmaps, gammas, self.config))
+        binaries = binary_maps(rgb, heatmaps, gammas, self.config)
+        return self.prompt(rgb, heatmaps, binaries, valid)
 
     @torch.inference_mode()
     def prompt(
@@ -169,8 +171,19 @@ class SamPrompter:
         rgb: np.ndarray,
         heatmaps: Mapping[str, np.ndarray],
         binaries: Mapping[str, np.ndarray],
+        valid: np.ndarray | None = None,
     ) -> list[Instance]:
-        """The SAM stage of :meth:`segment`, from already binarised maps."""
+        """The SAM stage of :meth:`segment`, from already binarised maps.
+
+        The valid-pixel rule, on every path (whole images, tiles, re-
+        thresholding): with ``valid`` (H x W bool, False on nodata and
+        non-finite pixels), SAM is prompted from valid pixels only, its
+        masks lose their invalid pixels before they are split into instances
+        and ``min_area`` applies, and an image without valid pixels gets no
+        instance.
+        """
+        if valid is not None:
+            binaries = {label: binary & valid for label, binary in binaries.items()}
         image_set = False
         found_masks = []
         for label, binary in binaries.items():
@@ -182,7 +195,8 @@ class SamPrompter:
                     self.set_image(rgb)
                     image_set = True
                 masks, ious = self.predict(found)
-            for mask in components(masks.any(0), self.config.min_area):
+            union = masks.any(0) if valid is None else masks.any(0) & valid
+            for mask in components(union, self.config.min_area):
                 iou = max(ious[i] for i in range(len(found)) if (masks[i] & mask).any())
                 found_masks.append((label, mask, iou))
         return self._resolve(found_masks, heatmaps)
@@ -258,6 +272,14 @@ class SamPrompter:
             score = float(heatmaps[label][mask].mean() * iou)
             kept.append(Instance.from_full_mask(label, mask, score))
         return kept
+
+
+def zero_nodata(heatmaps: Mapping[str, np.ndarray], valid: np.ndarray | None) -> None:
+    """The valid-pixel rule for heatmaps, on every path: 0 where ``valid``
+    (H x W bool) is False, in place; nothing to do when ``valid`` is None."""
+    if valid is not None:
+        for heatmap in heatmaps.values():
+            heatmap[~valid] = 0
 
 
 def binary_maps(

@@ -59,7 +59,7 @@ from .config import DiffuPrompterConfig
 from .heatmap_store import HeatmapWriter, heatmap_preview, read_heatmap_window
 from .mask_runs import MaskRuns
 from .raster import Box, Raster
-from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
+from .segmentation import Instance, SamPrompter, Thresholds, binary_maps, zero_nodata
 
 if TYPE_CHECKING:
     from .pipeline import Annotation, DiffuPrompter
@@ -212,20 +212,6 @@ def _hull(a: Box, b: Box) -> Box:
     return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
 
 
-def _on_data(inst: Instance, valid: np.ndarray | None, min_area: int) -> Instance | None:
-    """The instance without its nodata pixels (None when under ``min_area``);
-    ``valid`` is the tile's mask, the instance in tile coordinates."""
-    if valid is None:
-        return inst
-    x0, y0, x1, y1 = inst.box
-    mask = inst.mask & valid[y0:y1, x0:x1]
-    if mask.sum() < min_area:
-        return None
-    if mask.sum() == inst.mask.sum():
-        return inst
-    return Instance.from_full_mask(inst.label, mask, inst.score).shifted(x0, y0)
-
-
 def _data_tiles(
     raster: Raster, grid: list[tuple[Box, Box]], bar: tqdm | None = None
 ) -> Iterator[tuple[Box, Box, np.ndarray, np.ndarray | None]]:
@@ -281,9 +267,8 @@ def ground_scene(
                     group, grounded, strict=True
                 ):
                     peaks[tile] = tile_peaks
+                    zero_nodata(heatmaps, valid)
                     for name, heat in heatmaps.items():
-                        if valid is not None:
-                            heat[~valid] = 0
                         scratch.write(name, core, heat[_within(core, tile)])
                     bar.update()
         scratch.close(overviews=False)
@@ -333,9 +318,8 @@ def _segment_tiles(
         if all(heatmaps[n].max() <= gammas[n] for n in heatmaps):
             continue  # nothing above gamma: the CRF's unary is background everywhere
         binaries = binary_maps(rgb, heatmaps, gammas, config)
-        instances = prompter.prompt(rgb, heatmaps, binaries)
-        kept = (_on_data(inst, valid, config.min_area) for inst in instances)
-        yield tile, [inst.shifted(tile[0], tile[1]) for inst in kept if inst]
+        instances = prompter.prompt(rgb, heatmaps, binaries, valid)
+        yield tile, [inst.shifted(tile[0], tile[1]) for inst in instances]
 
 
 def annotate_scene(
@@ -357,8 +341,12 @@ def annotate_scene(
 
     folder = tempfile.mkdtemp(prefix="dp-heatmaps-")
     paths = {name: os.path.join(folder, f"{k}.tif") for k, name in enumerate(names)}
-    with _gdal_env():
-        ground_scene(model, raster, names, paths, raster.georef, progress)
-        instances = segment_scene(model.sam_prompter, raster, paths, thresholds)
-        previews = {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}
+    try:
+        with _gdal_env():
+            ground_scene(model, raster, names, paths, raster.georef, progress)
+            instances = segment_scene(model.sam_prompter, raster, paths, thresholds)
+            previews = {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}
+    except BaseException:  # the caller owns the folder only once it is returned
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return Annotation(previews, instances, paths, (raster.height, raster.width))

@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import cv2
@@ -31,12 +32,15 @@ class ImportReport:
 
     Attributes:
         dataset: the dataset name.
+        dataset_id: the dataset's id, which names the folders of the files an
+            import writes (see :func:`dataset_folder`).
         added: samples added.
         existing: samples skipped because their file was already imported.
         skipped: ``(path, reason)`` of files that were not imported.
     """
 
     dataset: str
+    dataset_id: str | None = None
     added: int = 0
     existing: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -54,6 +58,7 @@ class ImportReport:
         """JSON-serialisable form, for logs and operator outputs."""
         return {
             "dataset": self.dataset,
+            "dataset_id": self.dataset_id,
             "added": self.added,
             "existing": self.existing,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
@@ -92,6 +97,15 @@ def new_files(
                 yield item, loaded
 
 
+def dataset_folder(kind: str, dataset_id: str) -> Path:
+    """``<FiftyOne's dataset dir>/<kind>/<dataset id>``: where an import
+    writes a dataset's own files (previews, tiles, patches) unless the caller
+    names a folder. Named by the dataset's id, never by its name, so no name
+    (absolute, ``..``, separators) leads outside FiftyOne's dataset dir, and
+    a renamed dataset keeps its folder."""
+    return Path(fo.config.default_dataset_dir) / kind / dataset_id
+
+
 def is_image(path: str) -> bool:
     """Whether a file name has an image extension (any case)."""
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
@@ -127,8 +141,11 @@ def read_image(path: str) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def staged_import(name: str, info: dict | None = None) -> Iterator[tuple[fo.Dataset, set[str]]]:
-    """Yields a staging dataset and the file paths already in dataset ``name``.
+def staged_import(
+    name: str, info: dict | None = None
+) -> Iterator[tuple[fo.Dataset, set[str], str]]:
+    """Yields a staging dataset, the file paths already in dataset ``name``
+    and the id ``name`` has (or will have: the staging dataset's).
 
     On success the staged samples are added to ``name`` (created persistent if
     absent) and ``info`` is merged into its ``info``; on any error the staging
@@ -137,8 +154,9 @@ def staged_import(name: str, info: dict | None = None) -> Iterator[tuple[fo.Data
     exists = fo.dataset_exists(name)
     known = set(fo.load_dataset(name).values("filepath")) if exists else set()
     staging = fo.Dataset(f"{name}-import-{uuid.uuid4().hex[:8]}")
+    dataset_id = str((fo.load_dataset(name) if exists else staging)._doc.id)
     try:
-        yield staging, known
+        yield staging, known, dataset_id
     except BaseException:
         staging.delete()
         raise
@@ -165,12 +183,14 @@ def run_import(
     Args:
         name: the dataset to create or add to.
         samples: called with the file paths already in the dataset and the
-            report; yields the new samples and records skipped files.
+            report (whose ``dataset_id`` is set); yields the new samples and
+            records skipped files.
         info: entries for the dataset's ``info`` (e.g. the evaluation
             convention ``max_dets``).
     """
     report = ImportReport(name)
-    with staged_import(name, info) as (staging, known):
+    with staged_import(name, info) as (staging, known, dataset_id):
+        report.dataset_id = dataset_id
         report.added = add_in_batches(staging, samples(known, report))
     return report
 

@@ -13,7 +13,14 @@ import fiftyone as fo
 import fiftyone.core.utils as fou
 import numpy as np
 
-from .common import AnnotationError, ImportReport, read_image, run_import, windows
+from .common import (
+    AnnotationError,
+    ImportReport,
+    dataset_folder,
+    read_image,
+    run_import,
+    windows,
+)
 
 
 def parse_samp(path: Path) -> list[np.ndarray]:
@@ -63,19 +70,20 @@ def import_dlr_munich(
 
     Each tile is a sample with ``ground_truth`` = vehicle, the tile's oriented
     vehicle boxes as ``gt_vehicles`` polylines, and its provenance
-    (``source_image``, ``offset``). Frames without ``.samp`` files are skipped
-    and reported; a malformed ``.samp`` line stops the import with nothing
-    written.
+    (``source_image``, ``offset``). Tiles are written to ``tile_dir``,
+    default ``<FiftyOne's dataset dir>/__tiles__/<dataset id>``. Frames
+    without ``.samp`` files are skipped and reported; a malformed ``.samp``
+    line stops the import with nothing written.
     """
     root = Path(root)
     frames = sorted(p for p in root.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     if not frames:
         raise ValueError(f"'{root}' holds no DLR Munich frames (*.JPG)")
-    tile_dir = Path(tile_dir or os.path.join(fo.config.default_dataset_dir, "__tiles__", name))
     return run_import(name, partial(_tiles, frames, tile_dir, tile_size, overlap, progress))
 
 
 def _tiles(frames, tile_dir, size, overlap, progress, known, report) -> Iterator[fo.Sample]:
+    tile_dir = Path(tile_dir) if tile_dir else dataset_folder("__tiles__", report.dataset_id)
     tile_dir.mkdir(parents=True, exist_ok=True)
     with fou.ProgressBar(total=len(frames), progress=progress) as pb:
         for frame in frames:

@@ -16,14 +16,17 @@ from functools import partial
 from pathlib import Path
 
 import fiftyone as fo
+import geopandas as gpd
 import rasterio
+import shapely
 from PIL import Image
-from pyproj import CRS, Transformer
+from pyproj import CRS
 
 from ..engine.errors import InputImageError
 from ..engine.raster import FileRaster
+from ..geo import to_rfc7946
 from ..labels import BANDS_FIELD
-from .common import ImportReport, new_files, run_import
+from .common import ImportReport, dataset_folder, new_files, run_import
 
 GEOTIFF_EXTENSIONS = {".tif", ".tiff"}
 
@@ -31,14 +34,35 @@ PREVIEW_FIELD = "preview_path"
 """The sample field holding the preview image the App shows."""
 
 
-def footprint(crs: CRS, transform: rasterio.Affine, width: int, height: int) -> fo.GeoLocation:
-    """The scene's centre and corner polygon in WGS84 lon/lat, for FiftyOne's
-    map and geo queries."""
-    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    corners = [(0, 0), (width, 0), (width, height), (0, height), (0, 0)]
-    ring = [list(to_lonlat.transform(*(transform @ c))) for c in corners]
-    centre = list(to_lonlat.transform(*(transform @ (width / 2, height / 2))))
-    return fo.GeoLocation(point=centre, polygon=[ring])
+FOOTPRINT_FIELD = "footprint"
+"""The sample field holding a scene's footprint as valid GeoJSON (a
+MultiPolygon, split at the antimeridian), for 2dsphere indexes and queries."""
+
+
+def footprint(
+    crs: CRS, transform: rasterio.Affine, width: int, height: int
+) -> tuple[fo.GeoLocation, fo.GeoLocations]:
+    """The scene's lon/lat ``location`` (centre point and corner polygon, for
+    FiftyOne's map and geo queries) and ``footprint`` (its parts), both as
+    the GeoJSON export writes them (:func:`~diffuprompter_plugin.geo.to_rfc7946`):
+    longitudes within [-180, 180], a scene across the antimeridian split
+    there. ``location.polygon`` holds one polygon only, so it is None for a
+    split scene, whose ``footprint`` has both parts."""
+    corners = [transform @ c for c in [(0, 0), (width, 0), (width, height), (0, height)]]
+    centre = transform @ (width / 2, height / 2)
+    shapes = gpd.GeoSeries([shapely.Polygon(corners), shapely.Point(centre)], crs=crs)
+    outline, point = to_rfc7946(shapes)
+    parts = [
+        [_ring(p.exterior), *map(_ring, p.interiors)] for p in getattr(outline, "geoms", [outline])
+    ]
+    location = fo.GeoLocation(
+        point=[point.x, point.y], polygon=parts[0] if len(parts) == 1 else None
+    )
+    return location, fo.GeoLocations(polygons=parts)
+
+
+def _ring(ring: shapely.LinearRing) -> list[list[float]]:
+    return [[x, y] for x, y in ring.coords]
 
 
 def scene_sample(
@@ -51,10 +75,12 @@ def scene_sample(
     preview shows what the models see, and labelling reads the sample's
     ``bands``. Fields: ``crs`` (WKT, None when the file has none),
     ``transform`` (the affine ``[a, b, c, d, e, f]``: x = a*col + b*row + c,
-    y = d*col + e*row + f at pixel corners; None when not georeferenced),
+    y = d*col + e*row + f at pixel corners; None when not georeferenced; a
+    file with ground control points only gets the transform fitted to them,
+    see :func:`~diffuprompter_plugin.engine.raster.gcp_georef`),
     ``bands`` (1-based R, G, B, or one band for grey), ``nodata``,
-    ``preview_path``, ``location`` (lon/lat footprint) and metadata at
-    native size.
+    ``preview_path``, ``location`` and ``footprint`` (lon/lat, see
+    :func:`footprint`) and metadata at native size.
 
     Raises:
         OSError: not a readable raster, or a band it lacks, naming the file.
@@ -65,10 +91,15 @@ def scene_sample(
         raise OSError(str(e)) from e
     with raster:
         src = raster.dataset
-        preview = raster.overview(preview_size)
+        try:
+            preview = raster.overview(preview_size)
+        except InputImageError as e:  # e.g. a truncated file: GDAL's message, the file named
+            raise OSError(str(e)) from e
         chosen = raster.bands[:1] if len(set(raster.bands)) == 1 else raster.bands
-        georeferenced = src.crs is not None
-        crs = CRS.from_user_input(src.crs.to_wkt()) if georeferenced else None
+        georef = raster.georef  # the file's, or fitted to its ground control points
+        georeferenced = georef is not None and georef["crs"] is not None
+        crs = CRS.from_user_input(georef["crs"].to_wkt()) if georeferenced else None
+        transform = georef["transform"] if georeferenced else None
         sample = fo.Sample(
             filepath=path,
             metadata=fo.ImageMetadata(
@@ -79,12 +110,12 @@ def scene_sample(
                 size_bytes=os.path.getsize(path),
             ),
             crs=crs.to_wkt() if georeferenced else None,
-            transform=list(src.transform)[:6] if georeferenced else None,
+            transform=list(transform)[:6] if georeferenced else None,
             nodata=src.nodata,
-            location=footprint(crs, src.transform, src.width, src.height)
-            if georeferenced
-            else None,
         )
+        if georeferenced:
+            location, parts = footprint(crs, transform, src.width, src.height)
+            sample["location"], sample[FOOTPRINT_FIELD] = location, parts
         sample[BANDS_FIELD] = list(chosen)
     digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:10]
     preview_path = str(preview_dir / f"{Path(path).stem}-{digest}.png")
@@ -106,7 +137,7 @@ def import_geotiffs(
 
     Any band count and uint8/uint16/int/float data are accepted. Previews
     (PNG, longest side ``preview_size``) are written under ``preview_dir``
-    (default: FiftyOne's dataset dir, ``__previews__/<name>``) and shown by
+    (default: ``<FiftyOne's dataset dir>/__previews__/<dataset id>``) and shown by
     the App through ``dataset.app_config`` (grid and modal media field
     ``preview_path``; ``filepath`` stays the GeoTIFF). See
     :func:`scene_sample` for the fields. Unreadable files, and files lacking
@@ -135,9 +166,6 @@ def import_geotiffs(
         for p in (root.rglob("*") if recursive else root.iterdir())
         if p.suffix.lower() in GEOTIFF_EXTENSIONS and p.is_file()
     )
-    preview_dir = Path(
-        preview_dir or os.path.join(fo.config.default_dataset_dir, "__previews__", name)
-    )
     report = run_import(name, partial(_scenes, files, preview_dir, bands, preview_size, progress))
     show_previews(fo.load_dataset(name))
     return report
@@ -154,6 +182,9 @@ def show_previews(dataset: fo.Dataset) -> None:
 
 
 def _scenes(files, preview_dir, bands, size, progress, known, report) -> Iterator[fo.Sample]:
+    preview_dir = (
+        Path(preview_dir) if preview_dir else dataset_folder("__previews__", report.dataset_id)
+    )
     preview_dir.mkdir(parents=True, exist_ok=True)
     load = partial(scene_sample, preview_dir=preview_dir, bands=bands, preview_size=size)
     for _, sample in new_files(files, str, load, known, report, progress):

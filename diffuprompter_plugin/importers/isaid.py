@@ -15,7 +15,14 @@ import fiftyone as fo
 import fiftyone.core.utils as fou
 import numpy as np
 
-from .common import AnnotationError, ImportReport, read_image, run_import, windows
+from .common import (
+    AnnotationError,
+    ImportReport,
+    dataset_folder,
+    read_image,
+    run_import,
+    windows,
+)
 from .polygons import polygon_rle, window_mask
 
 ISAID_MAX_DETS = 1000
@@ -78,9 +85,16 @@ def instance_detections(
     """The instances of one window (x0, y0, x1, y1) of a ``image_size``
     (width, height) image, rasterised as pycocotools does (see
     :mod:`.polygons`) and clipped to the window; fragments under
-    ``min_area`` pixels are dropped."""
+    ``min_area`` pixels are dropped.
+
+    Each keeps an ``area``, which pycocotools' AP_S/AP_M/AP_L bin by: the
+    annotation's own ``area`` when the window is the whole image and the
+    file gives one (as pycocotools takes it), else the pixel count of the
+    clipped mask (a patch's cut object has no official area).
+    """
     x0, y0, x1, y1 = window
     width, height = x1 - x0, y1 - y0
+    whole = window == (0, 0, *image_size)
     detections = []
     for ann in anns:
         bx, by, bw, bh = ann["bbox"]
@@ -103,7 +117,7 @@ def instance_detections(
                 ],
                 mask=mask[top:bottom, left:right],
                 iscrowd=int(ann.get("iscrowd", 0)),
-                area=area,
+                area=float(ann["area"]) if whole and ann.get("area") is not None else area,
                 source_id=ann.get("id"),
             )
         )
@@ -143,7 +157,9 @@ def import_isaid(
     the official devkit, and images smaller than a patch stay whole. Each
     patch sample has ``gt_masks`` (labels are iSAID's own category names),
     ``source_image``, ``offset`` [x, y], ``source_size`` [w, h] and ``split``.
-    Missing or unreadable images are reported in ``skipped``. Full-scene
+    Patches are written to ``patch_dir``, default ``<FiftyOne's dataset
+    dir>/__patches__/<dataset id>``. Missing or unreadable images are
+    reported in ``skipped``. Full-scene
     samples are the original images (nothing is written), with offset [0, 0],
     so evaluation can run on scenes as well as on patches.
 
@@ -162,7 +178,6 @@ def import_isaid(
     annotations = Path(annotations or root / split / "Annotations" / f"iSAID_{split}.json")
     image_dir = Path(image_dir or root / split / "images")
     name = name or f"isaid-{split}"
-    patch_dir = Path(patch_dir or os.path.join(fo.config.default_dataset_dir, "__patches__", name))
     images, names, by_image = load_coco(annotations)
     settings = PatchSettings(split, patch_size, overlap, min_area, keep_empty, annotations)
     return run_import(
@@ -177,6 +192,9 @@ def _patches(
 ) -> Iterator[fo.Sample]:
     scene = s.size is None
     if not scene:
+        patch_dir = (
+            Path(patch_dir) if patch_dir else dataset_folder("__patches__", report.dataset_id)
+        )
         patch_dir.mkdir(parents=True, exist_ok=True)
     with fou.ProgressBar(total=len(images), progress=progress) as pb:
         for image_id, info in images.items():
