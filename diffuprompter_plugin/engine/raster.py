@@ -21,12 +21,14 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputImageError
+from .remote import gdal_path, is_remote, read_error, remote_env
 
 Box = tuple[int, int, int, int]
 """(x0, y0, x1, y1) in pixels; x1 and y1 are exclusive."""
@@ -136,11 +138,14 @@ class FileRaster(Raster):
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
         self.name = os.fspath(path)
+        self.remote = is_remote(self.name)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), self._env():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.dataset = rasterio.open(self.name)
+                self.dataset = rasterio.open(gdal_path(self.name))
         except RasterioIOError as e:
+            if self.remote:
+                raise read_error(self.name, "the header", e) from e
             raise InputImageError(f"Cannot read image '{self.name}': {e}") from e
         self.height, self.width = self.dataset.height, self.dataset.width
         try:
@@ -198,7 +203,24 @@ class FileRaster(Raster):
             lut[index] = color[:3]
         return lut
 
+    def _env(self) -> AbstractContextManager:
+        """GDAL's settings for remote reads (:func:`.remote.remote_env`)."""
+        return remote_env() if self.remote else nullcontext()
+
     def _read(self, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`_read_bands`; a failed remote read raises
+        :class:`~.remote.RemoteReadError` naming the URL and the window."""
+        if not self.remote:
+            return self._read_bands(**kwargs)
+        from rasterio.errors import RasterioIOError
+
+        with self._env():
+            try:
+                return self._read_bands(**kwargs)
+            except RasterioIOError as e:
+                raise read_error(self.name, _what(kwargs.get("window")), e) from e
+
+    def _read_bands(self, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
         """Chosen bands as h x w x 3 in the file's dtype, and the valid mask."""
         unique = sorted(set(self.bands))
         stack = self.dataset.read(unique, **kwargs)
@@ -265,6 +287,14 @@ class FileRaster(Raster):
         return stretch(data, self.low, self.high)
 
 
+def _what(window) -> str:
+    """A window's description in an error message."""
+    if window is None:
+        return "the overview"
+    x0, y0 = int(window.col_off), int(window.row_off)
+    return f"window x {x0}-{x0 + int(window.width)}, y {y0}-{y0 + int(window.height)}"
+
+
 def stretch(data: np.ndarray, low: float, high: float) -> np.ndarray:
     """Maps ``low``..``high`` linearly to 0..255 (clipped); all zero when
     ``high <= low``."""
@@ -276,12 +306,15 @@ def stretch(data: np.ndarray, low: float, high: float) -> np.ndarray:
 def open_raster(path: str | os.PathLike, bands: Sequence[int] | None = None) -> Raster:
     """The :class:`Raster` of an image file: PIL for JPEGs and single-band or
     palette images up to :data:`PIL_MAX_PIXELS` (their pixels exactly as
-    before), rasterio for everything else.
+    before), rasterio for everything else, remote scenes (``https://``,
+    ``s3://``: see :mod:`.remote`) included.
 
     Raises:
         InputImageError: the file is missing or not a readable image.
     """
     name = os.fspath(path)
+    if is_remote(name):
+        return FileRaster(name, bands)
     if bands is None:
         try:
             with Image.open(name) as img:

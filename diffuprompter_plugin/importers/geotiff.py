@@ -1,10 +1,13 @@
-"""Import of a folder of GeoTIFF scenes, with App previews and georeferencing.
+"""Import of GeoTIFF scenes (a folder, or URLs), with App previews and georeferencing.
 
 Each sample's ``filepath`` is the GeoTIFF itself (what the engine reads at
-native resolution). The App cannot show TIFF, so each scene also gets a PNG
-preview of the same extent, at display size, in ``preview_path``; the
-dataset's App config shows that field in the grid and the modal. Labels are
-relative to the scene, so they line up with the preview.
+native resolution): a local file, or the URL of a remote scene
+(``https://``, ``s3://``), which is read where it lives, window by window
+(see :mod:`~diffuprompter_plugin.engine.remote`). The App cannot show
+TIFF, so each scene also gets a PNG preview of the same extent, at display
+size, in ``preview_path``; the dataset's App config shows that field in the
+grid and the modal. Labels are relative to the scene, so they line up with
+the preview.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pyproj import CRS, Transformer
 
 from ..engine.errors import InputImageError
 from ..engine.raster import FileRaster
+from ..engine.remote import display_name, is_remote
 from ..labels import BANDS_FIELD
 from .common import ImportReport, run_import
 
@@ -55,7 +59,9 @@ def scene_sample(
     y = d*col + e*row + f at pixel corners; None when not georeferenced),
     ``bands`` (1-based R, G, B, or one band for grey), ``nodata``,
     ``preview_path``, ``location`` (lon/lat footprint) and metadata at
-    native size.
+    native size. A remote scene's header and preview are read over the
+    network (the preview from the overview nearest ``preview_size``), never
+    the whole file; its ``metadata.size_bytes`` is None (not fetched).
 
     Raises:
         OSError: not a readable raster, or a band it lacks, naming the file.
@@ -70,14 +76,15 @@ def scene_sample(
         chosen = raster.bands[:1] if len(set(raster.bands)) == 1 else raster.bands
         georeferenced = src.crs is not None
         crs = CRS.from_user_input(src.crs.to_wkt()) if georeferenced else None
+        remote = is_remote(path)
         sample = fo.Sample(
-            filepath=path,
+            filepath="scene.tif" if remote else path,  # FiftyOne would make a URL a local path
             metadata=fo.ImageMetadata(
                 width=src.width,
                 height=src.height,
                 num_channels=src.count,
                 mime_type="image/tiff",
-                size_bytes=os.path.getsize(path),
+                size_bytes=None if remote else os.path.getsize(path),
             ),
             crs=crs.to_wkt() if georeferenced else None,
             transform=list(src.transform)[:6] if georeferenced else None,
@@ -87,15 +94,17 @@ def scene_sample(
             else None,
         )
         sample[BANDS_FIELD] = list(chosen)
-    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:10]
-    preview_path = str(preview_dir / f"{Path(path).stem}-{digest}.png")
+        if remote:
+            sample.filepath = path
+    digest = hashlib.sha1((path if remote else os.path.abspath(path)).encode()).hexdigest()[:10]
+    preview_path = str(preview_dir / f"{display_name(path)}-{digest}.png")
     Image.fromarray(preview).save(preview_path)
     sample[PREVIEW_FIELD] = preview_path
     return sample
 
 
 def import_geotiffs(
-    root: str | os.PathLike,
+    root: str | os.PathLike | Sequence[str | os.PathLike],
     name: str,
     bands: Sequence[int] | None = None,
     preview_size: int = 1024,
@@ -103,7 +112,8 @@ def import_geotiffs(
     recursive: bool = True,
     progress: bool | Callable | None = None,
 ) -> ImportReport:
-    """Imports every ``.tif``/``.tiff`` under ``root`` as a scene sample.
+    """Imports every ``.tif``/``.tiff`` under ``root`` as a scene sample;
+    ``root`` may also be one file or URL, or a list of files and URLs.
 
     Any band count and uint8/uint16/int/float data are accepted. Previews
     (PNG, longest side ``preview_size``) are written under ``preview_dir``
@@ -114,34 +124,68 @@ def import_geotiffs(
     a chosen band, are listed in ``report.skipped``.
 
     Args:
-        root: the folder of scenes.
+        root: the folder of scenes, a scene's file or URL (``https://``,
+            ``s3://``: read where it lives, see
+            :mod:`~diffuprompter_plugin.engine.remote`), or a list of them.
         name: the dataset to create or add to (files already in it are skipped).
         bands: one or three 1-based band indices, shown in the preview and
             read by the engine when the scenes are labelled; default the
             bands tagged red, green and blue, else 1, 2, 3, else band 1.
 
     Raises:
-        ValueError: ``root`` is not a folder, or ``bands`` is not one or
-            three 1-based indices.
+        ValueError: ``root`` is neither a folder, a file, a URL nor a list
+            of them, or ``bands`` is not one or three 1-based indices.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"Scene folder '{root}' does not exist")
-    if bands is not None:
-        bands = tuple(int(b) for b in bands)
-        if len(bands) not in (1, 3) or min(bands) < 1:
-            raise ValueError(f"bands must be one or three 1-based indices, got {list(bands)}")
-    files = sorted(
-        str(p)
-        for p in (root.rglob("*") if recursive else root.iterdir())
-        if p.suffix.lower() in GEOTIFF_EXTENSIONS and p.is_file()
-    )
+    files = scene_files(root, recursive)
+    bands = check_bands(bands)
     preview_dir = Path(
         preview_dir or os.path.join(fo.config.default_dataset_dir, "__previews__", name)
     )
     report = run_import(name, partial(_scenes, files, preview_dir, bands, preview_size, progress))
     show_previews(fo.load_dataset(name))
     return report
+
+
+def scene_files(
+    root: str | os.PathLike | Sequence[str | os.PathLike], recursive: bool = True
+) -> list[str]:
+    """The scenes to import: a folder's ``.tif``/``.tiff`` files (sorted), a
+    file or URL, or a list of files and URLs (local paths made absolute).
+
+    Raises:
+        ValueError: a folder or file that does not exist, or an empty list.
+    """
+    if not isinstance(root, (str, os.PathLike)):
+        files = [os.fspath(r) if is_remote(r) else os.path.abspath(r) for r in root]
+        if not files:
+            raise ValueError("No scenes given: the list of files and URLs is empty")
+        return files
+    if is_remote(root):
+        return [os.fspath(root)]
+    folder = Path(root)
+    if folder.is_file():
+        return [str(folder.absolute())]
+    if not folder.is_dir():
+        raise ValueError(f"Scene folder '{root}' does not exist")
+    return sorted(
+        str(p.absolute())
+        for p in (folder.rglob("*") if recursive else folder.iterdir())
+        if p.suffix.lower() in GEOTIFF_EXTENSIONS and p.is_file()
+    )
+
+
+def check_bands(bands: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``bands`` as a tuple, checked: one or three 1-based indices.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if bands is None:
+        return None
+    bands = tuple(int(b) for b in bands)
+    if len(bands) not in (1, 3) or min(bands) < 1:
+        raise ValueError(f"bands must be one or three 1-based indices, got {list(bands)}")
+    return bands
 
 
 def show_previews(dataset: fo.Dataset) -> None:
