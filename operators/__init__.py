@@ -12,6 +12,7 @@ from .label_queued import LabelQueuedSamples
 from .resume import ResumePseudoLabels
 from .rethreshold import RethresholdPseudoLabels
 from .run_diffuprompter import RunDiffuPrompter
+from .stac import ImportStac
 
 OPERATORS = (
     RunDiffuPrompter,
@@ -22,6 +23,7 @@ OPERATORS = (
     ImportIsaid,
     ImportNwpuVhr10,
     ImportGeotiffs,
+    ImportStac,
     EvaluatePseudoLabels,
     ExportGeo,
 )
