@@ -27,6 +27,8 @@ _EXPORTS = {
     "evaluate_pseudo_labels": "evaluation",
     "calibrate_thresholds": "evaluation",
     "export_coco": "coco",
+    "export_dota": "dota",
+    "import_stac": "importers.stac",
 }
 
 __all__ = sorted(_EXPORTS)

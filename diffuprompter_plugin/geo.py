@@ -31,6 +31,8 @@ from pyproj import CRS
 from rasterio import Affine
 from rasterio.features import shapes
 
+from .oriented import oriented_features
+
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 """Output formats by file extension."""
 
@@ -157,6 +159,7 @@ def export_geo(
     crs: Any = None,
     layer: str | None = None,
     progress: bool | Callable | None = None,
+    oriented_boxes: bool = False,
 ) -> dict[str, Any]:
     """Writes the instance masks of a Detections field as georeferenced
     polygons, one MultiPolygon feature per instance (see the module notes).
@@ -177,10 +180,15 @@ def export_geo(
         crs: GeoPackage only: the CRS to write (anything pyproj accepts);
             needed when the samples are in different CRSs.
         layer: the GeoPackage layer name; default ``pred_field``.
+        oriented_boxes: GeoPackage only: also write each instance's
+            oriented box (the minimum-area rectangle of its mask, see
+            :mod:`~diffuprompter_plugin.oriented`) as a Polygon in a second
+            layer, ``<layer>_oriented``.
 
     Returns:
         ``path``, ``samples``, ``features`` written and the output ``crs``
-        (``EPSG:<code>`` where it has one, else WKT).
+        (``EPSG:<code>`` where it has one, else WKT); with
+        ``oriented_boxes``, ``oriented_layer`` too.
 
     Raises:
         ValueError: an unknown extension, ``pred_field`` not a Detections
@@ -194,15 +202,26 @@ def export_geo(
         raise ValueError(f"Unknown format of '{path}': use one of {sorted(DRIVERS)}")
     if driver == "GeoJSON" and crs is not None:
         raise ValueError("GeoJSON is always WGS84 (RFC 7946); crs= applies to .gpkg only")
+    if driver == "GeoJSON" and oriented_boxes:
+        raise ValueError("GeoJSON holds one layer: write oriented boxes to a .gpkg")
     _check_detections_field(samples, pred_field)
+    frames, boxes = [], []
     with fou.ProgressBar(total=len(samples), progress=progress) as pb:
-        frames = [sample_features(sample, pred_field) for sample in pb(samples)]
+        for sample in pb(samples):
+            frames.append(sample_features(sample, pred_field))
+            if oriented_boxes:
+                boxes.append(oriented_features(sample, pred_field, *georeference(sample)))
     target = _output_crs(frames, driver, crs)
     table = pd.concat([f.to_crs(target) for f in frames] or [_empty(target)], ignore_index=True)
     layer = layer or pred_field
-    _write_replacing(gpd.GeoDataFrame(table, geometry="geometry", crs=target), path, driver, layer)
+    layers = {layer: (gpd.GeoDataFrame(table, geometry="geometry", crs=target), "MultiPolygon")}
+    if oriented_boxes:
+        rows = pd.concat([b.to_crs(target) for b in boxes], ignore_index=True)
+        layers[f"{layer}_oriented"] = (gpd.GeoDataFrame(rows, geometry="geometry"), "Polygon")
+    _write_replacing(layers, path, driver)
     crs_name = target.to_string()
-    return {"path": path, "samples": len(frames), "features": len(table), "crs": crs_name}
+    out = {"path": path, "samples": len(frames), "features": len(table), "crs": crs_name}
+    return {**out, "oriented_layer": f"{layer}_oriented"} if oriented_boxes else out
 
 
 def _check_detections_field(samples: Any, pred_field: str) -> None:
@@ -234,7 +253,11 @@ def _empty(crs: CRS) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries([], crs=crs))
 
 
-def _write_replacing(frame: gpd.GeoDataFrame, path: str, driver: str, layer: str) -> None:
+def _write_replacing(
+    layers: dict[str, tuple[gpd.GeoDataFrame, str]], path: str, driver: str
+) -> None:
+    """Writes ``{layer: (frame, geometry type)}`` to a temporary file that
+    then replaces ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, temporary = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=folder)
@@ -242,13 +265,15 @@ def _write_replacing(frame: gpd.GeoDataFrame, path: str, driver: str, layer: str
     os.remove(temporary)  # the drivers create the file themselves
     try:
         options = {"RFC7946": "YES"} if driver == "GeoJSON" else {}
-        frame.to_file(
-            temporary,
-            driver=driver,
-            layer=layer,
-            geometry_type="MultiPolygon",
-            layer_options=options,
-        )
+        for k, (layer, (frame, geometry_type)) in enumerate(layers.items()):
+            frame.to_file(
+                temporary,
+                driver=driver,
+                layer=layer,
+                geometry_type=geometry_type,
+                layer_options=options,
+                mode="a" if k else "w",
+            )
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,24 +41,20 @@ class LocalCopy(Raster):
 
     def __init__(self, source: Raster, folder: str) -> None:
         import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
 
         self.source = source
         self.height, self.width, self.name = source.height, source.width, source.name
         rows, cols = -(-self.height // BLOCK), -(-self.width // BLOCK)
         self.fetched = np.zeros((rows, cols), bool)
-        self.file = rasterio.open(
-            os.path.join(folder, "scene.tif"),
-            "w+",
-            driver="GTiff",
-            width=self.width,
-            height=self.height,
+        profile = dict(
+            driver="GTiff", width=self.width, height=self.height, dtype="uint8",
             count=4,  # R, G, B and the valid mask (0 where nodata)
-            dtype="uint8",
-            tiled=True,
-            blockxsize=BLOCK,
-            blockysize=BLOCK,
-            compress="deflate",
-        )
+            tiled=True, blockxsize=BLOCK, blockysize=BLOCK, compress="deflate",
+        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a scratch file
+            self.file = rasterio.open(os.path.join(folder, "scene.tif"), "w+", **profile)
 
     @property
     def georef(self) -> dict | None:

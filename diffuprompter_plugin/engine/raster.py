@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputImageError
-from .remote import gdal_path, is_remote, read_error, remote_env
+from .remote import gdal_messages, gdal_path, is_remote, read_error, remote_env
 
 Box = tuple[int, int, int, int]
 """(x0, y0, x1, y1) in pixels; x1 and y1 are exclusive."""
@@ -140,12 +140,12 @@ class FileRaster(Raster):
         self.name = os.fspath(path)
         self.remote = is_remote(self.name)
         try:
-            with warnings.catch_warnings(), self._env():
+            with warnings.catch_warnings(), self._env(), gdal_messages() as messages:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.dataset = rasterio.open(gdal_path(self.name))
         except RasterioIOError as e:
             if self.remote:
-                raise read_error(self.name, "the header", e) from e
+                raise read_error(self.name, "the header", e, messages) from e
             raise InputImageError(f"Cannot read image '{self.name}': {e}") from e
         self.height, self.width = self.dataset.height, self.dataset.width
         try:
@@ -214,11 +214,11 @@ class FileRaster(Raster):
             return self._read_bands(**kwargs)
         from rasterio.errors import RasterioIOError
 
-        with self._env():
+        with self._env(), gdal_messages() as messages:
             try:
                 return self._read_bands(**kwargs)
             except RasterioIOError as e:
-                raise read_error(self.name, _what(kwargs.get("window")), e) from e
+                raise read_error(self.name, _what(kwargs.get("window")), e, messages) from e
 
     def _read_bands(self, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
         """Chosen bands as h x w x 3 in the file's dtype, and the valid mask."""

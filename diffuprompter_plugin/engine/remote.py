@@ -34,8 +34,10 @@ for plain HTTP and ``AWS_VIRTUAL_HOSTING=FALSE`` for path-style addresses.
 
 from __future__ import annotations
 
+import logging
 import os
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from urllib.parse import urlsplit
 
 from .errors import InputImageError
@@ -97,9 +99,41 @@ class RemoteReadError(InputImageError):
     fails, and resuming the run retries it."""
 
 
-def read_error(path: str, what: str, error: Exception) -> RemoteReadError:
-    """The error of a failed remote read of ``what`` (e.g. a window) of ``path``."""
+class _Collect(logging.Handler):
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def gdal_messages() -> Iterator[list[str]]:
+    """The warnings GDAL reports while the block runs (rasterio logs them
+    to ``rasterio._err``), such as an HTTP answer's status, which the error
+    rasterio raises afterwards does not repeat."""
+    messages: list[str] = []
+    handler = _Collect(messages)
+    logger = logging.getLogger("rasterio._err")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def read_error(
+    path: str, what: str, error: Exception, messages: Sequence[str] = ()
+) -> RemoteReadError:
+    """The error of a failed remote read of ``what`` (e.g. a window) of
+    ``path``: GDAL's last HTTP message (see :func:`gdal_messages`), else
+    the error rasterio chained as the cause."""
+    http = [m for m in messages if "response_code" in m or "HTTP" in m]
+    while error.__cause__ is not None:
+        error = error.__cause__
+    reason = http[-1] if http else str(error)
     return RemoteReadError(
-        f"Cannot read {what} of '{path}' over the network ({error}); the sample fails and "
+        f"Cannot read {what} of '{path}' over the network ({reason}); the sample fails and "
         "resuming the run retries it (see GDAL_HTTP_MAX_RETRY, GDAL_HTTP_TIMEOUT)"
     )
