@@ -12,8 +12,8 @@ reads where the environment does not set the option itself (an
 environment variable always wins):
 
 - ``GDAL_HTTP_MAX_RETRY`` (3) and ``GDAL_HTTP_RETRY_DELAY`` (1 s, doubled on
-  each retry by GDAL): retries of HTTP 429, 502, 503 and 504 answers and
-  of dropped connections, before a read fails.
+  each retry by GDAL): retries of a request answered HTTP 429, 502, 503 or
+  504, before a read fails.
 - ``GDAL_HTTP_CONNECTTIMEOUT`` (30 s) and ``GDAL_HTTP_TIMEOUT`` (120 s):
   per request.
 - ``GDAL_DISABLE_READDIR_ON_OPEN`` (``EMPTY_DIR``): no listing of the
