@@ -185,3 +185,14 @@ def test_s3_scene_reads_like_the_local_file(tmp_path, dataset_name, monkeypatch)
         remote = model.annotate(RasterFile(url, (1, 2, 3)), ["ship"])
         local = model.annotate(str(path), ["ship"])
         assert [i.box for i in remote.instances] == [i.box for i in local.instances]
+
+
+def test_a_url_without_an_image_extension_is_skipped_with_the_reason(served, dataset_name):
+    server, path = served
+    (path.parent / "download").write_bytes(path.read_bytes())
+    report = import_geotiffs(
+        [server.url("download?id=7"), server.url("scene.tif")], dataset_name, preview_size=64
+    )
+    assert report.added == 1
+    ((url, reason),) = report.skipped
+    assert url == server.url("download?id=7") and "no image extension such as .tif" in reason

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import fiftyone as fo
+import fiftyone.core.media as fomm
 import fiftyone.core.utils as fou
 import rasterio
 from PIL import Image
@@ -95,6 +96,11 @@ def scene_sample(
         )
         sample[BANDS_FIELD] = list(chosen)
         if remote:
+            if fomm.get_media_type(path) != fomm.IMAGE:
+                raise OSError(
+                    f"FiftyOne cannot store '{path}' as an image's filepath: the URL's path "
+                    "has no image extension such as .tif"
+                )
             sample.filepath = path
     digest = hashlib.sha1((path if remote else os.path.abspath(path)).encode()).hexdigest()[:10]
     preview_path = str(preview_dir / f"{display_name(path)}-{digest}.png")
