@@ -3,6 +3,9 @@ and S3 (moto's server), with the bytes each read fetched."""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import fiftyone as fo
 import numpy as np
 import pytest
@@ -102,9 +105,10 @@ def test_remote_import_reads_the_header_and_an_overview(served, dataset_name):
 def test_labelling_a_remote_scene_fetches_each_block_once(served, tmp_path):
     server, path = served
     model = stub_model(TILED.replace(tile_size=256, tile_overlap=32))  # 5 x 4 tiles
-    local = model.annotate(str(path), ["ship"])
+    classes = ["ship", "storage tank"]  # fetched once for both, not once per class
+    local = model.annotate(str(path), classes)
     with FileRaster(server.url("scene.tif")) as raster:
-        remote = annotate_scene(model, raster, ["ship"])
+        remote = annotate_scene(model, raster, classes)
     ranges = _intervals(server.log())  # consecutive blocks share only their 4-byte leaders
     overlaps = [a[1] - b[0] + 1 for a, b in zip(ranges, ranges[1:], strict=False)]
     assert max(overlaps) <= 8, "a block fetched twice"
@@ -124,6 +128,8 @@ def test_labelling_a_remote_scene_fetches_each_block_once(served, tmp_path):
     assert full_resolution <= server.served() - before <= 1.01 * full_resolution + 16384
     assert [i.box for i in again] == [i.box for i in segment_scene(
         model.prompter, FileRaster(path), local.heatmap_files, 0.5)]  # fmt: skip
+    for annotation in (local, remote):  # the heatmaps' temporary folders
+        shutil.rmtree(os.path.dirname(next(iter(annotation.heatmap_files.values()))))
 
 
 def test_a_transient_error_fails_the_sample_and_resume_retries_it(
