@@ -31,6 +31,7 @@ from pyproj import CRS
 from rasterio import Affine
 from rasterio.features import shapes
 
+from .oriented import COLUMNS as ORIENTED_COLUMNS
 from .oriented import oriented_features
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
@@ -216,7 +217,8 @@ def export_geo(
     layer = layer or pred_field
     layers = {layer: (gpd.GeoDataFrame(table, geometry="geometry", crs=target), "MultiPolygon")}
     if oriented_boxes:
-        rows = pd.concat([b.to_crs(target) for b in boxes], ignore_index=True)
+        empty = [_empty(target, ORIENTED_COLUMNS)]
+        rows = pd.concat([b.to_crs(target) for b in boxes] or empty, ignore_index=True)
         layers[f"{layer}_oriented"] = (gpd.GeoDataFrame(rows, geometry="geometry"), "Polygon")
     _write_replacing(layers, path, driver)
     crs_name = target.to_string()
@@ -248,8 +250,8 @@ def _output_crs(frames: list[gpd.GeoDataFrame], driver: str, crs: Any) -> CRS:
     return native[0]
 
 
-def _empty(crs: CRS) -> gpd.GeoDataFrame:
-    table = pd.DataFrame(columns=list(COLUMNS)).astype(COLUMNS)
+def _empty(crs: CRS, columns: dict[str, str] = COLUMNS) -> gpd.GeoDataFrame:
+    table = pd.DataFrame(columns=list(columns)).astype(columns)
     return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries([], crs=crs))
 
 

@@ -165,3 +165,13 @@ def test_export_geo_writes_oriented_boxes_as_a_second_layer(tmp_path):
     assert row.geometry.buffer(1e-3).contains(masks.geometry[0])  # the mask lies inside
     with pytest.raises(ValueError, match="GeoJSON holds one layer"):
         export_geo(dataset, "pred", tmp_path / "ships.geojson", oriented_boxes=True)
+
+
+def test_an_empty_view_writes_empty_layers(tmp_path):
+    dataset = _scene_dataset(tmp_path, [("ship", _rect((40, 60), 2, 2, 4, 4), 0.9)])
+    out = export_geo(
+        dataset.limit(0), "pred", tmp_path / "none.gpkg", crs=UTM33, oriented_boxes=True
+    )
+    assert out["features"] == 0
+    boxes = gpd.read_file(tmp_path / "none.gpkg", layer="pred_oriented")
+    assert len(boxes) == 0 and "angle" in boxes.columns
