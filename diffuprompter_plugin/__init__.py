@@ -33,6 +33,8 @@ _EXPORTS = {
     "calibrate_acceptance": "calibration",
     "export_training_set": "export",
     "compare_signals": "ranking",
+    "export_dota": "dota",
+    "import_stac": "importers.stac",
 }
 
 __all__ = sorted(_EXPORTS)

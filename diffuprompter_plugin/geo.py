@@ -36,6 +36,8 @@ from rasterio import Affine
 from rasterio.features import shapes
 
 from .export import training_view
+from .oriented import COLUMNS as ORIENTED_COLUMNS
+from .oriented import oriented_features
 from .verdicts import verdict_name
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
@@ -208,6 +210,7 @@ def export_geo(
     include: str | float | None = None,
     overwrite: bool = False,
     progress: bool | Callable | None = None,
+    oriented_boxes: bool = False,
 ) -> dict[str, Any]:
     """Writes the instance masks of a Detections field as georeferenced
     polygons, one MultiPolygon feature per instance (see the module notes).
@@ -238,10 +241,15 @@ def export_geo(
             or a quality threshold); None: every label.
         overwrite: replace an existing layer of that name (GeoPackage) or
             an existing file (GeoJSON).
+        oriented_boxes: GeoPackage only: also write each instance's
+            oriented box (the minimum-area rectangle of its mask, see
+            :mod:`~diffuprompter_plugin.oriented`) as a Polygon in a second
+            layer, ``<layer>_oriented``.
 
     Returns:
         ``path``, ``samples``, ``features`` written and the output ``crs``
-        (``EPSG:<code>`` where it has one, else WKT).
+        (``EPSG:<code>`` where it has one, else WKT); with
+        ``oriented_boxes``, ``oriented_layer`` too.
 
     Raises:
         ValueError: an unknown extension, ``pred_field`` not a Detections
@@ -257,19 +265,31 @@ def export_geo(
         raise ValueError(f"Unknown format of '{path}': use one of {sorted(DRIVERS)}")
     if driver == "GeoJSON" and crs is not None:
         raise ValueError("GeoJSON is always WGS84 (RFC 7946); crs= applies to .gpkg only")
+    if driver == "GeoJSON" and oriented_boxes:
+        raise ValueError("GeoJSON holds one layer: write oriented boxes to a .gpkg")
     _check_detections_field(samples, pred_field)
     if include is not None:
         samples = training_view(samples, pred_field, include)
     layer = layer or pred_field
-    keep = _existing_container(path, driver, layer, overwrite)
+    names = [layer, f"{layer}_oriented"] if oriented_boxes else [layer]
+    keep = _existing_container(path, driver, names, overwrite)
+    frames, boxes = [], []
     with fou.ProgressBar(total=len(samples), progress=progress) as pb:
-        frames = [sample_features(sample, pred_field) for sample in pb(samples)]
+        for sample in pb(samples):
+            frames.append(sample_features(sample, pred_field))
+            if oriented_boxes:
+                boxes.append(oriented_features(sample, pred_field, *georeference(sample)))
     target = _output_crs(frames, driver, crs)
     table = pd.concat([f.to_crs(target) for f in frames] or [_empty(target)], ignore_index=True)
-    frame = gpd.GeoDataFrame(table, geometry="geometry", crs=target)
-    _write_replacing(frame, path, driver, layer, keep)
+    layers = {layer: (gpd.GeoDataFrame(table, geometry="geometry", crs=target), "MultiPolygon")}
+    if oriented_boxes:
+        empty = [_empty(target, ORIENTED_COLUMNS)]
+        rows = pd.concat([b.to_crs(target) for b in boxes] or empty, ignore_index=True)
+        layers[f"{layer}_oriented"] = (gpd.GeoDataFrame(rows, geometry="geometry"), "Polygon")
+    _write_replacing(layers, path, driver, keep)
     crs_name = target.to_string()
-    return {"path": path, "samples": len(frames), "features": len(table), "crs": crs_name}
+    out = {"path": path, "samples": len(frames), "features": len(table), "crs": crs_name}
+    return {**out, "oriented_layer": f"{layer}_oriented"} if oriented_boxes else out
 
 
 def _check_detections_field(samples: Any, pred_field: str) -> None:
@@ -296,13 +316,14 @@ def _output_crs(frames: list[gpd.GeoDataFrame], driver: str, crs: Any) -> CRS:
     return native[0]
 
 
-def _empty(crs: CRS) -> gpd.GeoDataFrame:
-    table = pd.DataFrame(columns=list(COLUMNS)).astype(COLUMNS)
+def _empty(crs: CRS, columns: dict[str, str] = COLUMNS) -> gpd.GeoDataFrame:
+    table = pd.DataFrame(columns=list(columns)).astype(columns)
     return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries([], crs=crs))
 
 
-def _existing_container(path: str, driver: str, layer: str, overwrite: bool) -> bool:
-    """Whether ``path`` is a GeoPackage whose other layers the export keeps.
+def _existing_container(path: str, driver: str, layers: list[str], overwrite: bool) -> bool:
+    """Whether ``path`` is a GeoPackage whose other layers the export keeps
+    (``layers`` are the ones it writes).
 
     Raises:
         FileExistsError: the layer, or the file (GeoJSON, or a ``.gpkg``
@@ -312,7 +333,7 @@ def _existing_container(path: str, driver: str, layer: str, overwrite: bool) -> 
         return False
     if driver == "GPKG":
         try:
-            layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+            existing = [str(name) for name, _ in pyogrio.list_layers(path)]
         except pyogrio.errors.DataSourceError as e:
             if not overwrite:
                 raise FileExistsError(
@@ -320,9 +341,10 @@ def _existing_container(path: str, driver: str, layer: str, overwrite: bool) -> 
                     "to replace it"
                 ) from e
             return False
-        if layer in layers and not overwrite:
+        taken = [name for name in layers if name in existing]
+        if taken and not overwrite:
             raise FileExistsError(
-                f"Layer '{layer}' exists in '{path}' (layers: {', '.join(layers)}); pass "
+                f"Layer '{taken[0]}' exists in '{path}' (layers: {', '.join(existing)}); pass "
                 "overwrite=True to replace it, or another layer="
             )
         return True
@@ -332,26 +354,28 @@ def _existing_container(path: str, driver: str, layer: str, overwrite: bool) -> 
 
 
 def _write_replacing(
-    frame: gpd.GeoDataFrame, path: str, driver: str, layer: str, keep: bool
+    layers: dict[str, tuple[gpd.GeoDataFrame, str]], path: str, driver: str, keep: bool
 ) -> None:
-    """Writes ``layer`` to a temporary file (a copy of ``path`` when ``keep``,
-    so its other layers stay) that then replaces ``path``."""
+    """Writes ``{layer: (frame, geometry type)}`` to a temporary file (a
+    copy of ``path`` when ``keep``, so its other layers stay) that then
+    replaces ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, temporary = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     os.remove(temporary)  # the drivers create the file themselves
     try:
-        if keep:  # the layer is added to the copy; one of the same name is replaced
+        if keep:  # the layers are added to the copy; ones of the same names are replaced
             shutil.copyfile(path, temporary)
         options = RFC7946 if driver == "GeoJSON" else {}
-        frame.to_file(
-            temporary,
-            driver=driver,
-            layer=layer,
-            geometry_type="MultiPolygon",
-            layer_options=options,
-        )
+        for layer, (frame, geometry_type) in layers.items():
+            frame.to_file(
+                temporary,
+                driver=driver,
+                layer=layer,
+                geometry_type=geometry_type,
+                layer_options=options,
+            )
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -14,6 +14,7 @@ from .resume import ResumePseudoLabels
 from .rethreshold import RethresholdPseudoLabels
 from .review import AcceptPseudoLabels, ReviewPseudoLabels, ReviewStatus
 from .run_diffuprompter import RunDiffuPrompter
+from .stac import ImportStac
 
 OPERATORS = (
     RunDiffuPrompter,
@@ -24,6 +25,7 @@ OPERATORS = (
     ImportIsaid,
     ImportNwpuVhr10,
     ImportGeotiffs,
+    ImportStac,
     EvaluatePseudoLabels,
     ExportGeo,
     ReviewPseudoLabels,

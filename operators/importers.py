@@ -20,6 +20,13 @@ class ImportOperator(forms.FormOperator):
 
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
+        self.root_input(inputs)
+        inputs.str("dataset_name", label="Dataset", default=self.default_dataset, required=True)
+        self.extra_inputs(inputs)
+        return forms.form(inputs, self.operator_label)
+
+    def root_input(self, inputs: types.Object) -> None:
+        """The form field ``root``: what to import (default: a folder)."""
         inputs.str(
             "root",
             label="Folder",
@@ -27,9 +34,6 @@ class ImportOperator(forms.FormOperator):
             required=True,
             view=types.FileExplorerView(choose_dir=True),
         )
-        inputs.str("dataset_name", label="Dataset", default=self.default_dataset, required=True)
-        self.extra_inputs(inputs)
-        return forms.form(inputs, self.operator_label)
 
     def extra_inputs(self, inputs: types.Object) -> None:
         """Importer-specific form fields."""
@@ -165,14 +169,18 @@ class ImportGeotiffs(ImportOperator):
         )
         inputs.int("preview_size", label="Preview size (px)", default=1024, min=64, max=8192)
 
+    @staticmethod
+    def bands(ctx: Any) -> list[int] | None:
+        """The form's ``bands`` text as band indices (None when empty)."""
+        text = ctx.params.get("bands") or ""
+        try:
+            return [int(b) for b in text.replace(",", " ").split()] or None
+        except ValueError as e:
+            raise ValueError(f"bands must be integers like 4,3,2, got {text!r}") from e
+
     def run(self, ctx, root, name, progress):
         from diffuprompter_plugin.importers import import_geotiffs
 
-        text = ctx.params.get("bands") or ""
-        try:
-            bands = [int(b) for b in text.replace(",", " ").split()] or None
-        except ValueError as e:
-            raise ValueError(f"bands must be integers like 4,3,2, got {text!r}") from e
         return import_geotiffs(
-            root, name, bands=bands, progress=progress, **self.given(ctx, "preview_size")
+            root, name, bands=self.bands(ctx), progress=progress, **self.given(ctx, "preview_size")
         )

@@ -20,7 +20,7 @@ WORKER = f"{PLUGIN}/label_queued_samples"
 RETHRESHOLD = f"{PLUGIN}/rethreshold_pseudo_labels"
 IMPORTS = [
     f"{PLUGIN}/import_{n}"
-    for n in ("classification_collection", "isaid", "nwpu_vhr10", "geotiffs")
+    for n in ("classification_collection", "isaid", "nwpu_vhr10", "geotiffs", "stac")
 ]
 EVALUATE = f"{PLUGIN}/evaluate_pseudo_labels"
 EXPORT_GEO = f"{PLUGIN}/export_geo"

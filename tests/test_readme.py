@@ -14,12 +14,14 @@ from pathlib import Path
 
 import fiftyone as fo
 import numpy as np
+import pyogrio
 from PIL import Image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 SKIPPED = {
     "import_classification_collection(": "needs the paper's collections under /data",
+    "Client.open(": "searches a public STAC API on the internet",
     "evaluate_pseudo_labels(": "needs iSAID with ground-truth masks and a labelled subset",
     "review_view(": "needs labels with quality signals; tests/test_export.py runs it",
     "calibrate_acceptance(": "needs a person's verdicts; tests/test_export.py runs it",
@@ -35,6 +37,8 @@ def substitutions(sd: str, sam: str, data: Path) -> dict[str, str]:
     tiny = f"sd_model={sd!r}, sam_model={sam!r}, resolution=64, crf=False, device='cpu'"
     return {
         '"/data/scenes': f'"{data}/scenes',
+        '"/data/stac': f'"{data}/stac',
+        '"/data/ships': f'"{data}/ships',
         '"stable-diffusion-v1-5/stable-diffusion-v1-5"': repr(sd),
         '"vit_h"': repr(sam),
         "DiffuPrompterConfig(loops=50, threshold=0.4)": (
@@ -65,6 +69,7 @@ def _reader_files(folder: Path) -> None:
             transform=from_origin(500000 + 100 * k, 4500000, 0.5, 0.5),
         ) as dst:  # fmt: skip
             dst.write(rng.integers(0, 255, (3, 64, 96), dtype=np.uint8))
+    _static_catalogue(folder)
     for name in ("tank_farm.tif", "harbour.png"):
         Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / name)
     dataset = fo.Dataset("aid-subset", persistent=True)
@@ -74,6 +79,26 @@ def _reader_files(folder: Path) -> None:
         )
         for label in ("ship", "harbor")
     )
+
+
+def _static_catalogue(folder: Path) -> None:
+    """A STAC catalogue in ``folder/stac``: the two scenes as items with a
+    ``visual`` asset, and a third item without one."""
+    from datetime import datetime, timezone
+
+    import pystac
+
+    catalog = pystac.Catalog("scenes", "The README's scenes")
+    for k, asset in enumerate(["visual", "visual", "B04"]):
+        item = pystac.Item(
+            f"scene_{k}", None, None, datetime(2024, 6, k + 1, tzinfo=timezone.utc),
+            {"eo:cloud_cover": 5.0 * k, "platform": "sentinel-2a"},
+        )  # fmt: skip
+        href = str(folder / "scenes" / f"scene_{k % 2}.tif")
+        item.add_asset(asset, pystac.Asset(href, media_type=pystac.MediaType.COG))
+        catalog.add_item(item)
+    catalog.normalize_hrefs(str(folder / "stac"))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
 
 
 def test_every_readme_python_block_runs(tiny_models, tmp_path, monkeypatch):
@@ -104,7 +129,16 @@ def test_every_readme_python_block_runs(tiny_models, tmp_path, monkeypatch):
         assert scenes.count("dp_instances") == 2 and scenes.first().crs is not None
         assert (tmp_path / "scenes_dp.gpkg").stat().st_size > 0  # the GIS block's export
         assert (tmp_path / "scenes_dp.geojson").stat().st_size > 0
+        stac_scenes = fo.load_dataset("stac-scenes")  # the STAC block's
+        assert sorted(stac_scenes.values("stac_id")) == ["scene_0", "scene_1"]
+        assert namespace["report"].skipped == [("scene_2", "no asset 'visual' (its assets: B04)")]
+        assert stac_scenes.count("dp_ships") == 2
+        assert sorted(p.name for p in (tmp_path / "ships_dota").iterdir()) == [
+            "scene_0.txt",
+            "scene_1.txt",
+        ]
+        assert "dp_ships_oriented" in dict(pyogrio.list_layers(tmp_path / "ships.gpkg"))
     finally:
-        for name in ("aid-subset", "scenes"):
+        for name in ("aid-subset", "scenes", "stac-scenes"):
             if fo.dataset_exists(name):
                 fo.delete_dataset(name)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputImageError
+from .remote import gdal_messages, gdal_path, is_remote, read_error, remote_env
 
 Box = tuple[int, int, int, int]
 """(x0, y0, x1, y1) in pixels; x1 and y1 are exclusive (x1 - x0 is the width)."""
@@ -137,11 +139,14 @@ class FileRaster(Raster):
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
         self.name = os.fspath(path)
+        self.remote = is_remote(self.name)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), self._env(), gdal_messages() as messages:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.dataset = rasterio.open(self.name)
+                self.dataset = rasterio.open(gdal_path(self.name))
         except RasterioIOError as e:
+            if self.remote:
+                raise read_error(self.name, "the header", e, messages) from e
             raise InputImageError(f"Cannot read image '{self.name}': {gdal_message(e)}") from e
         self.height, self.width = self.dataset.height, self.dataset.width
         try:
@@ -202,27 +207,40 @@ class FileRaster(Raster):
             lut[index] = color[:3]
         return lut
 
+    def _env(self) -> AbstractContextManager:
+        """GDAL's settings for remote reads (:func:`.remote.remote_env`)."""
+        return remote_env() if self.remote else nullcontext()
+
     def _read(self, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
         """Chosen bands as h x w x 3 in the file's dtype, and the valid mask.
 
         Raises:
             InputImageError: GDAL cannot read the pixels (a truncated or
-                corrupt file), naming the file and carrying GDAL's message.
+                corrupt file), naming the file and carrying GDAL's message;
+                for a remote file, :class:`~.remote.RemoteReadError` naming
+                the URL, the window and GDAL's HTTP status.
         """
         from rasterio.errors import RasterioError
 
+        with self._env(), gdal_messages() as messages:
+            try:
+                return self._read_bands(**kwargs)
+            except RasterioError as e:
+                if self.remote:
+                    raise read_error(self.name, _what(kwargs.get("window")), e, messages) from e
+                raise InputImageError(f"Cannot read image '{self.name}': {gdal_message(e)}") from e
+
+    def _read_bands(self, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
+        """Chosen bands as h x w x 3 in the file's dtype, and the valid mask."""
         unique = sorted(set(self.bands))
-        try:
-            stack = self.dataset.read(unique, **kwargs)
-            valid = None
-            if any(self.dataset.nodatavals[b - 1] is not None for b in unique) or any(
-                "per_dataset" in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
-                and "alpha" not in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
-                for b in unique
-            ):
-                valid = self.dataset.read_masks(unique, **kwargs).all(axis=0)
-        except RasterioError as e:
-            raise InputImageError(f"Cannot read image '{self.name}': {gdal_message(e)}") from e
+        stack = self.dataset.read(unique, **kwargs)
+        valid = None
+        if any(self.dataset.nodatavals[b - 1] is not None for b in unique) or any(
+            "per_dataset" in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
+            and "alpha" not in {f.name for f in self.dataset.mask_flag_enums[b - 1]}
+            for b in unique
+        ):
+            valid = self.dataset.read_masks(unique, **kwargs).all(axis=0)
         data = np.stack([stack[unique.index(b)] for b in self.bands], axis=-1)
         if np.issubdtype(data.dtype, np.floating):
             finite = np.isfinite(data).all(axis=-1)
@@ -337,6 +355,14 @@ def gdal_message(error: BaseException) -> str:
     return "; ".join(messages)
 
 
+def _what(window) -> str:
+    """A window's description in an error message."""
+    if window is None:
+        return "the overview"
+    x0, y0 = int(window.col_off), int(window.row_off)
+    return f"window x {x0}-{x0 + int(window.width)}, y {y0}-{y0 + int(window.height)}"
+
+
 def stretch(data: np.ndarray, low: float, high: float) -> np.ndarray:
     """Maps ``low``..``high`` linearly to 0..255 (clipped); all zero when
     ``high <= low``."""
@@ -348,12 +374,15 @@ def stretch(data: np.ndarray, low: float, high: float) -> np.ndarray:
 def open_raster(path: str | os.PathLike, bands: Sequence[int] | None = None) -> Raster:
     """The :class:`Raster` of an image file: PIL for JPEGs and single-band or
     palette images up to :data:`PIL_MAX_PIXELS` (their pixels exactly as
-    before), rasterio for everything else.
+    before), rasterio for everything else, remote scenes (``https://``,
+    ``s3://``: see :mod:`.remote`) included.
 
     Raises:
         InputImageError: the file is missing or not a readable image.
     """
     name = os.fspath(path)
+    if is_remote(name):
+        return FileRaster(name, bands)
     if bands is None:
         try:
             with Image.open(name) as img:

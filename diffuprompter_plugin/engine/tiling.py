@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from .config import DiffuPrompterConfig
 from .heatmap_store import HeatmapWriter, heatmap_preview, read_heatmap_window
+from .local_copy import local_copy
 from .mask_runs import MaskRuns
 from .raster import Box, Raster
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps, zero_nodata
@@ -299,7 +300,7 @@ def segment_scene(
     config = prompter.config
     gammas = prompter.thresholds_for(list(paths), thresholds)
     grid = tile_grid(raster.height, raster.width, config.tile_size, config.tile_overlap)
-    with _gdal_env():
+    with _gdal_env(), local_copy(raster) as raster:  # remote: each block fetched once
         tiles = list(_segment_tiles(prompter, raster, paths, gammas, grid))
     return merge_instances(tiles)
 
@@ -342,7 +343,7 @@ def annotate_scene(
     folder = tempfile.mkdtemp(prefix="dp-heatmaps-")
     paths = {name: os.path.join(folder, f"{k}.tif") for k, name in enumerate(names)}
     try:
-        with _gdal_env():
+        with _gdal_env(), local_copy(raster) as raster:  # remote: each block fetched once
             ground_scene(model, raster, names, paths, raster.georef, progress)
             instances = segment_scene(model.sam_prompter, raster, paths, thresholds)
             previews = {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}

@@ -1,5 +1,5 @@
 """Importers of the paper's data (classification collections, iSAID, NWPU VHR-10)
-and of GeoTIFF scenes."""
+and of GeoTIFF scenes (local or remote, and from STAC catalogues)."""
 
 from .categories import CATEGORIES, COLLECTIONS
 from .classification import import_classification_collection
@@ -8,6 +8,7 @@ from .dlr import import_dlr_munich
 from .geotiff import import_geotiffs
 from .isaid import import_isaid
 from .nwpu import import_nwpu_vhr10
+from .stac import import_stac
 
 __all__ = [
     "CATEGORIES",
@@ -19,4 +20,5 @@ __all__ = [
     "import_geotiffs",
     "import_isaid",
     "import_nwpu_vhr10",
+    "import_stac",
 ]

@@ -1,10 +1,13 @@
-"""Import of a folder of GeoTIFF scenes, with App previews and georeferencing.
+"""Import of GeoTIFF scenes (a folder, or URLs), with App previews and georeferencing.
 
 Each sample's ``filepath`` is the GeoTIFF itself (what the engine reads at
-native resolution). The App cannot show TIFF, so each scene also gets a PNG
-preview of the same extent, at display size, in ``preview_path``; the
-dataset's App config shows that field in the grid and the modal. Labels are
-relative to the scene, so they line up with the preview.
+native resolution): a local file, or the URL of a remote scene
+(``https://``, ``s3://``), which is read where it lives, window by window
+(see :mod:`~diffuprompter_plugin.engine.remote`). The App cannot show
+TIFF, so each scene also gets a PNG preview of the same extent, at display
+size, in ``preview_path``; the dataset's App config shows that field in the
+grid and the modal. Labels are relative to the scene, so they line up with
+the preview.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import fiftyone as fo
+import fiftyone.core.media as fomm
 import geopandas as gpd
 import rasterio
 import shapely
@@ -24,6 +28,7 @@ from pyproj import CRS
 
 from ..engine.errors import InputImageError
 from ..engine.raster import FileRaster
+from ..engine.remote import display_name, is_remote
 from ..geo import to_rfc7946
 from ..labels import BANDS_FIELD
 from .common import ImportReport, dataset_folder, new_files, run_import
@@ -80,7 +85,10 @@ def scene_sample(
     see :func:`~diffuprompter_plugin.engine.raster.gcp_georef`),
     ``bands`` (1-based R, G, B, or one band for grey), ``nodata``,
     ``preview_path``, ``location`` and ``footprint`` (lon/lat, see
-    :func:`footprint`) and metadata at native size.
+    :func:`footprint`) and metadata at native size. A remote scene's header
+    and preview are read over the network (the preview from the overview
+    nearest ``preview_size``), never the whole file; its
+    ``metadata.size_bytes`` is None (not fetched).
 
     Raises:
         OSError: not a readable raster, or a band it lacks, naming the file.
@@ -100,14 +108,15 @@ def scene_sample(
         georeferenced = georef is not None and georef["crs"] is not None
         crs = CRS.from_user_input(georef["crs"].to_wkt()) if georeferenced else None
         transform = georef["transform"] if georeferenced else None
+        remote = is_remote(path)
         sample = fo.Sample(
-            filepath=path,
+            filepath="scene.tif" if remote else path,  # FiftyOne would make a URL a local path
             metadata=fo.ImageMetadata(
                 width=src.width,
                 height=src.height,
                 num_channels=src.count,
                 mime_type="image/tiff",
-                size_bytes=os.path.getsize(path),
+                size_bytes=None if remote else os.path.getsize(path),
             ),
             crs=crs.to_wkt() if georeferenced else None,
             transform=list(transform)[:6] if georeferenced else None,
@@ -117,15 +126,22 @@ def scene_sample(
             location, parts = footprint(crs, transform, src.width, src.height)
             sample["location"], sample[FOOTPRINT_FIELD] = location, parts
         sample[BANDS_FIELD] = list(chosen)
-    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:10]
-    preview_path = str(preview_dir / f"{Path(path).stem}-{digest}.png")
+        if remote:
+            if fomm.get_media_type(path) != fomm.IMAGE:
+                raise OSError(
+                    f"FiftyOne cannot store '{path}' as an image's filepath: the URL's path "
+                    "has no image extension such as .tif"
+                )
+            sample.filepath = path
+    digest = hashlib.sha1((path if remote else os.path.abspath(path)).encode()).hexdigest()[:10]
+    preview_path = str(preview_dir / f"{display_name(path)}-{digest}.png")
     Image.fromarray(preview).save(preview_path)
     sample[PREVIEW_FIELD] = preview_path
     return sample
 
 
 def import_geotiffs(
-    root: str | os.PathLike,
+    root: str | os.PathLike | Sequence[str | os.PathLike],
     name: str,
     bands: Sequence[int] | None = None,
     preview_size: int = 1024,
@@ -133,7 +149,8 @@ def import_geotiffs(
     recursive: bool = True,
     progress: bool | Callable | None = None,
 ) -> ImportReport:
-    """Imports every ``.tif``/``.tiff`` under ``root`` as a scene sample.
+    """Imports every ``.tif``/``.tiff`` under ``root`` as a scene sample;
+    ``root`` may also be one file or URL, or a list of files and URLs.
 
     Any band count and uint8/uint16/int/float data are accepted. Previews
     (PNG, longest side ``preview_size``) are written under ``preview_dir``
@@ -144,31 +161,65 @@ def import_geotiffs(
     a chosen band, are listed in ``report.skipped``.
 
     Args:
-        root: the folder of scenes.
+        root: the folder of scenes, a scene's file or URL (``https://``,
+            ``s3://``: read where it lives, see
+            :mod:`~diffuprompter_plugin.engine.remote`), or a list of them.
         name: the dataset to create or add to (files already in it are skipped).
         bands: one or three 1-based band indices, shown in the preview and
             read by the engine when the scenes are labelled; default the
             bands tagged red, green and blue, else 1, 2, 3, else band 1.
 
     Raises:
-        ValueError: ``root`` is not a folder, or ``bands`` is not one or
-            three 1-based indices.
+        ValueError: ``root`` is neither a folder, a file, a URL nor a list
+            of them, or ``bands`` is not one or three 1-based indices.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"Scene folder '{root}' does not exist")
-    if bands is not None:
-        bands = tuple(int(b) for b in bands)
-        if len(bands) not in (1, 3) or min(bands) < 1:
-            raise ValueError(f"bands must be one or three 1-based indices, got {list(bands)}")
-    files = sorted(
-        str(p)
-        for p in (root.rglob("*") if recursive else root.iterdir())
-        if p.suffix.lower() in GEOTIFF_EXTENSIONS and p.is_file()
-    )
+    files = scene_files(root, recursive)
+    bands = check_bands(bands)
     report = run_import(name, partial(_scenes, files, preview_dir, bands, preview_size, progress))
     show_previews(fo.load_dataset(name))
     return report
+
+
+def scene_files(
+    root: str | os.PathLike | Sequence[str | os.PathLike], recursive: bool = True
+) -> list[str]:
+    """The scenes to import: a folder's ``.tif``/``.tiff`` files (sorted), a
+    file or URL, or a list of files and URLs (local paths made absolute).
+
+    Raises:
+        ValueError: a folder or file that does not exist, or an empty list.
+    """
+    if not isinstance(root, (str, os.PathLike)):
+        files = [os.fspath(r) if is_remote(r) else os.path.abspath(r) for r in root]
+        if not files:
+            raise ValueError("No scenes given: the list of files and URLs is empty")
+        return files
+    if is_remote(root):
+        return [os.fspath(root)]
+    folder = Path(root)
+    if folder.is_file():
+        return [str(folder.absolute())]
+    if not folder.is_dir():
+        raise ValueError(f"Scene folder '{root}' does not exist")
+    return sorted(
+        str(p.absolute())
+        for p in (folder.rglob("*") if recursive else folder.iterdir())
+        if p.suffix.lower() in GEOTIFF_EXTENSIONS and p.is_file()
+    )
+
+
+def check_bands(bands: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``bands`` as a tuple, checked: one or three 1-based indices.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if bands is None:
+        return None
+    bands = tuple(int(b) for b in bands)
+    if len(bands) not in (1, 3) or min(bands) < 1:
+        raise ValueError(f"bands must be one or three 1-based indices, got {list(bands)}")
+    return bands
 
 
 def show_previews(dataset: fo.Dataset) -> None:
@@ -181,11 +232,23 @@ def show_previews(dataset: fo.Dataset) -> None:
     dataset.save()
 
 
-def _scenes(files, preview_dir, bands, size, progress, known, report) -> Iterator[fo.Sample]:
-    preview_dir = (
+def scene_loader(
+    preview_dir: str | os.PathLike | None,
+    bands: Sequence[int] | None,
+    preview_size: int,
+    report: ImportReport,
+) -> Callable[[str], fo.Sample]:
+    """:func:`scene_sample` with its previews written to ``preview_dir``,
+    or by default to ``<FiftyOne's dataset dir>/__previews__/<dataset id>``
+    (never a folder named after the dataset); the folder is created."""
+    folder = (
         Path(preview_dir) if preview_dir else dataset_folder("__previews__", report.dataset_id)
     )
-    preview_dir.mkdir(parents=True, exist_ok=True)
-    load = partial(scene_sample, preview_dir=preview_dir, bands=bands, preview_size=size)
+    folder.mkdir(parents=True, exist_ok=True)
+    return partial(scene_sample, preview_dir=folder, bands=bands, preview_size=preview_size)
+
+
+def _scenes(files, preview_dir, bands, size, progress, known, report) -> Iterator[fo.Sample]:
+    load = scene_loader(preview_dir, bands, size, report)
     for _, sample in new_files(files, str, load, known, report, progress):
         yield sample
