@@ -15,6 +15,7 @@ from fiftyone import ViewField as F
 from .coco import COCO_MAX_DETS, METRIC_NAMES, coco_metrics
 from .engine.class_names import match_key
 from .importers.categories import CATEGORIES
+from .labels import require_metadata
 
 DEFAULT_CLASS_MAP = {
     **{c: c for c in CATEGORIES},
@@ -72,24 +73,6 @@ def default_max_dets(samples: Any) -> int:
     """The dataset's detections-per-image convention: ``info["max_dets"]``
     (1000 for iSAID imports, as in its devkit), else COCO's 100."""
     return int(samples._dataset.info.get("max_dets", COCO_MAX_DETS))
-
-
-def require_metadata(samples: Any) -> None:
-    """Computes image sizes where missing (COCO masks need them).
-
-    Raises:
-        ValueError: an image's size cannot be read (missing file or not an
-            image), naming the files.
-    """
-    if not samples.exists("metadata", False).count():
-        return
-    samples.compute_metadata()
-    unreadable = samples.exists("metadata", False).values("filepath")
-    if unreadable:
-        raise ValueError(
-            f"Cannot read the size of {len(unreadable)} image(s), which evaluation needs: "
-            f"the file is missing or not an image: {', '.join(unreadable[:5])}"
-        )
 
 
 def _require_masks(view: Any, field: str, classes: Sequence[str]) -> None:

@@ -33,7 +33,7 @@ from fiftyone import ViewField as F
 from scipy import ndimage
 
 from .coco import to_coco
-from .evaluation import require_metadata
+from .labels import require_metadata
 from .verdicts import ACCEPTED, REJECTED, labels_path, unreviewed
 
 logger = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 from collections.abc import Iterable
+from typing import Any
 
 import bson
 import cv2
@@ -150,3 +151,21 @@ def sample_classes(sample: fo.Sample, class_field: str) -> list[str]:
     raise ValueError(
         f"Field '{class_field}' holds {type(label).__name__}; expected Classification(s)"
     )
+
+
+def require_metadata(samples: Any) -> None:
+    """Computes image sizes where missing (COCO masks need them).
+
+    Raises:
+        ValueError: an image's size cannot be read (missing file or not an
+            image), naming the files.
+    """
+    if not samples.exists("metadata", False).count():
+        return
+    samples.compute_metadata()
+    unreadable = samples.exists("metadata", False).values("filepath")
+    if unreadable:
+        raise ValueError(
+            f"Cannot read the size of {len(unreadable)} image(s), which COCO masks need: "
+            f"the file is missing or not an image: {', '.join(unreadable[:5])}"
+        )
