@@ -45,6 +45,7 @@ class LabelQueuedSamples(forms.FormOperator):
             lease_s=params["lease_s"],
             operation=str(operation) if operation is not None else None,
             progress=forms.progress_reporter(ctx, f"Worker {params.get('part')}"),
+            run_id=params.get("run_id"),
         )
         return results.summary()
 

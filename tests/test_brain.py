@@ -315,7 +315,7 @@ def test_writer_reports_each_batch_once_it_is_saved(image_dataset):
     from diffuprompter_plugin.labelling.run import declare_fields
     from diffuprompter_plugin.labelling.writer import annotate_batches
 
-    folder = heatmap_dir(image_dataset, "dp", None)
+    folder = heatmap_dir(image_dataset, None, "run1", None)
     record = PseudoLabelsConfig("dp", {"ship": "dp_ship"}, "dp_error", folder, classes=["ship"])
     declare_fields(image_dataset, record)
     ids = image_dataset.values("id")
