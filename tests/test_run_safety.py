@@ -11,6 +11,7 @@ import shutil
 from fiftyone.core.odm import get_db_conn
 from helpers import TINY_CONFIG, EchoPrompter, StubModel
 
+from diffuprompter_plugin import pseudo_labels_status
 from diffuprompter_plugin.brain import PseudoLabels
 from diffuprompter_plugin.labelling import compute_pseudo_labels, resume_pseudo_labels
 from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels
@@ -60,3 +61,15 @@ def test_a_run_stored_before_run_ids_loads_resumes_and_keeps_its_folder(image_da
     stored = image_dataset.get_brain_info("dp").config
     assert stored.heatmap_dir == legacy and stored.run_id is not None  # given an id on resume
     assert len(_pngs(legacy)) == 4
+
+
+def test_status_counts_exactly_when_mongodbs_estimate_is_wrong(image_dataset, monkeypatch):
+    import pymongo.collection
+
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
+    # after a kill -9 and restart, MongoDB's collection metadata may say 0
+    monkeypatch.setattr(
+        pymongo.collection.Collection, "estimated_document_count", lambda *a, **k: 0
+    )
+    status = pseudo_labels_status(image_dataset, "dp")
+    assert (status["total"], status["done"], status["pending"]) == (4, 4, 0)
