@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
 from fiftyone.core.odm import get_db_conn
 from helpers import TINY_CONFIG, EchoPrompter, StubModel
 
-from diffuprompter_plugin import pseudo_labels_status
+from diffuprompter_plugin import cleanup_claims, pseudo_labels_status
 from diffuprompter_plugin.brain import PseudoLabels
+from diffuprompter_plugin.claims import CLAIMS
 from diffuprompter_plugin.labelling import compute_pseudo_labels, resume_pseudo_labels
 from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels
 
@@ -73,3 +75,44 @@ def test_status_counts_exactly_when_mongodbs_estimate_is_wrong(image_dataset, mo
     )
     status = pseudo_labels_status(image_dataset, "dp")
     assert (status["total"], status["done"], status["pending"]) == (4, 4, 0)
+
+
+def _claims_of(dataset_id):
+    return get_db_conn()[CLAIMS].count_documents(
+        {"$or": [{"dataset": dataset_id}, {"run": {"$regex": f"^{dataset_id}"}}]}
+    )
+
+
+def _interrupted(dataset, brain_key="dp"):
+    """A run stopped after two of its four samples: its pool (two done,
+    two pending) is left."""
+    with pytest.raises(KeyboardInterrupt):
+        compute_pseudo_labels(
+            dataset, brain_key, classes=["ship"], model=StubModel(fail_after=2), batch_size=1
+        )
+    return str(dataset._doc.id)
+
+
+def test_deleting_a_run_or_its_dataset_leaves_no_claims(image_dataset, tmp_path):
+    import fiftyone as fo
+
+    dataset_id = _interrupted(image_dataset)
+    assert _claims_of(dataset_id) == 4
+    image_dataset.delete_brain_run("dp")
+    assert _claims_of(dataset_id) == 0
+
+    other = fo.Dataset()
+    other.add_samples([fo.Sample(filepath=s.filepath) for s in image_dataset])
+    other_id = _interrupted(other)
+    other.delete()  # FiftyOne deletes its runs without their cleanup
+    # a claim in the format of earlier versions, of a dataset long gone
+    orphan = {"run": f"{other_id}:old", "sample": "x", "state": "pending"}
+    get_db_conn()[CLAIMS].insert_one(dict(orphan))
+    assert _claims_of(other_id) == 5
+    assert cleanup_claims() == {"claims": 5, "workers": 0}
+    assert _claims_of(other_id) == 0
+    _interrupted(image_dataset, "live")
+    get_db_conn()[CLAIMS].insert_one(dict(orphan))
+    assert pseudo_labels_status(image_dataset, "live")["pending"] == 2  # a status call cleans up
+    assert _claims_of(other_id) == 0
+    assert _claims_of(dataset_id) == 4  # a live run's claims are kept
