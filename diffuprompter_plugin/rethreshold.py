@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import fiftyone.core.utils as fou
@@ -19,9 +19,20 @@ from .labels import read_heatmap, sample_image, scene_heatmap_path, to_detection
 logger = logging.getLogger(__name__)
 
 
-def load_thresholds(thresholds: float | Mapping[str, float] | str | None) -> Any:
+def load_thresholds(
+    thresholds: float | Mapping[str, float] | str | None, classes: Sequence[str] | None = None
+) -> Any:
     """Per-class thresholds from a number, a dict, or a JSON file holding a
-    dict (optionally under a ``"thresholds"`` key, as calibration writes)."""
+    dict (optionally under a ``"thresholds"`` key, as calibration writes).
+
+    Each value must be a number in the range of the ``threshold`` setting
+    (``engine/config.py``); a class left out keeps the run's threshold.
+
+    Raises:
+        ValueError: a value that is null or out of range, or (given the
+            run's ``classes``) a class that is not one of them, exactly as
+            spelt (``Ship`` is not ``ship``); the message names both.
+    """
     if isinstance(thresholds, (str, os.PathLike)):
         path = os.fspath(thresholds)
         try:
@@ -32,10 +43,22 @@ def load_thresholds(thresholds: float | Mapping[str, float] | str | None) -> Any
         thresholds = data.get("thresholds", data) if isinstance(data, dict) else data
         if not isinstance(thresholds, dict):
             raise ValueError(f"Thresholds file '{path}' must hold a JSON object")
-    named = thresholds.items() if isinstance(thresholds, Mapping) else [("all", thresholds)]
-    for name, value in named:
-        if value is not None:
-            check_setting("threshold", value, f"Threshold for {name}")
+    if not isinstance(thresholds, Mapping):
+        if thresholds is not None:
+            check_setting("threshold", thresholds, "Threshold for all classes")
+        return thresholds
+    for name, value in thresholds.items():
+        if classes is not None and name not in classes:
+            raise ValueError(
+                f"Thresholds name the class {name!r}, which is not one of the run's classes "
+                f"{list(classes)} (names must match exactly)"
+            )
+        if value is None:
+            raise ValueError(
+                f"Threshold for {name!r} is null: give a number, or leave the class out "
+                "to keep the run's threshold"
+            )
+        check_setting("threshold", value, f"Threshold for {name!r}")
     return thresholds
 
 
@@ -76,7 +99,7 @@ def rethreshold_pseudo_labels(
     if out_field in config.field_types():
         raise ValueError(f"Field '{out_field}' belongs to brain run '{brain_key}'")
     check_batch_size(batch_size)
-    thresholds = load_thresholds(thresholds)
+    thresholds = load_thresholds(thresholds, list(config.heatmap_fields))
     prompter = config.load_prompter(sam_model, sam_checkpoint, device, prompter)
     if out_field not in config.rethreshold_fields:  # deleted with the run from now on
         config.rethreshold_fields.append(out_field)

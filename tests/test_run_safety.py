@@ -116,3 +116,43 @@ def test_deleting_a_run_or_its_dataset_leaves_no_claims(image_dataset, tmp_path)
     assert pseudo_labels_status(image_dataset, "live")["pending"] == 2  # a status call cleans up
     assert _claims_of(other_id) == 0
     assert _claims_of(dataset_id) == 4  # a live run's claims are kept
+
+
+@pytest.mark.parametrize(
+    "thresholds, message",
+    [
+        (
+            {"shipp": 0.99},
+            r"class 'shipp', which is not one of the run's classes \['ship', 'harbor'\]",
+        ),
+        (
+            {"Ship": 0.99},
+            r"class 'Ship', which is not one of the run's classes \['ship', 'harbor'\]",
+        ),
+        ({"ship": None}, r"Threshold for 'ship' is null"),
+        ({"harbor": 1.5}, r"Threshold for 'harbor'=1.5 must be "),
+        (0.0, r"Threshold for all classes=0.0 must be "),
+    ],
+)
+def test_bad_thresholds_are_refused_before_anything_is_recorded(
+    image_dataset, tmp_path, thresholds, message
+):
+    import json
+
+    from diffuprompter_plugin.engine.config import SETTINGS
+
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship", "harbor"], model=StubModel())
+    fields = set(image_dataset.get_field_schema())
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"thresholds": thresholds}))
+    echo = EchoPrompter(TINY_CONFIG)
+    for given in (thresholds, str(path)) if isinstance(thresholds, dict) else (thresholds,):
+        with pytest.raises(ValueError, match=message) as refused:
+            rethreshold_pseudo_labels(image_dataset, "dp", "dp_rt", given, prompter=echo)
+        if "must be" in message:  # the range is the threshold setting's own
+            assert SETTINGS["threshold"].rule() in str(refused.value)
+    image_dataset.reload()
+    assert set(image_dataset.get_field_schema()) == fields
+    assert image_dataset.get_brain_info("dp").config.rethreshold_fields == []
+    summary = rethreshold_pseudo_labels(image_dataset, "dp", "dp_rt", {"ship": 0.5}, prompter=echo)
+    assert summary["samples"] == 4  # a corrected call works
