@@ -13,7 +13,7 @@ import fiftyone.core.utils as fou
 
 from .brain import PseudoLabels, stored_config
 from .engine.config import check_setting
-from .labelling.checks import check_batch_size
+from .labelling.checks import check_batch_size, check_field_name
 from .labels import read_heatmap, sample_image, scene_heatmap_path, to_detections
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,10 @@ def rethreshold_pseudo_labels(
     Args:
         samples: a dataset or view with a finished or partial run.
         brain_key: the DiffuPrompter run whose heatmaps to use.
-        out_field: new ``fo.Detections`` field (overwritten if it exists);
-            it is recorded with the run, so deleting the run deletes it.
+        out_field: new ``fo.Detections`` field, or one that re-thresholding
+            this run wrote before (overwritten); any other existing field is
+            refused. It is recorded with the run, so deleting the run
+            deletes it.
         thresholds: gamma for all classes, ``{class: gamma}``, or a JSON file
             of that dict; None keeps the run's threshold.
         sam_model, sam_checkpoint, device: SAM to use (default: the run's
@@ -94,10 +96,14 @@ def rethreshold_pseudo_labels(
         can hold (see :func:`~.labels.to_detections`) is left without them.
     """
     config = stored_config(samples, brain_key)
-    if not out_field.isidentifier():
-        raise ValueError(f"Invalid field name {out_field!r}: use a Python identifier")
+    check_field_name(out_field, "out_field")
     if out_field in config.field_types():
         raise ValueError(f"Field '{out_field}' belongs to brain run '{brain_key}'")
+    if samples._dataset.has_sample_field(out_field) and out_field not in config.rethreshold_fields:
+        raise ValueError(
+            f"Field '{out_field}' exists and is not one that re-thresholding run "
+            f"'{brain_key}' wrote: choose another out_field, or delete it first"
+        )
     check_batch_size(batch_size)
     thresholds = load_thresholds(thresholds, list(config.heatmap_fields))
     prompter = config.load_prompter(sam_model, sam_checkpoint, device, prompter)

@@ -156,3 +156,46 @@ def test_bad_thresholds_are_refused_before_anything_is_recorded(
     assert image_dataset.get_brain_info("dp").config.rethreshold_fields == []
     summary = rethreshold_pseudo_labels(image_dataset, "dp", "dp_rt", {"ship": 0.5}, prompter=echo)
     assert summary["samples"] == 4  # a corrected call works
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"heatmap_field": "_id"}, r"Invalid heatmap_field '_id'"),
+        ({"pred_field": "_dp"}, r"Invalid pred_field '_dp'"),
+        ({"pred_field": "dp.instances"}, r"Invalid pred_field 'dp.instances'"),
+        ({"heatmap_field": "dp$h"}, r"Invalid heatmap_field 'dp\$h'"),
+        ({"pred_field": "ground_truth"}, r"\['ground_truth'\] already exist"),
+        ({"heatmap_field": "ground"}, r"\['ground_truth'\] already exist"),  # ground_truth class
+    ],
+)
+def test_bad_field_names_are_refused_before_anything_is_written_and_a_retry_works(
+    image_dataset, fields, message
+):
+    before = set(image_dataset.get_field_schema())
+    classes = ["truth"] if fields.get("heatmap_field") == "ground" else ["ship"]
+    with pytest.raises(ValueError, match=message):
+        compute_pseudo_labels(image_dataset, "dp", classes=classes, model=StubModel(), **fields)
+    image_dataset.reload()
+    assert image_dataset.list_brain_runs() == []
+    assert set(image_dataset.get_field_schema()) == before
+    results = compute_pseudo_labels(image_dataset, "dp", classes=classes, model=StubModel())
+    assert results.processed == 4
+
+
+def test_rethreshold_refuses_reserved_and_foreign_output_fields(image_dataset):
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
+    echo = EchoPrompter(TINY_CONFIG)
+    truth = image_dataset.values("ground_truth.label")
+    for field, message in [
+        ("_rt", r"Invalid out_field '_rt'"),
+        ("rt.x", r"Invalid out_field 'rt.x'"),
+        ("ground_truth", r"Field 'ground_truth' exists and is not one that re-thresholding"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            rethreshold_pseudo_labels(image_dataset, "dp", field, 0.5, prompter=echo)
+    assert image_dataset.values("ground_truth.label") == truth
+    assert image_dataset.get_brain_info("dp").config.rethreshold_fields == []
+    for _ in range(2):  # its own field may be written again
+        rethreshold_pseudo_labels(image_dataset, "dp", "dp_rt", 0.5, prompter=echo)
+    assert image_dataset.count("dp_rt") == 4

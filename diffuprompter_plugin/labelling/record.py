@@ -34,7 +34,7 @@ def new_record(
     ``run``, or those of ``model`` when given (see :func:`settings_and_models`)."""
     settings, models = settings_and_models(config, model, run_args)
     names = checked_class_names(samples, run_args.classes, run_args.class_field)
-    check_names(brain_key, run_args.pred_field, run_args.heatmap_field)
+    check_names(brain_key, pred_field=run_args.pred_field, heatmap_field=run_args.heatmap_field)
     existing = (
         stored_config(samples, brain_key) if brain_key in samples.list_brain_runs() else None
     )
