@@ -62,6 +62,12 @@ def load_thresholds(
     return thresholds
 
 
+def _missing_files(labels: Any) -> list[str]:
+    """The heatmap files (PNGs, scenes' GeoTIFFs) of ``labels`` not on disk."""
+    paths = [p for label in labels for p in (label.map_path, scene_heatmap_path(label)) if p]
+    return [p for p in paths if not os.path.exists(p)]
+
+
 def rethreshold_pseudo_labels(
     samples: Any,
     brain_key: str,
@@ -93,7 +99,9 @@ def rethreshold_pseudo_labels(
     Returns:
         ``{"samples": n, "instances": n, "per_class": {...}, "failures":
         {sample id: error}}``: a sample whose new instances are more than it
-        can hold (see :func:`~.labels.to_detections`) is left without them.
+        can hold (see :func:`~.labels.to_detections`), or whose heatmap
+        files are gone (the error names them), is left without them, and
+        the others are re-thresholded.
     """
     config = stored_config(samples, brain_key)
     check_field_name(out_field, "out_field")
@@ -125,6 +133,13 @@ def rethreshold_pseudo_labels(
                     if sample[field] is not None
                 }
                 scene = {name: scene_heatmap_path(label) for name, label in labels.items()}
+                missing = _missing_files(labels.values())
+                if missing:  # fails this sample alone; resume computes it again
+                    failures[sample.id] = f"Heatmap files missing: {missing}"
+                    if sample.has_field(out_field):  # an earlier re-threshold's: now stale
+                        sample[out_field] = None
+                    pb.update()
+                    continue
                 if all(scene.values()):  # a scene labelled in tiles: window by window
                     with opened(sample_image(sample)) as raster:
                         instances = segment_scene(prompter, raster, scene, thresholds)
@@ -140,6 +155,17 @@ def rethreshold_pseudo_labels(
                     sample[out_field] = None
                     failures[sample.id] = str(e)
                 pb.update()
+    lost = [i for i, e in failures.items() if e.startswith("Heatmap files missing")]
+    if lost:
+        logger.warning(
+            "%d samples of run '%s' lost their heatmap files and got no '%s' (%s); "
+            "resume_pseudo_labels(samples, '%s') computes them again",
+            len(lost),
+            brain_key,
+            out_field,
+            ", ".join(lost),
+            brain_key,
+        )
     return {
         "samples": len(ids),
         "instances": done.count(f"{out_field}.detections"),

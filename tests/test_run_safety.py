@@ -199,3 +199,26 @@ def test_rethreshold_refuses_reserved_and_foreign_output_fields(image_dataset):
     for _ in range(2):  # its own field may be written again
         rethreshold_pseudo_labels(image_dataset, "dp", "dp_rt", 0.5, prompter=echo)
     assert image_dataset.count("dp_rt") == 4
+
+
+def test_lost_heatmaps_fail_only_their_samples_and_resume_computes_them_again(image_dataset):
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
+    lost = image_dataset.limit(2)
+    lost_ids, files = lost.values("id"), lost.values("dp_heatmap_ship.map_path")
+    for path in files:
+        os.remove(path)
+    status = pseudo_labels_status(image_dataset, "dp")
+    assert (status["done"], status["lost_heatmaps"]) == (4, 2)
+    echo = EchoPrompter(TINY_CONFIG)
+    summary = rethreshold_pseudo_labels(image_dataset, "dp", "dp_rt", 0.5, prompter=echo)
+    assert sorted(summary["failures"]) == sorted(lost_ids)
+    for sample_id, path in zip(lost_ids, files, strict=True):
+        assert path in summary["failures"][sample_id]  # names the missing file
+    assert image_dataset.count("dp_rt") == 2  # the others went on
+    model = StubModel()
+    results = resume_pseudo_labels(image_dataset, "dp", model=model)
+    assert len(model.calls) == 2 and results.processed == 4
+    assert all(os.path.exists(p) for p in files)
+    assert pseudo_labels_status(image_dataset, "dp")["lost_heatmaps"] == 0
+    summary = rethreshold_pseudo_labels(image_dataset, "dp", "dp_rt", 0.5, prompter=echo)
+    assert summary["failures"] == {} and image_dataset.count("dp_rt") == 4
