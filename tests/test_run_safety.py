@@ -12,7 +12,7 @@ import pytest
 from fiftyone.core.odm import get_db_conn
 from helpers import TINY_CONFIG, EchoPrompter, StubModel
 
-from diffuprompter_plugin import cleanup_claims, pseudo_labels_status
+from diffuprompter_plugin import pseudo_labels_status
 from diffuprompter_plugin.brain import PseudoLabels
 from diffuprompter_plugin.claims import CLAIMS
 from diffuprompter_plugin.labelling import compute_pseudo_labels, resume_pseudo_labels
@@ -95,6 +95,8 @@ def _interrupted(dataset, brain_key="dp"):
 
 def test_deleting_a_run_or_its_dataset_leaves_no_claims(image_dataset, tmp_path):
     import fiftyone as fo
+
+    from diffuprompter_plugin import cleanup_claims
 
     dataset_id = _interrupted(image_dataset)
     assert _claims_of(dataset_id) == 4
