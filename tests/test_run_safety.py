@@ -224,3 +224,48 @@ def test_lost_heatmaps_fail_only_their_samples_and_resume_computes_them_again(im
     assert pseudo_labels_status(image_dataset, "dp")["lost_heatmaps"] == 0
     summary = rethreshold_pseudo_labels(image_dataset, "dp", "dp_rt", 0.5, prompter=echo)
     assert summary["failures"] == {} and image_dataset.count("dp_rt") == 4
+
+
+class _Deleter(StubModel):
+    """A stub that, on its second sample, deletes its run (or its whole
+    dataset) from another handle, as another process would."""
+
+    def __init__(self, name, whole_dataset=False):
+        super().__init__()
+        self.name, self.whole_dataset = name, whole_dataset
+
+    def annotate(self, image, class_names, thresholds=None):
+        import fiftyone as fo
+
+        if len(self.calls) == 1:
+            other = fo.load_dataset(self.name)
+            if self.whole_dataset:
+                other.delete()
+            else:
+                other.delete_brain_run("dp")
+        return super().annotate(image, class_names, thresholds)
+
+
+@pytest.mark.parametrize("whole_dataset", [False, True])
+def test_a_run_deleted_while_it_labels_stops_and_leaves_nothing(image_dataset, whole_dataset):
+    import fiftyone as fo
+
+    from diffuprompter_plugin import RunDeletedError
+    from diffuprompter_plugin.claims import WORKERS
+    from diffuprompter_plugin.labelling import heatmap_root
+
+    dataset = fo.Dataset()
+    dataset.add_samples([fo.Sample(filepath=s.filepath) for s in image_dataset])
+    dataset_id, root = str(dataset._doc.id), heatmap_root(dataset)
+    model = _Deleter(dataset.name, whole_dataset)
+    with pytest.raises(RunDeletedError, match="'dp'.*was deleted while this worker labelled it"):
+        compute_pseudo_labels(dataset, "dp", classes=["ship"], model=model, batch_size=1)
+    assert len(model.calls) == 2  # stopped at the sample it was computing
+    assert _claims_of(dataset_id) == 0
+    assert get_db_conn()[WORKERS].count_documents({}) == 0
+    assert not os.path.exists(root) or os.listdir(root) == []  # no PNG came back
+    collection = get_db_conn()[f"samples.{dataset_id}"]
+    for field in ("dp_instances", "dp_instances_error", "dp_heatmap_ship"):
+        assert collection.count_documents({field: {"$exists": True}}) == 0
+    if not whole_dataset:
+        dataset.delete()

@@ -12,6 +12,7 @@ from typing import Any
 
 import fiftyone as fo
 import fiftyone.core.utils as fou
+from fiftyone.core.odm import get_db_conn
 
 from ..brain import PseudoLabels, PseudoLabelsConfig, PseudoLabelsResults, stored_config
 from ..claims import LEASE_S, POLL_S, RunClaims, RunDeletedError, cleanup_claims, schema_lock
@@ -178,9 +179,12 @@ class Run:
         and values of its fields that the dataset no longer declares."""
         shutil.rmtree(self.record.heatmap_dir, ignore_errors=True)
         self.claims.close()
-        dataset = self.samples._dataset
-        dataset.reload()
-        erase_undeclared(dataset, list(self.record.field_types()))
+        from bson import ObjectId
+
+        if get_db_conn().datasets.count_documents({"_id": ObjectId(self.claims.dataset)}, limit=1):
+            dataset = self.samples._dataset  # else deleted, and its samples with it
+            dataset.reload()
+            erase_undeclared(dataset, list(self.record.field_types()))
 
     def finish(self, finaliser: bool) -> PseudoLabelsResults:
         """The run's results; the ``finaliser`` (the worker that ends last)

@@ -54,9 +54,10 @@ def annotate_batches(
     saved: list[list[str]] = []
 
     def save() -> None:
+        if not unsaved:
+            return
         try:
-            if unsaved:
-                check()
+            check()
             with samples.save_context() as saver:
                 for sample in unsaved:
                     saver.save(sample)
