@@ -24,6 +24,7 @@ class LabelQueuedSamples(forms.FormOperator):
         inputs = types.Object()
         inputs.str("brain_key", label="Brain key", required=True)
         inputs.str("part", label="Worker", description="This operation's number, e.g. 2/4")
+        inputs.str("run_id", label="Run id", description="The run this operation was queued for")
         inputs.int("batch_size", label="Samples per claim", default=4, min=1)
         inputs.float("lease_s", label="Claim lease (s)", min=1)
         forms.device_input(inputs)
