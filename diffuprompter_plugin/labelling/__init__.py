@@ -257,14 +257,19 @@ def pseudo_labels_status(samples: Any, brain_key: str) -> dict[str, Any]:
     command that marks them failed: ``fiftyone delegated fail ID ...``.
     Dead workers whose operations FiftyOne no longer runs are forgotten.
 
+    Counts are exact (never MongoDB's estimated count, which can be wrong
+    after a restart). The call also removes orphan claims (see
+    :func:`~diffuprompter_plugin.claims.cleanup_claims`).
+
     Returns:
         ``{"total", "done", "failed", "claimed", "stale", "pending",
-        "workers", "dead_operations"}``: sample counts (done: with
-        instances; failed: with an error only; claimed: held by live
-        workers; stale: held by workers whose lease ran out, taken again by
-        the next worker or resume; pending: the rest), the number of live
-        workers, and the ids of the run's RUNNING operations whose worker
-        died.
+        "workers", "dead_operations", "lost_heatmaps"}``: sample counts
+        (done: with instances; failed: with an error only; claimed: held by
+        live workers; stale: held by workers whose lease ran out, taken
+        again by the next worker or resume; pending: the rest), the number
+        of live workers, the ids of the run's RUNNING operations whose
+        worker died, and the number of done samples whose heatmap files are
+        gone (a resume computes them again).
     """
     return Run.stored(samples, brain_key).status()
 
