@@ -23,6 +23,8 @@ _EXPORTS = {
     "start_pseudo_labels": "labelling",
     "pseudo_labels_status": "labelling",
     "RunInProgressError": "claims",
+    "RunDeletedError": "claims",
+    "cleanup_claims": "claims",
     "rethreshold_pseudo_labels": "rethreshold",
     "evaluate_pseudo_labels": "evaluation",
     "calibrate_thresholds": "evaluation",

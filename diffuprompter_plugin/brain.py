@@ -45,6 +45,10 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
         smoke: True for runs with tiny random-weight models.
         rethreshold_fields: ``fo.Detections`` fields that re-thresholding
             wrote from this run's heatmaps; deleted with the run.
+        run_id: the run's own id, given when it is registered and kept
+            through renames: its claims and its heatmap folder are named by
+            it, and its workers write only while a run with this id exists.
+            None in runs stored before run ids (given one when resumed).
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
         models: dict[str, Any] | None = None,
         smoke: bool = False,
         rethreshold_fields: list[str] | None = None,
+        run_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.pred_field = pred_field
@@ -71,6 +76,7 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
         self.models = models or {}
         self.smoke = smoke
         self.rethreshold_fields = rethreshold_fields or []
+        self.run_id = run_id
         super().__init__(**kwargs)
 
     @property
@@ -176,8 +182,13 @@ class PseudoLabels(fob.BrainMethod):
         return [*self.config.field_types(), *self.config.rethreshold_fields]
 
     def cleanup(self, samples: Any, brain_key: str) -> None:
-        """Deletes the run's fields, the re-threshold fields it fed, and its
-        heatmap folder."""
+        """Deletes the run's claims, its fields, the re-threshold fields it
+        fed, and its heatmap folder. Its workers stop at their next write
+        (they check that the run exists before each)."""
+        from .claims import end_run
+
+        if self.config.run_id is not None:
+            end_run(self.config.run_id)
         dataset = samples._dataset
         fields = [f for f in self.get_fields(samples, brain_key) if dataset.has_sample_field(f)]
         dataset.delete_sample_fields(fields, error_level=1)

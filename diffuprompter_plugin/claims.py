@@ -7,7 +7,13 @@ which joins its run as its one worker. The processes that run DenseCRF for
 a model are its CRF pool, never workers.
 
 A run's pending samples form a claim pool: one document per (run, sample)
-in the collection ``diffuprompter_claims``. Any number of workers, on any
+in the collection ``diffuprompter_claims``, where the run is named by its
+*run id*: a fresh id given to every run when it is registered and kept in
+its record (``PseudoLabelsConfig.run_id``), so that a run's claims and
+"done" marks are its own, and a later run under the same key (or a renamed
+one) never inherits them. Every claim also names its dataset, so the
+claims of deleted runs and datasets can be found and removed
+(:func:`cleanup_claims`). Any number of workers, on any
 machines that reach the same MongoDB, take samples from it in small batches
 with atomic updates and a lease, so faster workers take more, no sample is
 taken by two live workers, and a dead worker's samples are taken again once
@@ -65,6 +71,32 @@ class RunInProgressError(RuntimeError):
     """A run was started under a key that live workers are labelling."""
 
 
+class RunDeletedError(RuntimeError):
+    """The run a worker labels was deleted (or replaced under its key)
+    meanwhile: the worker stops and writes nothing more."""
+
+
+RUNS = "runs"
+"""FiftyOne's collection of run records (``RunDocument``): a run exists while
+a record with its run id in its config does, unless it is being deleted."""
+DELETING = "diffuprompter_deleting"
+"""The mark :func:`end_run` sets on a run record that is being deleted."""
+
+
+def run_exists(dataset_id: Any, run_id: str) -> bool:
+    """Whether the run ``run_id`` of the dataset ``dataset_id`` still exists
+    and is not being deleted: read from the database, not from a process's
+    possibly stale dataset."""
+    from bson import ObjectId
+
+    found = {
+        "_dataset_id": ObjectId(str(dataset_id)),
+        "config.run_id": run_id,
+        DELETING: {"$ne": True},
+    }
+    return _collection(RUNS).count_documents(found, limit=1) > 0
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)  # Mongo stores naive UTC
 
@@ -85,6 +117,7 @@ class RunClaims:
     Args:
         dataset: the run's dataset.
         brain_key: the run's key.
+        run_id: the run's id (its record's ``run_id``).
         lease_s: seconds this worker's claims last without renewal.
         worker: this worker's name (default :func:`worker_name`).
     """
@@ -93,10 +126,13 @@ class RunClaims:
         self,
         dataset: Any,
         brain_key: str,
+        run_id: str,
         lease_s: float = LEASE_S,
         worker: str | None = None,
     ) -> None:
-        self.run = f"{dataset._doc.id}:{brain_key}"
+        self.run = run_id
+        self.dataset = str(dataset._doc.id)
+        self.dataset_name = dataset.name
         self.brain_key = brain_key
         self.lease_s = float(lease_s)
         self.worker = worker or worker_name()
@@ -106,21 +142,36 @@ class RunClaims:
         self.docs.create_index([("run", 1), ("sample", 1)], unique=True)
         self.docs.create_index([("run", 1), ("state", 1), ("lease", 1)])
         self.members.create_index([("run", 1), ("lease", 1)])
+        self.members.create_index([("dataset", 1), ("key", 1), ("lease", 1)])
+
+    def exists(self) -> bool:
+        """Whether this run still exists (see :func:`run_exists`)."""
+        return run_exists(self.dataset, self.run)
+
+    def check_exists(self) -> None:
+        """Raises :class:`RunDeletedError` when this run no longer exists."""
+        if not self.exists():
+            raise RunDeletedError(
+                f"Brain run '{self.brain_key}' (run id {self.run}) of dataset "
+                f"'{self.dataset_name}' was deleted while this worker labelled it: "
+                "the worker stopped and wrote nothing more"
+            )
 
     def _lease(self) -> dt.datetime:
         return _now() + dt.timedelta(seconds=self.lease_s)
 
-    def live_workers(self) -> list[str]:
+    def live_workers(self, key_wide: bool = False) -> list[str]:
         """The names of the run's live workers: those whose record's lease
-        has not run out. A worker found dead on this host (its process is
-        gone) has its record and claims expired first."""
-        found = [d["_id"] for d in self.members.find({"run": self.run, "lease": {"$gt": _now()}})]
+        has not run out (``key_wide``: of any run under this key, such as a
+        deleted run's last workers). A worker found dead on this host (its
+        process is gone) has its record and claims expired first."""
+        which = {"dataset": self.dataset, "key": self.brain_key} if key_wide else {"run": self.run}
+        found = [d["_id"] for d in self.members.find({**which, "lease": {"$gt": _now()}})]
         dead = [worker for worker in found if _dead_here(worker)]
         if dead:
             self.members.update_many({"_id": {"$in": dead}}, {"$set": {"lease": _now()}})
             self.docs.update_many(
-                {"run": self.run, "worker": {"$in": dead}, "state": CLAIMED},
-                {"$set": {"lease": _now()}},
+                {"worker": {"$in": dead}, "state": CLAIMED}, {"$set": {"lease": _now()}}
             )
         return [worker for worker in found if worker not in dead]
 
@@ -145,14 +196,18 @@ class RunClaims:
         self.docs.delete_many({"run": self.run})
         if sample_ids:
             self.docs.insert_many(
-                [{"run": self.run, "sample": s, "state": PENDING} for s in sample_ids],
+                [
+                    {"run": self.run, "dataset": self.dataset, "sample": s, "state": PENDING}
+                    for s in sample_ids
+                ],
                 ordered=False,
             )
 
     def refuse_if_running(self) -> None:
         """Raises :class:`RunInProgressError` when live workers other than
-        this one have joined the run."""
-        others = sorted(set(self.live_workers()) - {self.worker})
+        this one label a run under this key (this run, or one deleted or
+        renamed whose workers have not stopped yet)."""
+        others = sorted(set(self.live_workers(key_wide=True)) - {self.worker})
         if others:
             raise RunInProgressError(
                 f"Brain run '{self.brain_key}' is being labelled right now by workers "
@@ -221,7 +276,13 @@ class RunClaims:
         paused comes back into view)."""
         self.members.replace_one(
             {"_id": self.worker},
-            {"run": self.run, "operation": self.operation, "lease": self._lease()},
+            {
+                "run": self.run,
+                "dataset": self.dataset,
+                "key": self.brain_key,
+                "operation": self.operation,
+                "lease": self._lease(),
+            },
             upsert=True,
         )
         self.docs.update_many(
@@ -274,13 +335,15 @@ class RunClaims:
         """True for exactly one caller once the pool is done: the worker that
         saves the run's results and then empties the pool."""
         try:
-            self.docs.insert_one({"run": self.run, "sample": None, "state": FINAL})
+            self.docs.insert_one(
+                {"run": self.run, "dataset": self.dataset, "sample": None, "state": FINAL}
+            )
         except DuplicateKeyError:
             return False
         return True
 
     def close(self) -> None:
-        """Removes the pool of a finished pass."""
+        """Removes the pool of a finished pass (or of a deleted run)."""
         self.docs.delete_many({"run": self.run})
 
     @contextlib.contextmanager
@@ -312,6 +375,41 @@ class RunClaims:
             stop.set()
             thread.join()
             self.members.delete_one({"_id": self.worker})
+
+
+def end_run(run_id: str) -> None:
+    """Ends the run ``run_id`` as it is deleted: marks its record, so that
+    its workers stop before their next write (see :func:`run_exists`), and
+    removes its claims and worker records."""
+    _collection(RUNS).update_many({"config.run_id": run_id}, {"$set": {DELETING: True}})
+    _collection(CLAIMS).delete_many({"run": run_id})
+    _collection(WORKERS).delete_many({"run": run_id})
+
+
+def cleanup_claims() -> dict[str, int]:
+    """Removes orphan claims and worker records: those of runs or datasets
+    that no longer exist (FiftyOne deletes a dataset's runs without their
+    cleanup, and a run deleted while its workers ran may leave a last
+    claim). Any process may call it at any time: a live run's claims are
+    never touched. :func:`~diffuprompter_plugin.labelling.pseudo_labels_status`
+    and the start of every run call it.
+
+    Returns:
+        ``{"claims": n, "workers": n}`` documents removed.
+    """
+    claims, members, runs = _collection(CLAIMS), _collection(WORKERS), _collection(RUNS)
+    orphans = [
+        run
+        for run in set(claims.distinct("run")) | set(members.distinct("run"))
+        if runs.count_documents({"config.run_id": run}, limit=1) == 0
+    ]
+    removed = {"claims": 0, "workers": 0}
+    if orphans:
+        removed["claims"] = claims.delete_many({"run": {"$in": orphans}}).deleted_count
+        removed["workers"] = members.delete_many({"run": {"$in": orphans}}).deleted_count
+    if any(removed.values()):
+        logger.info("Removed %d orphan claims and %d worker records", *removed.values())
+    return removed
 
 
 def _dead_here(worker: str) -> bool:

@@ -6,23 +6,34 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import fiftyone.core.utils as fou
 
 from .brain import PseudoLabels, stored_config
 from .engine.config import check_setting
-from .labelling.checks import check_batch_size
+from .labelling.checks import check_batch_size, check_field_name
 from .labels import read_heatmap, sample_image, scene_heatmap_path, to_detections
 from .verdicts import check_no_verdicts
 
 logger = logging.getLogger(__name__)
 
 
-def load_thresholds(thresholds: float | Mapping[str, float] | str | None) -> Any:
+def load_thresholds(
+    thresholds: float | Mapping[str, float] | str | None, classes: Sequence[str] | None = None
+) -> Any:
     """Per-class thresholds from a number, a dict, or a JSON file holding a
-    dict (optionally under a ``"thresholds"`` key, as calibration writes)."""
+    dict (optionally under a ``"thresholds"`` key, as calibration writes).
+
+    Each value must be a number in the range of the ``threshold`` setting
+    (``engine/config.py``); a class left out keeps the run's threshold.
+
+    Raises:
+        ValueError: a value that is null or out of range, or (given the
+            run's ``classes``) a class that is not one of them, exactly as
+            spelt (``Ship`` is not ``ship``); the message names both.
+    """
     if isinstance(thresholds, (str, os.PathLike)):
         path = os.fspath(thresholds)
         try:
@@ -33,11 +44,29 @@ def load_thresholds(thresholds: float | Mapping[str, float] | str | None) -> Any
         thresholds = data.get("thresholds", data) if isinstance(data, dict) else data
         if not isinstance(thresholds, dict):
             raise ValueError(f"Thresholds file '{path}' must hold a JSON object")
-    named = thresholds.items() if isinstance(thresholds, Mapping) else [("all", thresholds)]
-    for name, value in named:
-        if value is not None:
-            check_setting("threshold", value, f"Threshold for {name}")
+    if not isinstance(thresholds, Mapping):
+        if thresholds is not None:
+            check_setting("threshold", thresholds, "Threshold for all classes")
+        return thresholds
+    for name, value in thresholds.items():
+        if classes is not None and name not in classes:
+            raise ValueError(
+                f"Thresholds name the class {name!r}, which is not one of the run's classes "
+                f"{list(classes)} (names must match exactly)"
+            )
+        if value is None:
+            raise ValueError(
+                f"Threshold for {name!r} is null: give a number, or leave the class out "
+                "to keep the run's threshold"
+            )
+        check_setting("threshold", value, f"Threshold for {name!r}")
     return thresholds
+
+
+def _missing_files(labels: Any) -> list[str]:
+    """The heatmap files (PNGs, scenes' GeoTIFFs) of ``labels`` not on disk."""
+    paths = [p for label in labels for p in (label.map_path, scene_heatmap_path(label)) if p]
+    return [p for p in paths if not os.path.exists(p)]
 
 
 def rethreshold_pseudo_labels(
@@ -58,9 +87,11 @@ def rethreshold_pseudo_labels(
     Args:
         samples: a dataset or view with a finished or partial run.
         brain_key: the DiffuPrompter run whose heatmaps to use.
-        out_field: new ``fo.Detections`` field (overwritten if it exists,
-            unless a label there carries a verdict: refused); it is recorded
-            with the run, so deleting the run deletes it.
+        out_field: new ``fo.Detections`` field, or one that re-thresholding
+            this run wrote before (overwritten, unless a label there carries a
+            verdict: refused); any other existing field is
+            refused. It is recorded with the run, so deleting the run
+            deletes it.
         thresholds: gamma for all classes, ``{class: gamma}``, or a JSON file
             of that dict; None keeps the run's threshold.
         sam_model, sam_checkpoint, device: SAM to use (default: the run's
@@ -70,16 +101,22 @@ def rethreshold_pseudo_labels(
     Returns:
         ``{"samples": n, "instances": n, "per_class": {...}, "failures":
         {sample id: error}}``: a sample whose new instances are more than it
-        can hold (see :func:`~.labels.to_detections`) is left without them.
+        can hold (see :func:`~.labels.to_detections`), or whose heatmap
+        files are gone (the error names them), is left without them, and
+        the others are re-thresholded.
     """
     config = stored_config(samples, brain_key)
-    if not out_field.isidentifier():
-        raise ValueError(f"Invalid field name {out_field!r}: use a Python identifier")
+    check_field_name(out_field, "out_field")
     if out_field in config.field_types():
         raise ValueError(f"Field '{out_field}' belongs to brain run '{brain_key}'")
+    if samples._dataset.has_sample_field(out_field) and out_field not in config.rethreshold_fields:
+        raise ValueError(
+            f"Field '{out_field}' exists and is not one that re-thresholding run "
+            f"'{brain_key}' wrote: choose another out_field, or delete it first"
+        )
     check_batch_size(batch_size)
     check_no_verdicts(samples, out_field)
-    thresholds = load_thresholds(thresholds)
+    thresholds = load_thresholds(thresholds, list(config.heatmap_fields))
     prompter = config.load_prompter(sam_model, sam_checkpoint, device, prompter)
     if out_field not in config.rethreshold_fields:  # deleted with the run from now on
         config.rethreshold_fields.append(out_field)
@@ -99,6 +136,13 @@ def rethreshold_pseudo_labels(
                     if sample[field] is not None
                 }
                 scene = {name: scene_heatmap_path(label) for name, label in labels.items()}
+                missing = _missing_files(labels.values())
+                if missing:  # fails this sample alone; resume computes it again
+                    failures[sample.id] = f"Heatmap files missing: {missing}"
+                    if sample.has_field(out_field):  # an earlier re-threshold's: now stale
+                        sample[out_field] = None
+                    pb.update()
+                    continue
                 if all(scene.values()):  # a scene labelled in tiles: window by window
                     with opened(sample_image(sample)) as raster:
                         instances = segment_scene(prompter, raster, scene, thresholds)
@@ -114,6 +158,17 @@ def rethreshold_pseudo_labels(
                     sample[out_field] = None
                     failures[sample.id] = str(e)
                 pb.update()
+    lost = [i for i, e in failures.items() if e.startswith("Heatmap files missing")]
+    if lost:
+        logger.warning(
+            "%d samples of run '%s' lost their heatmap files and got no '%s' (%s); "
+            "resume_pseudo_labels(samples, '%s') computes them again",
+            len(lost),
+            brain_key,
+            out_field,
+            ", ".join(lost),
+            brain_key,
+        )
     return {
         "samples": len(ids),
         "instances": done.count(f"{out_field}.detections"),

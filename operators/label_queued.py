@@ -24,6 +24,7 @@ class LabelQueuedSamples(forms.FormOperator):
         inputs = types.Object()
         inputs.str("brain_key", label="Brain key", required=True)
         inputs.str("part", label="Worker", description="This operation's number, e.g. 2/4")
+        inputs.str("run_id", label="Run id", description="The run this operation was queued for")
         inputs.int("batch_size", label="Samples per claim", default=4, min=1)
         inputs.float("lease_s", label="Claim lease (s)", min=1)
         forms.device_input(inputs)
@@ -45,6 +46,7 @@ class LabelQueuedSamples(forms.FormOperator):
             lease_s=params["lease_s"],
             operation=str(operation) if operation is not None else None,
             progress=forms.progress_reporter(ctx, f"Worker {params.get('part')}"),
+            run_id=params.get("run_id"),
         )
         return results.summary()
 

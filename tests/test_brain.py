@@ -141,7 +141,10 @@ def test_resume_with_other_settings_is_refused(image_dataset, tiny_models):
     [
         ({"brain_key": "dp"}, "exactly one of classes"),
         ({"brain_key": "1bad", "classes": ["ship"]}, "Invalid name .1bad."),
-        ({"brain_key": "dp", "classes": ["ship"], "pred_field": "a-b"}, "Invalid name .a-b."),
+        (
+            {"brain_key": "dp", "classes": ["ship"], "pred_field": "a-b"},
+            "Invalid pred_field .a-b.",
+        ),
         ({"brain_key": "dp", "class_field": "nope"}, "Class field 'nope' does not exist"),
         ({"brain_key": "dp", "class_field": "filepath"}, "must be a Classification"),
         ({"brain_key": "dp", "classes": []}, "class_names is empty"),
@@ -315,7 +318,7 @@ def test_writer_reports_each_batch_once_it_is_saved(image_dataset):
     from diffuprompter_plugin.labelling.run import declare_fields
     from diffuprompter_plugin.labelling.writer import annotate_batches
 
-    folder = heatmap_dir(image_dataset, "dp", None)
+    folder = heatmap_dir(image_dataset, None, "run1", None)
     record = PseudoLabelsConfig("dp", {"ship": "dp_ship"}, "dp_error", folder, classes=["ship"])
     declare_fields(image_dataset, record)
     ids = image_dataset.values("id")

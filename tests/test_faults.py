@@ -133,7 +133,8 @@ def test_heatmap_folders_are_keyed_by_dataset_id(tmp_path):
             compute_pseudo_labels(dataset, "dp", classes=["ship"], model=StubModel())
         first, second = (d.get_brain_info("dp").config.heatmap_dir for d in datasets)
         assert first != second
-        assert first.endswith(os.path.join(str(datasets[0]._doc.id), "dp"))
+        run_id = datasets[0].get_brain_info("dp").config.run_id
+        assert first.endswith(os.path.join(str(datasets[0]._doc.id), run_id))
         datasets[0].delete_brain_run("dp")
         assert not os.path.exists(first)
         assert len(os.listdir(os.path.join(second, "ship"))) == 1  # the other's are kept

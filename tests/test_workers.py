@@ -116,6 +116,7 @@ def test_three_workers_label_every_sample_exactly_once(tiles, tmp_path, tiny_mod
         "pending": 0,
         "workers": 0,
         "dead_operations": [],
+        "lost_heatmaps": 0,
     }
     assert get_db_conn()[WORKERS].count_documents({}) == 0  # workers that end leave no record
 
@@ -196,7 +197,7 @@ def test_field_declarations_of_concurrent_processes_all_survive(tiles):
 
 
 def test_claims_shrink_as_the_pool_empties_so_workers_end_together(tiles):
-    first, second = RunClaims(tiles, "dp"), RunClaims(tiles, "dp")
+    first, second = RunClaims(tiles, "dp", "run1"), RunClaims(tiles, "dp", "run1")
     first.start(tiles.values("id"))
     with first.joined(), second.joined():
         sizes = []
@@ -214,8 +215,8 @@ def test_an_operation_started_after_its_run_ended_loads_no_models(image_dataset)
 
 
 def test_a_worker_stays_in_view_through_failed_renewals(tiles, monkeypatch):
-    claims = RunClaims(tiles, "dp", lease_s=0.3)
-    other = RunClaims(tiles, "dp")
+    claims = RunClaims(tiles, "dp", "run1", lease_s=0.3)
+    other = RunClaims(tiles, "dp", "run1")
     claims.start(tiles.values("id"))
     renew, failures = claims.renew, []
 
@@ -241,12 +242,11 @@ def _leftovers(dataset, brain_key):
     """What a refused queue might have left: run, fields, claims, operations."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
-    run = f"{dataset._doc.id}:{brain_key}"
     dataset.reload()
     return (
         dataset.list_brain_runs(),
         sorted(dataset.get_field_schema()),
-        get_db_conn()[CLAIMS].count_documents({"run": run}),
+        get_db_conn()[CLAIMS].count_documents({"dataset": str(dataset._doc.id)}),
         DelegatedOperationService().count({"dataset_id": dataset._doc.id}),
     )
 
@@ -288,3 +288,42 @@ def test_a_queue_that_every_worker_would_fail_is_refused_leaving_nothing(
         scratch.delete()
     _queue(tiles, "dp", tiny_models, workers=2, classes=["ship"])
     assert _leftovers(tiles, "dp")[2:] == (12, 2)  # what the refusals did not leave
+
+
+def _raw_count(dataset, field):
+    """Sample documents holding ``field`` in MongoDB, declared or not."""
+    return dataset._sample_collection.count_documents({field: {"$exists": True}})
+
+
+def test_deleting_a_run_mid_way_stops_its_workers_and_a_new_run_inherits_nothing(
+    tiles, tmp_path, tiny_models
+):
+    queued = _queue(tiles, "dp", tiny_models, workers=2, classes=["ship"], batch_size=1)
+    ids = [q.result["id"] for q in queued]
+    folder = tiles.get_brain_info("dp").config.heatmap_dir
+    paths = tiles.values("filepath")
+    workers = launch_workers(2, tmp_path, DIFFUPROMPTER_TEST_STUB=STUB_S)
+    try:
+        _wait_for(lambda: pseudo_labels_status(tiles, "dp")["done"] >= 3)
+        tiles.delete_brain_run("dp")
+        at_delete = sum(annotation_counts(paths).values())
+        docs = wait_terminal(ids, timeout=300)
+    finally:
+        stop_workers(workers)
+    assert [d.run_state for d in docs] == [ExecutionRunState.FAILED] * 2
+    assert all("was deleted while this worker labelled it" in d.result.error for d in docs)
+    assert sum(annotation_counts(paths).values()) <= at_delete + 2  # one in flight per worker
+    for field in ("dp_instances", "dp_instances_error", "dp_heatmap_ship"):
+        assert _raw_count(tiles, field) == 0, field
+    assert not os.path.exists(folder)  # no PNG came back
+    dataset_id = str(tiles._doc.id)
+    assert (
+        get_db_conn()[CLAIMS].count_documents(
+            {"$or": [{"dataset": dataset_id}, {"run": f"{dataset_id}:dp"}]}
+        )
+        == 0
+    )
+    assert get_db_conn()[WORKERS].count_documents({}) == 0
+    results = compute_pseudo_labels(tiles, "dp", classes=["harbor"], model=StubModel())
+    assert (results.processed, results.per_class) == (12, {"harbor": 12})
+    assert tiles.get_brain_info("dp").config.heatmap_dir != folder

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..brain import PseudoLabelsResults, stored_config
-from ..claims import LEASE_S
+from ..claims import LEASE_S, RunDeletedError
 from ..engine.config import DiffuPrompterConfig
 from ..run_args import DEFAULT_RUN_ARGS, RunArgs, takes_run_args
 from .checks import (
@@ -174,7 +174,12 @@ def queue_pseudo_labels(
     if pending:
         check_workers_can_label(record)
     queued.begin(pending)
-    params = {"brain_key": brain_key, "batch_size": batch_size, "lease_s": lease_s}
+    params = {
+        "brain_key": brain_key,
+        "run_id": record.run_id,
+        "batch_size": batch_size,
+        "lease_s": lease_s,
+    }
     if run_args.device is not None:
         params["device"] = run_args.device
     return _queue_operations(samples, params, workers)
@@ -209,6 +214,7 @@ def label_queued_samples(
     lease_s: float = LEASE_S,
     operation: str | None = None,
     progress: bool | Callable | None = None,
+    run_id: str | None = None,
 ) -> PseudoLabelsResults:
     """One worker's share of a run queued by :func:`queue_pseudo_labels`:
     claims and labels samples until none is left. Each delegated operation
@@ -216,12 +222,24 @@ def label_queued_samples(
     the run under it before loading the models, so that
     :func:`pseudo_labels_status` can name the operation if it dies.
 
+    ``run_id`` is the id of the run it was queued for: a run since deleted,
+    or replaced by another under the same key, is not labelled. A worker
+    whose run is deleted while it labels stops before its next write.
+
     Returns:
         the run's results; complete when this worker ended last, and then
         saved with the run.
+
+    Raises:
+        RunDeletedError: the run was deleted (before or while it labelled).
     """
     samples._dataset.reload()  # a long-lived worker sees the fields declared since
     share = Run.stored(samples, brain_key, lease_s)
+    if run_id is not None and share.record.run_id != run_id:
+        raise RunDeletedError(
+            f"Brain run '{brain_key}' (run id {run_id}) this worker was queued for was "
+            "deleted; the key now names another run"
+        )
     with share.claims.joined(operation):
         if share.claims.outstanding() == 0:  # started after the run ended: no models needed
             return share.finish(share.claims.elect_finaliser())
@@ -239,14 +257,19 @@ def pseudo_labels_status(samples: Any, brain_key: str) -> dict[str, Any]:
     command that marks them failed: ``fiftyone delegated fail ID ...``.
     Dead workers whose operations FiftyOne no longer runs are forgotten.
 
+    Counts are exact (never MongoDB's estimated count, which can be wrong
+    after a restart). The call also removes orphan claims (see
+    :func:`~diffuprompter_plugin.claims.cleanup_claims`).
+
     Returns:
         ``{"total", "done", "failed", "claimed", "stale", "pending",
-        "workers", "dead_operations"}``: sample counts (done: with
-        instances; failed: with an error only; claimed: held by live
-        workers; stale: held by workers whose lease ran out, taken again by
-        the next worker or resume; pending: the rest), the number of live
-        workers, and the ids of the run's RUNNING operations whose worker
-        died.
+        "workers", "dead_operations", "lost_heatmaps"}``: sample counts
+        (done: with instances; failed: with an error only; claimed: held by
+        live workers; stale: held by workers whose lease ran out, taken
+        again by the next worker or resume; pending: the rest), the number
+        of live workers, the ids of the run's RUNNING operations whose
+        worker died, and the number of done samples whose heatmap files are
+        gone (a resume computes them again).
     """
     return Run.stored(samples, brain_key).status()
 

@@ -38,12 +38,26 @@ def check_worker_count(workers: Any) -> None:
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
 
 
-def check_names(*names: Any) -> None:
-    """Raises ValueError unless each of ``names`` (a brain key or a field
-    name) is a Python identifier."""
-    for name in names:
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"Invalid name {name!r}: use a Python identifier")
+def check_names(brain_key: Any, **fields: Any) -> None:
+    """Raises ValueError unless ``brain_key`` is a Python identifier and each
+    of ``fields`` (``{argument: field name}``) is a valid field name (see
+    :func:`check_field_name`)."""
+    if not isinstance(brain_key, str) or not brain_key.isidentifier():
+        raise ValueError(f"Invalid name {brain_key!r}: use a Python identifier")
+    for what, name in fields.items():
+        check_field_name(name, what)
+
+
+def check_field_name(name: Any, what: str = "field") -> None:
+    """Raises ValueError, naming ``what`` (the argument) and ``name``, unless
+    ``name`` is a Python identifier (so no ``.`` or ``$``) that does not start
+    with ``_``, which FiftyOne reserves for its own fields (``_id``...)."""
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+        raise ValueError(
+            f"Invalid {what} {name!r}: a field name must be a Python identifier (letters, "
+            "digits, '_'; no '.' or '$') that does not start with '_', which FiftyOne "
+            "reserves for its own fields"
+        )
 
 
 def checked_class_names(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -33,12 +34,17 @@ def new_record(
     ``run``, or those of ``model`` when given (see :func:`settings_and_models`)."""
     settings, models = settings_and_models(config, model, run_args)
     names = checked_class_names(samples, run_args.classes, run_args.class_field)
-    check_names(brain_key, run_args.pred_field, run_args.heatmap_field)
+    check_names(brain_key, pred_field=run_args.pred_field, heatmap_field=run_args.heatmap_field)
+    existing = (
+        stored_config(samples, brain_key) if brain_key in samples.list_brain_runs() else None
+    )
+    run_id = existing.run_id if existing is not None else new_run_id()
     return PseudoLabelsConfig(
         pred_field=run_args.pred_field,
         heatmap_fields=heatmap_fields(names, run_args.heatmap_field),
         error_field=f"{run_args.pred_field}_error",
-        heatmap_dir=heatmap_dir(samples, brain_key, output_dir),
+        heatmap_dir=heatmap_dir(samples, existing, run_id or brain_key, output_dir),
+        run_id=run_id,
         classes=names if run_args.classes is not None else None,
         class_field=run_args.class_field,
         settings=settings.to_dict(),
@@ -111,12 +117,19 @@ def heatmap_root(samples: Any, output_dir: str | None = None) -> str:
     return os.path.abspath(os.path.join(root, str(samples._dataset._doc.id)))
 
 
-def heatmap_dir(samples: Any, brain_key: str, output_dir: str | None) -> str:
-    """The heatmap folder of run ``brain_key``: ``<heatmap_root>/<brain_key>``;
-    an existing run keeps its own folder, wherever it was made, unless
-    ``output_dir`` is given."""
-    if brain_key in samples.list_brain_runs():
-        existing = stored_config(samples, brain_key)  # refuses a key of another method
-        if output_dir is None:
-            return existing.heatmap_dir
-    return os.path.join(heatmap_root(samples, output_dir), brain_key)
+def new_run_id() -> str:
+    """A new run's id: unique, never reused, and safe as a folder name."""
+    return uuid.uuid4().hex
+
+
+def heatmap_dir(
+    samples: Any, existing: PseudoLabelsConfig | None, name: str, output_dir: str | None
+) -> str:
+    """The heatmap folder of a run: ``<heatmap_root>/<name>``, ``name`` being
+    the run's id (the brain key for runs stored before run ids), so that a
+    run's folder is its own for life, whatever renames happen and whichever
+    run takes its key later. An ``existing`` run keeps its recorded folder,
+    wherever it was made, unless ``output_dir`` is given."""
+    if existing is not None and output_dir is None:
+        return existing.heatmap_dir
+    return os.path.join(heatmap_root(samples, output_dir), name)

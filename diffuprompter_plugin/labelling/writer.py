@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import fiftyone as fo
 
 from ..brain import PseudoLabelsConfig
+from ..claims import RunDeletedError
 from ..engine.class_names import ClassName
 from ..labels import sample_classes, sample_image, to_detections, write_heatmap
 
@@ -27,23 +29,35 @@ class _Batch:
 
 
 def annotate_batches(
-    samples: Any, model: Any, record: PseudoLabelsConfig, batches: Iterable[list[str]]
+    samples: Any,
+    model: Any,
+    record: PseudoLabelsConfig,
+    batches: Iterable[list[str]],
+    check: Callable[[], None] = lambda: None,
 ) -> Iterator[list[str]]:
     """Annotates the samples of ``batches`` (lists of ids) that lack instances
     as one stream through ``model.annotate_all``, so that its CRF pool serves
     them all and never drains between batches; ``batches`` is read as the
     stream needs more input.
 
+    ``check`` is called before each sample's files are written and before
+    each save; it raises :class:`~diffuprompter_plugin.claims.RunDeletedError`
+    once the run is gone, and the stream stops without writing anything more.
+
     Yields:
         each batch's ids once its results are in the database, so a batch
         is never reported before it is saved; a stream that is interrupted
-        saves what it has labelled, which resume then skips.
+        saves what it has labelled, which resume then skips (unless its run
+        was deleted).
     """
     unsaved: list[fo.Sample] = []
     saved: list[list[str]] = []
 
     def save() -> None:
+        if not unsaved:
+            return
         try:
+            check()
             with samples.save_context() as saver:
                 for sample in unsaved:
                     saver.save(sample)
@@ -51,6 +65,7 @@ def annotate_batches(
             unsaved.clear()  # a failed save is not tried again on the way out
 
     def store(batch: _Batch, sample: fo.Sample, result: Any) -> None:
+        check()
         write(sample, result, record)
         unsaved.append(sample)
         batch.left -= 1
@@ -79,7 +94,8 @@ def annotate_batches(
         while saved:
             yield saved.pop(0)
     finally:
-        save()
+        with contextlib.suppress(RunDeletedError):  # a deleted run gets nothing more
+            save()
 
 
 def write(sample: fo.Sample, result: Any, record: PseudoLabelsConfig) -> None:
