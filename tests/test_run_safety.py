@@ -56,7 +56,8 @@ def test_a_run_stored_before_run_ids_loads_resumes_and_keeps_its_folder(image_da
     config.heatmap_dir, config.run_id = legacy, None
     PseudoLabels.update_run_config(image_dataset, "dp", config)
     image_dataset.reload()
-    assert get_db_conn().runs.find_one({"key": "dp"})["config"].get("run_id") is None
+    stored = get_db_conn().runs.find_one({"key": "dp", "_dataset_id": image_dataset._doc.id})
+    assert stored["config"].get("run_id") is None
     image_dataset.limit(1).set_field("dp_instances", None).save()
     results = resume_pseudo_labels(image_dataset, "dp", model=StubModel())
     assert results.processed == 4
