@@ -82,7 +82,7 @@ def rethreshold_pseudo_labels(
         config.rethreshold_fields.append(out_field)
         PseudoLabels.update_run_config(samples, brain_key, config)
     from .engine.image import opened
-    from .engine.tiling import segment_scene
+    from .engine.scenes import segment_scene
 
     done = samples.exists(config.pred_field)
     ids = done.values("id")

@@ -17,8 +17,8 @@ from diffuprompter_plugin.engine.heatmap_store import read_heatmap_window
 from diffuprompter_plugin.engine.models import load_stable_diffusion
 from diffuprompter_plugin.engine.pipeline import DiffuPrompter
 from diffuprompter_plugin.engine.raster import open_raster
+from diffuprompter_plugin.engine.scenes import ground_scene, tiles_per_group
 from diffuprompter_plugin.engine.segmentation import SamPrompter
-from diffuprompter_plugin.engine.tiling import ground_scene, tiles_per_group
 
 SCENE_TILES = dict(tile_size=64, tile_overlap=16)
 """A 128 x 128 px scene in 3 x 3 tiles of 64 px."""

@@ -12,7 +12,8 @@ from diffuprompter_plugin.engine.config import DiffuPrompterConfig
 from diffuprompter_plugin.engine.heatmap_store import read_heatmap_window
 from diffuprompter_plugin.engine.pipeline import DiffuPrompter
 from diffuprompter_plugin.engine.raster import ArrayRaster
-from diffuprompter_plugin.engine.tiling import segment_scene, tile_grid
+from diffuprompter_plugin.engine.scenes import segment_scene
+from diffuprompter_plugin.engine.tiles import tile_grid
 
 TILED = DiffuPrompterConfig(crf=False, tile_size=64, tile_overlap=16)
 

@@ -125,7 +125,7 @@ class DiffuPrompterConfig:
         tile_size: images with a side longer than this many native pixels
             are labelled as overlapping square tiles of this side, each seen
             by SD at ``resolution`` as the paper's 512-px patches are (see
-            :mod:`~diffuprompter_plugin.engine.tiling`); smaller images are
+            :mod:`~diffuprompter_plugin.engine.scenes`); smaller images are
             labelled whole.
         tile_overlap: native pixels shared by neighbouring tiles; objects up
             to this size are seen whole by at least one tile.

@@ -19,8 +19,9 @@ from .crf import binary_map
 from .grounding import TextGrounder, check_class_prompts
 from .image import ImageLike, opened, to_rgb_uint8
 from .models import default_dtype, load_stable_diffusion, load_tokenizer, resolve_device
+from .scenes import annotate_scene
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
-from .tiling import annotate_scene, needs_tiling
+from .tiles import needs_tiling
 from .workers import worker_pool
 
 ITEM_ERRORS = (OSError, ValueError, RuntimeError)
@@ -42,7 +43,7 @@ class Annotation:
     Attributes:
         heatmaps: ``{class name: H x W float32 in [0, 1]}``; for a scene
             labelled in tiles, a preview whose longest side is
-            :data:`~diffuprompter_plugin.engine.tiling.PREVIEW_SIDE`.
+            :data:`~diffuprompter_plugin.engine.scenes.PREVIEW_SIDE`.
         instances: every instance found, of all classes.
         heatmap_files: for a scene labelled in tiles, ``{class name: path}``
             of its full-resolution heatmap GeoTIFFs (see
@@ -249,7 +250,7 @@ class DiffuPrompter(Annotator):
     ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]] | Annotation:
         """The RGB image, its heatmaps and the per-class thresholds. A scene
         larger than ``config.tile_size`` is labelled in tiles
-        (:func:`~diffuprompter_plugin.engine.tiling.annotate_scene`) and its
+        (:func:`~diffuprompter_plugin.engine.scenes.annotate_scene`) and its
         Annotation returned."""
         names = validate_class_names(names)
         with opened(image) as raster:
