@@ -135,7 +135,8 @@ def test_a_scene_grounded_in_groups_stores_the_tile_by_tile_heatmaps(prompter, m
         model = _model(prompter, models64, loops=2, loop_batch_size=batch_size, **SCENE_TILES)
         paths = {n: str(tmp_path / f"{batch_size}-{n}.tif") for n in names}
         with _unet_batches(model.grounder) as batches, open_raster(tmp_path / "scene.tif") as r:
-            ground_scene(model, r, names, paths)
+            steps = sum(1 for _ in ground_scene(model.grounder, r, names, paths))
+        assert steps == len(batches) + 9  # a step per group grounded and per tile scaled
         stored[batch_size] = {n: read_heatmap_window(p) for n, p in paths.items()}
         assert batches == {4: [4] * 6, 16: [16, 8]}[batch_size]  # 6 tiles with data
     for name in names:

@@ -22,7 +22,7 @@ that overlap nothing in a shared window are kept as they are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,7 +39,8 @@ MERGE_IOU = 0.5
 
 
 def needs_tiling(height: int, width: int, config: DiffuPrompterConfig) -> bool:
-    """Whether an image is labelled in tiles: a side over ``tile_size``."""
+    """Whether an image is labelled in tiles: a side over ``tile_size``. The
+    one rule for labelling and for re-thresholding."""
     return max(height, width) > config.tile_size
 
 
@@ -166,3 +167,20 @@ def _same_object(a: Instance, b: Instance, shared: Box) -> bool:
 
 def _hull(a: Box, b: Box) -> Box:
     return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def tile_scales(
+    peaks: Mapping[Box, Mapping[str, float]], names: Sequence[str]
+) -> dict[Box, dict[str, float]]:
+    """Tile-wise scaling: each tile's factor per class, its peak over the
+    highest peak of that class in the scene (0 where the class has none).
+
+    Args:
+        peaks: ``{tile box: {class: the tile's raw attention peak}}`` of the
+            tiles grounded.
+    """
+    best = {n: max((p[n] for p in peaks.values()), default=0.0) for n in names}
+    return {
+        tile: {n: tile_peaks[n] / best[n] if best[n] > 0 else 0.0 for n in names}
+        for tile, tile_peaks in peaks.items()
+    }
