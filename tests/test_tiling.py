@@ -197,3 +197,88 @@ def test_a_scene_in_a_brain_run_stores_previews_and_geotiffs_and_rethresholds_ex
     assert sorted(again) == sorted(
         (d.bounding_box, d.mask.tobytes()) for d in sample.dp_instances.detections
     )
+
+
+class CountingPool:
+    """The stream's CRF pool (inline with 0 workers), logging its start
+    ("pool", workers) and each task ("crf", tile shape), beside the SAM
+    stage of each tile ("sam", tile box)."""
+
+    def __init__(self, workers: int, log: list) -> None:
+        from diffuprompter_plugin.engine.workers import worker_pool
+
+        self.pool, self.log = worker_pool(workers), log
+        log.append(("pool", workers))
+
+    def __enter__(self):
+        self.pool.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.pool.__exit__(*exc)
+
+    def submit(self, fn, *args):
+        self.log.append(("crf", args[0].shape[:2]))
+        return self.pool.submit(fn, *args)
+
+
+def _key(result):
+    return sorted((i.label, i.box, i.mask.tobytes(), i.score) for i in result.instances)
+
+
+def test_a_scene_through_the_crf_pool_equals_the_inline_path(monkeypatch):
+    """Objects across seams, on a corner of four tiles and in overlaps; with
+    DenseCRF on, in a stream of scenes, an image labelled whole and a
+    missing file."""
+    import diffuprompter_plugin.engine.pipeline as pipeline
+    from diffuprompter_plugin.engine.scenes import tile_instances
+
+    log: list = []
+    monkeypatch.setattr(pipeline, "worker_pool", lambda n: CountingPool(n, log))
+    monkeypatch.setattr(
+        pipeline,
+        "tile_instances",
+        lambda prompter, work, binaries: (
+            log.append(("sam", work.tile)) or tile_instances(prompter, work, binaries)
+        ),
+    )
+    config = TILED.replace(crf=True)
+    small = scene()[:60, :60].copy()
+    flipped = scene()[::-1].copy()
+    items = [(0, scene(), ["car"]), (1, small, ["car"]), (2, "missing.png", ["car"])]
+    items.append((3, flipped, ["car"]))
+    inline = list(stub_model(config).annotate_all(items))
+    inline_log, log[:] = log[:], []
+    pooled = list(stub_model(config.replace(crf_workers=2)).annotate_all(items))
+    assert [k for k, _ in pooled] == [0, 1, 2, 3]
+    assert "missing.png" in str(pooled[2][1]) and "missing.png" in str(inline[2][1])
+    grid = tile_grid(200, 210, 64, 16)
+    with_foreground = sum(  # tiles with a pixel above gamma, in both scenes
+        read_heatmap_window(inline[k][1].heatmap_files["car"], tile).max() > config.threshold
+        for k in (0, 3)
+        for tile, _ in grid
+    )
+    assert 0 < with_foreground < 2 * len(grid)
+    for workers, events in ((0, inline_log), (2, log)):
+        assert events[0] == ("pool", workers)  # one pool for the whole stream
+        crf = [entry for entry in events if entry[0] == "crf"]
+        assert crf.count(("crf", (64, 64))) == with_foreground  # the others skip DenseCRF
+        assert crf.count(("crf", (60, 60))) == 1  # the image labelled whole
+        # memory holds a few tiles: TILES_PER_WORKER per worker, plus the one just submitted
+        outstanding, peak = 0, 0
+        for kind, _ in events[1:]:
+            outstanding += 1 if kind == "crf" else -1
+            peak = max(peak, outstanding)
+        assert peak == max(1, pipeline.TILES_PER_WORKER * workers + 1) < with_foreground
+    for key in (0, 1, 3):
+        assert _key(pooled[key][1]) == _key(inline[key][1])
+        np.testing.assert_array_equal(
+            pooled[key][1].heatmaps["car"], inline[key][1].heatmaps["car"]
+        )
+    boxes = sorted(i.box for i in pooled[0][1].instances)
+    assert len(boxes) == len(OBJECTS)  # each object once, seams and corners merged
+    for name in ("seam", "corner", "long"):
+        x0, y0, x1, y1 = OBJECTS[name]
+        assert any(
+            b[0] <= x0 + 2 and b[2] >= x1 - 2 and b[1] <= y0 + 2 and b[3] >= y1 - 2 for b in boxes
+        ), name
