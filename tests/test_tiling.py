@@ -197,6 +197,14 @@ def test_a_scene_in_a_brain_run_stores_previews_and_geotiffs_and_rethresholds_ex
     assert sorted(again) == sorted(
         (d.bounding_box, d.mask.tobytes()) for d in sample.dp_instances.detections
     )
+    # the run's tile_size says the sample is a scene: no fallback to the preview
+    sample["dp_heatmap_car"] = fo.Heatmap(map_path=heatmap.map_path)
+    sample.save()
+    out = rethreshold_pseudo_labels(dataset, "dp", "dp_third", prompter=model.prompter)
+    assert (
+        "whose heatmaps of ['car'] have no full-resolution GeoTIFF" in out["failures"][sample.id]
+    )
+    assert dataset.first()["dp_third"] is None
 
 
 class CountingPool:
