@@ -23,7 +23,6 @@ from .models import default_dtype, load_stable_diffusion, load_tokenizer, resolv
 from .raster import Box
 from .scenes import (
     TileWork,
-    gdal_env,
     ground_scene,
     heatmap_folder,
     scene_previews,
@@ -365,8 +364,7 @@ class _Item:
         heatmap files are then deleted)."""
         if self.error is None:
             try:
-                with gdal_env():
-                    return self.finish(self.tiles)
+                return self.finish(self.tiles)
             except errors as e:
                 self.error = e
         self.discard()
