@@ -143,12 +143,14 @@ def label(args: argparse.Namespace) -> None:
     gpu = args.models == "full"
     settings = dict(resolution=args.resolution, crf=True, crf_workers=args.crf_workers)
     if gpu:
-        sys.path.insert(0, str(Path(__file__).parent))
         from bench_engine import full_size_models
 
         sd, sam = full_size_models()
         config = DiffuPrompterConfig(loops=50, **settings)
-        model = DiffuPrompter.from_pretrained(sd, sam, "cuda", config, torch.float16)
+        model = DiffuPrompter.from_pretrained(
+            sd, sam, device="cuda", config=config, dtype=torch.float16
+        )
+        model.annotate(np.full((512, 512, 3), 128, np.uint8), ["car"])  # compile warm-up
     else:
         torch.set_num_threads(1)
         sd, sam = write_tiny_models(Path(tempfile.mkdtemp()))
