@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, Future
+
 import numpy as np
 import pytest
 import rasterio
@@ -290,3 +292,61 @@ def test_a_scene_through_the_crf_pool_equals_the_inline_path(monkeypatch):
         assert any(
             b[0] <= x0 + 2 and b[2] >= x1 - 2 and b[1] <= y0 + 2 and b[3] >= y1 - 2 for b in boxes
         ), name
+
+
+class LateFuture(Future):
+    """A task's result, delivered when the grounder next runs (the CRF came
+    back while the models worked) or when the stream waits for it."""
+
+    def __init__(self, value) -> None:
+        super().__init__()
+        self.value = value
+
+    def deliver(self) -> None:
+        if not self.done():
+            self.set_result(self.value)
+
+    def result(self, timeout=None):
+        self.deliver()
+        return super().result(timeout)
+
+
+class LatePool(Executor):
+    def __init__(self) -> None:
+        self.futures: list[LateFuture] = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.futures.append(LateFuture(fn(*args, **kwargs)))
+        return self.futures[-1]
+
+
+def test_sam_prompts_a_scenes_tiles_as_their_crf_returns_while_the_next_scene_is_grounded(
+    monkeypatch,
+):
+    import diffuprompter_plugin.engine.pipeline as pipeline
+
+    pool, log = LatePool(), []
+    monkeypatch.setattr(pipeline, "worker_pool", lambda n: pool)
+    model = stub_model(TILED.replace(crf=True, crf_workers=2))  # one tile per group (L=50)
+    grounder = model.grounder
+    ground = grounder.tile_heatmaps
+
+    def tile_heatmaps(images, names, progress=False):
+        for future in pool.futures:
+            future.deliver()
+        log.append("ground")
+        return ground(images, names, progress)
+
+    grounder.tile_heatmaps = tile_heatmaps
+    sam = pipeline.tile_instances
+    monkeypatch.setattr(pipeline, "tile_instances", lambda *a: log.append("sam") or sam(*a))
+    for key, _ in model.annotate_all([("A", scene(), ["car"]), ("B", scene(), ["car"])]):
+        log.append(key)
+    grounded = [k for k, event in enumerate(log) if event == "ground"]
+    b_first, b_last = grounded[len(grounded) // 2], grounded[-1]
+    assert len(grounded) == 2 * len(tile_grid(200, 210, 64, 16))
+    between = log[b_first:b_last]
+    # the last tiles of A in flight are prompted, and A comes out, while B is grounded
+    assert between.count("sam") == pipeline.TILES_PER_WORKER * 2 and "A" in between
+    assert between.index("A") < between.index("ground", 1)  # A's result before B's 2nd group
+    assert log[-1] == "B"
