@@ -18,7 +18,8 @@ time is its own), one class, DenseCRF on, default tiling (1,024-px tiles,
    (SD), CRF (inline DenseCRF, or waiting for the pool), SAM, merge (seams),
    I/O (scene reads, heatmap GeoTIFF writes and reads, previews), other.
 2. **Memory** of the ``--small`` and ``--big`` scenes with a pool of 2 CRF
-   workers (tiny models, ``resolution`` 64): peak RSS of the main process
+   workers (tiny models, ``resolution`` 64, one DenseCRF iteration: its
+   memory does not depend on the iteration count, its time does): peak RSS of the main process
    and of the largest worker, and the ratio big / small of the main
    process's and of the whole (main + 2 workers) peak (bound: 1.5).
 3. **GPU** (only where CUDA is present): the ``--gpu-side`` scene with
@@ -141,7 +142,12 @@ def label(args: argparse.Namespace) -> None:
     from diffuprompter_plugin.engine.tiny import write_tiny_models
 
     gpu = args.models == "full"
-    settings = dict(resolution=args.resolution, crf=True, crf_workers=args.crf_workers)
+    settings = dict(
+        resolution=args.resolution,
+        crf=True,
+        crf_workers=args.crf_workers,
+        crf_iterations=args.crf_iterations,
+    )
     if gpu:
         from bench_engine import full_size_models
 
@@ -179,11 +185,14 @@ def label(args: argparse.Namespace) -> None:
     print(json.dumps(figures))
 
 
-def labelled(path: Path, workers: int, resolution: int, models: str = "tiny") -> dict:
+def labelled(
+    path: Path, workers: int, resolution: int, models: str = "tiny", iterations: int = 5
+) -> dict:
     """Labels the scene ``path`` in a new process, torch and the CRF
     workers on one thread each; returns its figures."""
     command = [sys.executable, __file__, "--label", str(path), "--crf-workers", str(workers)]
     command += ["--resolution", str(resolution), "--models", models]
+    command += ["--crf-iterations", str(iterations)]
     root = str(Path(__file__).resolve().parents[1])  # this checkout's library
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -234,12 +243,14 @@ def speed_rows(folder: Path, side: int, counts: list[int]) -> None:
 
 
 def memory_rows(folder: Path, small: int, big: int) -> None:
-    print("Memory: tiny models at resolution 64, L=1, one class, DenseCRF in 2 workers")
+    print(
+        "Memory: tiny models at resolution 64, L=1, 1 class, DenseCRF (1 iteration) in 2 workers"
+    )
     peaks = {}
     for side in (small, big):
         path = folder / f"scene_{side}.tif"
         write_scene(path, side)
-        r = labelled(path, 2, 64)
+        r = labelled(path, 2, 64, iterations=1)
         path.unlink()
         peaks[side] = (r["rss_mib"], r["rss_mib"] + 2 * r["worker_rss_mib"])
         mp = side * side / 1e6
@@ -282,6 +293,7 @@ def main() -> None:
     parser.add_argument("--label", help=argparse.SUPPRESS)
     parser.add_argument("--crf-workers", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--resolution", type=int, default=512, help=argparse.SUPPRESS)
+    parser.add_argument("--crf-iterations", type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument("--models", default="tiny", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.label:
