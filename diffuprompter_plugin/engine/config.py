@@ -116,8 +116,8 @@ class DiffuPrompterConfig:
         crf_bilateral_sxy, crf_bilateral_srgb, crf_bilateral_compat:
             appearance kernel (pixels, RGB levels, weight).
         crf_workers: DenseCRF processes in :meth:`DiffuPrompter.annotate_all`,
-            overlapping the CPU-bound CRF of one image with the GPU work on the
-            next ones; 0 runs the CRF inline.
+            overlapping the CPU-bound CRF of one image or scene tile with the
+            GPU work on the next ones; 0 runs the CRF inline (same results).
         multimask: ask SAM for its three candidates (section 2.2.3).
         min_area: instances (and prompt regions) smaller than this many pixels
             are dropped.
