@@ -239,12 +239,14 @@ def speed_rows(folder: Path, side: int, counts: list[int], scenes: int = 1) -> N
     for workers in counts:
         r = labelled(path, workers, 512, scenes=scenes)
         walls[workers] = r["seconds"]
-        # the wall time on idle cores: the main process alone until the first
-        # scene is grounded, then the longer of its CPU time and the workers'
-        # shared among them (contention inflates wall time, much less CPU time)
+        # the wall time on this machine's cores were they idle: the main process
+        # alone until the first scene is grounded; then it, the workers' time
+        # shared among them, or both shared among the cores, whichever is
+        # longest (contention inflates wall time, much less CPU time)
         before = r["grounded_cpu_seconds"]
-        after = r["main_cpu_seconds"] - before
-        bound[workers] = before + max(after, r["workers_cpu_seconds"] / max(1, workers))
+        after, crf = r["main_cpu_seconds"] - before, r["workers_cpu_seconds"]
+        cores = os.cpu_count() or 1
+        bound[workers] = before + max(after, crf / max(1, workers), (after + crf) / cores)
         name = "inline" if workers == 0 else f"{workers} CRF worker{'s' * (workers > 1)}"
         print(
             f"  {name}: {r['seconds'] / mp:.2f} s/MP wall ({r['seconds']:.1f} s), "
@@ -257,9 +259,9 @@ def speed_rows(folder: Path, side: int, counts: list[int], scenes: int = 1) -> N
         for workers in (w for w in counts if w):
             print(
                 f"  {workers} CRF worker(s): {walls[0] / walls[workers]:.2f}x inline (wall); "
-                f"{bound[0] / bound[workers]:.2f}x on idle cores (from CPU times: the main "
-                "process until the first scene is grounded, then the longer of it and the "
-                "workers)"
+                f"{bound[0] / bound[workers]:.2f}x on {os.cpu_count()} idle cores (from CPU "
+                "times: the main process until the first scene is grounded, then the "
+                "longest of it, the workers and both over the cores)"
             )
     print(f"  load average during the rows: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     path.unlink()
