@@ -62,7 +62,7 @@ def main() -> None:
 
     from diffuprompter_plugin import DiffuPrompter, DiffuPrompterConfig
     from diffuprompter_plugin.engine.raster import FileRaster
-    from diffuprompter_plugin.engine.tiling import segment_scene
+    from diffuprompter_plugin.engine.scenes import segment_scene
     from diffuprompter_plugin.engine.tiny import write_tiny_models
     from diffuprompter_plugin.importers import import_geotiffs
 
@@ -127,7 +127,7 @@ def main() -> None:
             before = server.served()
             start = time.perf_counter()
             with FileRaster(url) as raster:
-                segment_scene(model.prompter, raster, remote.heatmap_files, 0.5)
+                segment_scene(model.sam_prompter, raster, remote.heatmap_files, 0.5)
             seconds = time.perf_counter() - start
             fetched = server.served() - before
             print(

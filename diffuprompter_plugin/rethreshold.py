@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import fiftyone as fo
 import fiftyone.core.utils as fou
 
 from .brain import PseudoLabels, stored_config
@@ -122,42 +123,58 @@ def rethreshold_pseudo_labels(
         config.rethreshold_fields.append(out_field)
         PseudoLabels.update_run_config(samples, brain_key, config)
     from .engine.image import opened
-    from .engine.tiling import segment_scene
+    from .engine.scenes import segment_scene
+    from .engine.tiles import needs_tiling
 
+    dataset = samples._dataset
+    if not dataset.has_sample_field(out_field):  # declared, so a failed sample can be None
+        dataset.add_sample_field(
+            out_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections
+        )
+    tiling = config.engine_config()  # the run's tile_size decided which samples were tiled
     done = samples.exists(config.pred_field)
     ids = done.values("id")
     failures: dict[str, str] = {}
+
+    def fail(sample: Any, error: str) -> None:
+        logger.warning("Sample %s (%s): %s", sample.id, sample.filepath, error)
+        sample[out_field] = None
+        failures[sample.id] = error
+
     with fou.ProgressBar(total=len(ids), progress=progress) as pb:
         for chunk in fou.iter_slices(ids, batch_size):
             for sample in done.select(chunk).iter_samples(autosave=True, batch_size=batch_size):
+                pb.update()
                 labels = {
                     name: sample[field]
                     for name, field in config.heatmap_fields.items()
                     if sample[field] is not None
                 }
-                scene = {name: scene_heatmap_path(label) for name, label in labels.items()}
                 missing = _missing_files(labels.values())
                 if missing:  # fails this sample alone; resume computes it again
-                    failures[sample.id] = f"Heatmap files missing: {missing}"
-                    if sample.has_field(out_field):  # an earlier re-threshold's: now stale
-                        sample[out_field] = None
-                    pb.update()
+                    fail(sample, f"Heatmap files missing: {missing}")
                     continue
-                if all(scene.values()):  # a scene labelled in tiles: window by window
-                    with opened(sample_image(sample)) as raster:
+                with opened(sample_image(sample)) as raster:
+                    height, width = raster.height, raster.width
+                    if needs_tiling(height, width, tiling):  # a scene: window by window
+                        scene = {name: scene_heatmap_path(label) for name, label in labels.items()}
+                        missing = sorted(name for name, path in scene.items() if not path)
+                        if missing:
+                            fail(
+                                sample,
+                                f"a scene labelled in tiles (a side over tile_size="
+                                f"{tiling.tile_size}) whose heatmaps of {missing} have no "
+                                "full-resolution GeoTIFF (geotiff_path)",
+                            )
+                            continue
                         instances = segment_scene(prompter, raster, scene, thresholds)
-                        height, width = raster.height, raster.width
-                else:
-                    heatmaps = {name: read_heatmap(label) for name, label in labels.items()}
-                    instances = prompter.segment(sample_image(sample), heatmaps, thresholds)
-                    height, width = next(iter(heatmaps.values())).shape
+                    else:
+                        heatmaps = {name: read_heatmap(label) for name, label in labels.items()}
+                        instances = prompter.segment(raster, heatmaps, thresholds)
                 try:
                     sample[out_field] = to_detections(instances, width, height)
                 except ValueError as e:  # more instances than a sample can hold
-                    logger.warning("Sample %s (%s): %s", sample.id, sample.filepath, e)
-                    sample[out_field] = None
-                    failures[sample.id] = str(e)
-                pb.update()
+                    fail(sample, str(e))
     lost = [i for i, e in failures.items() if e.startswith("Heatmap files missing")]
     if lost:
         logger.warning(

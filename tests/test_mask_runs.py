@@ -8,7 +8,7 @@ import numpy as np
 
 from diffuprompter_plugin.engine.mask_runs import MaskRuns
 from diffuprompter_plugin.engine.segmentation import Instance
-from diffuprompter_plugin.engine.tiling import merge_instances
+from diffuprompter_plugin.engine.tiles import merge_instances
 
 
 def random_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:

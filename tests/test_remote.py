@@ -18,7 +18,7 @@ from test_tiling import TILED, stub_model
 from diffuprompter_plugin.engine.errors import InputImageError
 from diffuprompter_plugin.engine.raster import FileRaster, RasterFile
 from diffuprompter_plugin.engine.remote import RemoteReadError, display_name, gdal_path, is_remote
-from diffuprompter_plugin.engine.tiling import annotate_scene, segment_scene
+from diffuprompter_plugin.engine.scenes import segment_scene
 from diffuprompter_plugin.importers import import_geotiffs
 from diffuprompter_plugin.labelling import compute_pseudo_labels, resume_pseudo_labels
 
@@ -107,8 +107,7 @@ def test_labelling_a_remote_scene_fetches_each_block_once(served, tmp_path):
     model = stub_model(TILED.replace(tile_size=256, tile_overlap=32))  # 5 x 4 tiles
     classes = ["ship", "storage tank"]  # fetched once for both, not once per class
     local = model.annotate(str(path), classes)
-    with FileRaster(server.url("scene.tif")) as raster:
-        remote = annotate_scene(model, raster, classes)
+    remote = model.annotate(server.url("scene.tif"), classes)
     ranges = _intervals(server.log())  # consecutive blocks share only their 4-byte leaders
     overlaps = [a[1] - b[0] + 1 for a, b in zip(ranges, ranges[1:], strict=False)]
     assert max(overlaps) <= 8, "a block fetched twice"

@@ -16,9 +16,9 @@ from diffuprompter_plugin.engine.grounding import TextGrounder
 from diffuprompter_plugin.engine.heatmap_store import read_heatmap_window
 from diffuprompter_plugin.engine.pipeline import DiffuPrompter
 from diffuprompter_plugin.engine.raster import open_raster
+from diffuprompter_plugin.engine.scenes import ground_scene, tiles_per_group
 from diffuprompter_plugin.engine.segmentation import SamPrompter
 from diffuprompter_plugin.engine.stable_diffusion import load_stable_diffusion
-from diffuprompter_plugin.engine.tiling import ground_scene, tiles_per_group
 
 SCENE_TILES = dict(tile_size=64, tile_overlap=16)
 """A 128 x 128 px scene in 3 x 3 tiles of 64 px."""
@@ -134,7 +134,8 @@ def test_a_scene_grounded_in_groups_stores_the_tile_by_tile_heatmaps(prompter, m
         model = _model(prompter, models64, loops=2, loop_batch_size=batch_size, **SCENE_TILES)
         paths = {n: str(tmp_path / f"{batch_size}-{n}.tif") for n in names}
         with _unet_batches(model.grounder) as batches, open_raster(tmp_path / "scene.tif") as r:
-            ground_scene(model, r, names, paths)
+            steps = sum(1 for _ in ground_scene(model.grounder, r, names, paths))
+        assert steps == len(batches) + 9  # a step per group grounded and per tile scaled
         stored[batch_size] = {n: read_heatmap_window(p) for n, p in paths.items()}
         assert batches == {4: [4] * 6, 16: [16, 8]}[batch_size]  # 6 tiles with data
     for name in names:

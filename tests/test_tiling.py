@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, Future
+
 import numpy as np
 import pytest
 import rasterio
@@ -19,7 +21,8 @@ from diffuprompter_plugin.engine.heatmap_store import (
 )
 from diffuprompter_plugin.engine.pipeline import DiffuPrompter
 from diffuprompter_plugin.engine.raster import ArrayRaster, decimated_shape
-from diffuprompter_plugin.engine.tiling import segment_scene, tile_grid
+from diffuprompter_plugin.engine.scenes import segment_scene
+from diffuprompter_plugin.engine.tiles import tile_grid
 
 TILED = DiffuPrompterConfig(crf=False, tile_size=64, tile_overlap=16)
 
@@ -202,6 +205,15 @@ def test_a_scene_in_a_brain_run_stores_previews_and_geotiffs_and_rethresholds_ex
         (d.bounding_box, d.mask.tobytes()) for d in sample.dp_instances.detections
     )
 
+    # the run's tile_size says the sample is a scene: no fallback to the preview
+    sample["dp_heatmap_car"] = fo.Heatmap(map_path=heatmap.map_path)
+    sample.save()
+    out = rethreshold_pseudo_labels(dataset, "dp", "dp_third", prompter=model.sam_prompter)
+    assert (
+        "whose heatmaps of ['car'] have no full-resolution GeoTIFF" in out["failures"][sample.id]
+    )
+    assert dataset.first()["dp_third"] is None
+
 
 def test_heatmap_quantisation_round_trips_within_half_a_step():
     heat = np.array([[-0.5, 0.0, 1e-6, 0.3], [0.5, 0.999999, 1.0, 2.0]], np.float32)
@@ -231,3 +243,146 @@ def test_heatmap_preview_has_the_decimated_shape_and_the_stored_values(tmp_path)
     assert preview.shape == decimated_shape(90, 300, 100) == (30, 100)
     np.testing.assert_allclose(preview, heat.reshape(30, 3, 100, 3).mean((1, 3)), atol=1e-4)
     np.testing.assert_allclose(read_heatmap_window(path), heat, atol=0.5 / HEATMAP_SCALE)
+
+
+class CountingPool:
+    """The stream's CRF pool (inline with 0 workers), logging its start
+    ("pool", workers) and each task ("crf", tile shape), beside the SAM
+    stage of each tile ("sam", tile box)."""
+
+    def __init__(self, workers: int, log: list) -> None:
+        from diffuprompter_plugin.engine.crf_pool import crf_pool
+
+        self.pool, self.log = crf_pool(workers), log
+        log.append(("pool", workers))
+
+    def __enter__(self):
+        self.pool.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.pool.__exit__(*exc)
+
+    def submit(self, fn, *args):
+        self.log.append(("crf", args[0].shape[:2]))
+        return self.pool.submit(fn, *args)
+
+
+def _key(result):
+    return sorted((i.label, i.box, i.mask.tobytes(), i.score) for i in result.instances)
+
+
+def test_a_scene_through_the_crf_pool_equals_the_inline_path(monkeypatch):
+    """Objects across seams, on a corner of four tiles and in overlaps; with
+    DenseCRF on, in a stream of scenes, an image labelled whole and a
+    missing file."""
+    import diffuprompter_plugin.engine.pipeline as pipeline
+    from diffuprompter_plugin.engine.scenes import tile_instances
+
+    log: list = []
+    monkeypatch.setattr(pipeline, "crf_pool", lambda n: CountingPool(n, log))
+    monkeypatch.setattr(
+        pipeline,
+        "tile_instances",
+        lambda prompter, work, binaries: (
+            log.append(("sam", work.tile)) or tile_instances(prompter, work, binaries)
+        ),
+    )
+    config = TILED.replace(crf=True)
+    small = scene()[:60, :60].copy()
+    flipped = scene()[::-1].copy()
+    items = [(0, scene(), ["car"]), (1, small, ["car"]), (2, "missing.png", ["car"])]
+    items.append((3, flipped, ["car"]))
+    inline = list(stub_model(config).annotate_all(items))
+    inline_log, log[:] = log[:], []
+    pooled = list(stub_model(config.replace(crf_workers=2)).annotate_all(items))
+    assert [k for k, _ in pooled] == [0, 1, 2, 3]
+    assert "missing.png" in str(pooled[2][1]) and "missing.png" in str(inline[2][1])
+    grid = tile_grid(200, 210, 64, 16)
+    with_foreground = sum(  # tiles with a pixel above gamma, in both scenes
+        read_heatmap_window(inline[k][1].heatmap_files["car"], tile).max() > config.threshold
+        for k in (0, 3)
+        for tile, _ in grid
+    )
+    assert 0 < with_foreground < 2 * len(grid)
+    for workers, events in ((0, inline_log), (2, log)):
+        assert events[0] == ("pool", workers)  # one pool for the whole stream
+        crf = [entry for entry in events if entry[0] == "crf"]
+        assert crf.count(("crf", (64, 64))) == with_foreground  # the others skip DenseCRF
+        assert crf.count(("crf", (60, 60))) == 1  # the image labelled whole
+        # memory holds a few tiles: TILES_PER_PROCESS per worker, plus the one just submitted
+        outstanding, peak = 0, 0
+        for kind, _ in events[1:]:
+            outstanding += 1 if kind == "crf" else -1
+            peak = max(peak, outstanding)
+        assert peak == max(1, pipeline.TILES_PER_PROCESS * workers + 1) < with_foreground
+    for key in (0, 1, 3):
+        assert _key(pooled[key][1]) == _key(inline[key][1])
+        np.testing.assert_array_equal(
+            pooled[key][1].heatmaps["car"], inline[key][1].heatmaps["car"]
+        )
+    boxes = sorted(i.box for i in pooled[0][1].instances)
+    assert len(boxes) == len(OBJECTS)  # each object once, seams and corners merged
+    for name in ("seam", "corner", "long"):
+        x0, y0, x1, y1 = OBJECTS[name]
+        assert any(
+            b[0] <= x0 + 2 and b[2] >= x1 - 2 and b[1] <= y0 + 2 and b[3] >= y1 - 2 for b in boxes
+        ), name
+
+
+class LateFuture(Future):
+    """A task's result, delivered when the grounder next runs (the CRF came
+    back while the models worked) or when the stream waits for it."""
+
+    def __init__(self, value) -> None:
+        super().__init__()
+        self.value = value
+
+    def deliver(self) -> None:
+        if not self.done():
+            self.set_result(self.value)
+
+    def result(self, timeout=None):
+        self.deliver()
+        return super().result(timeout)
+
+
+class LatePool(Executor):
+    def __init__(self) -> None:
+        self.futures: list[LateFuture] = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.futures.append(LateFuture(fn(*args, **kwargs)))
+        return self.futures[-1]
+
+
+def test_sam_prompts_a_scenes_tiles_as_their_crf_returns_while_the_next_scene_is_grounded(
+    monkeypatch,
+):
+    import diffuprompter_plugin.engine.pipeline as pipeline
+
+    pool, log = LatePool(), []
+    monkeypatch.setattr(pipeline, "crf_pool", lambda n: pool)
+    model = stub_model(TILED.replace(crf=True, crf_workers=2))  # one tile per group (L=50)
+    grounder = model.grounder
+    ground = grounder.tile_heatmaps
+
+    def tile_heatmaps(images, names, progress=False):
+        for future in pool.futures:
+            future.deliver()
+        log.append("ground")
+        return ground(images, names, progress)
+
+    grounder.tile_heatmaps = tile_heatmaps
+    sam = pipeline.tile_instances
+    monkeypatch.setattr(pipeline, "tile_instances", lambda *a: log.append("sam") or sam(*a))
+    for key, _ in model.annotate_all([("A", scene(), ["car"]), ("B", scene(), ["car"])]):
+        log.append(key)
+    grounded = [k for k, event in enumerate(log) if event == "ground"]
+    b_first, b_last = grounded[len(grounded) // 2], grounded[-1]
+    assert len(grounded) == 2 * len(tile_grid(200, 210, 64, 16))
+    between = log[b_first:b_last]
+    # the last tiles of A in flight are prompted, and A comes out, while B is grounded
+    assert between.count("sam") == pipeline.TILES_PER_PROCESS * 2 and "A" in between
+    assert between.index("A") < between.index("ground", 1)  # A's result before B's 2nd group
+    assert log[-1] == "B"

@@ -112,8 +112,8 @@ class DiffuPrompterConfig:
         crf_bilateral_sxy, crf_bilateral_srgb, crf_bilateral_compat:
             appearance kernel (pixels, RGB levels, weight).
         crf_workers: DenseCRF processes in :meth:`DiffuPrompter.annotate_all`,
-            overlapping the CPU-bound CRF of one image with the GPU work on the
-            next ones; 0 runs the CRF inline.
+            overlapping the CPU-bound CRF of one image or scene tile with the
+            GPU work on the next ones; 0 runs the CRF inline (same results).
         multimask: ask SAM for its three candidates (section 2.2.3).
         min_area: instances (and prompt regions) smaller than this many pixels
             are dropped.
@@ -121,7 +121,7 @@ class DiffuPrompterConfig:
         tile_size: images with a side longer than this many native pixels
             are labelled as overlapping square tiles of this side, each seen
             by SD at ``resolution`` as the paper's 512-px patches are (see
-            :mod:`~diffuprompter_plugin.engine.tiling`); smaller images are
+            :mod:`~diffuprompter_plugin.engine.scenes`); smaller images are
             labelled whole.
         tile_overlap: native pixels shared by neighbouring tiles; objects up
             to this size are seen whole by at least one tile.

@@ -82,10 +82,18 @@ def _mean_field(
     return np.asarray(crf.inference(config.crf_iterations), np.float32).reshape(2, height, width)
 
 
+def has_foreground(heatmap: np.ndarray, threshold: float) -> bool:
+    """Whether some pixel of the heatmap exceeds gamma."""
+    return bool(heatmap.max(initial=0) > threshold)
+
+
 def binary_map(
     rgb: np.ndarray, heatmap: np.ndarray, threshold: float, config: DiffuPrompterConfig
 ) -> np.ndarray:
-    """The binarised map B of Eq. 10, CRF-refined when ``config.crf``."""
-    if config.crf:
+    """The binarised map B of Eq. 10, CRF-refined when ``config.crf``. A map
+    with no pixel above gamma is empty without DenseCRF: every unary then
+    favours background and the pairwise terms only reward agreeing labels,
+    so the CRF keeps it empty."""
+    if config.crf and has_foreground(heatmap, threshold):
         return dense_crf(rgb, heatmap, threshold, config)
     return binarize(heatmap, threshold)

@@ -16,7 +16,7 @@ import os
 import sys
 import types
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from multiprocessing.context import SpawnContext, SpawnProcess
 
 THREAD_VARIABLES = (
@@ -61,7 +61,24 @@ class _PoolContext(SpawnContext):
     Process = _PoolProcess
 
 
-def crf_pool(processes: int) -> ProcessPoolExecutor:
+class InlineExecutor(Executor):
+    """The pool of no worker: each task runs in the caller as it is
+    submitted, and its future is already done."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001 (delivered by the future, as a pool does)
+            future.set_exception(e)
+        return future
+
+
+def crf_pool(processes: int) -> Executor:
     """A pool of ``processes`` single-threaded processes that never import
-    ``__main__``; tasks must be module-level functions of importable modules."""
+    ``__main__`` (processes start at the first task); tasks must be
+    module-level functions of importable modules. With 0 processes, an
+    :class:`InlineExecutor`."""
+    if processes == 0:
+        return InlineExecutor()
     return ProcessPoolExecutor(processes, mp_context=_PoolContext(), initializer=single_threaded)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
@@ -16,22 +17,33 @@ import torch
 
 from .class_names import validate_class_names
 from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig, model_source
-from .crf import binary_map
-from .crf_pool import crf_pool
+from .crf import binarize, binary_map
+from .crf_pool import InlineExecutor, crf_pool
 from .device import default_dtype, resolve_device
 from .grounding import TextGrounder, check_class_prompts
 from .image import ImageLike, opened, read_rgb
-from .segmentation import Instance, SamPrompter, Thresholds, binary_maps, zero_nodata
+from .local_copy import local_copy
+from .raster import Box
+from .scenes import (
+    TileWork,
+    ground_scene,
+    heatmap_folder,
+    scene_previews,
+    scene_tiles,
+    tile_instances,
+)
+from .segmentation import Instance, SamPrompter, Thresholds, zero_nodata
 from .stable_diffusion import load_stable_diffusion, load_tokenizer
-from .tiling import annotate_scene, needs_tiling
+from .tiles import merge_instances, needs_tiling
 
 ITEM_ERRORS = (OSError, ValueError, RuntimeError)
 """Errors that fail one image in :meth:`Annotator.annotate_all` (unreadable
 file, bad input, out of memory) without stopping the others."""
 
-IMAGES_PER_PROCESS = 2
-"""Images in flight per CRF pool process in :meth:`DiffuPrompter.annotate_all`:
-while the oldest image waits for its CRF, the others' keep every process busy."""
+TILES_PER_PROCESS = 2
+"""Tiles (an image labelled whole is one) whose DenseCRF is in flight per
+CRF pool process in :meth:`DiffuPrompter.annotate_all`: while the oldest waits for
+its CRF, the others' keep every process busy; memory holds these tiles."""
 
 Item = tuple[Any, ImageLike, Sequence[str]]
 """(key, image, class names): the key comes back with the image's result."""
@@ -44,7 +56,7 @@ class Annotation:
     Attributes:
         heatmaps: ``{class name: H x W float32 in [0, 1]}``; for a scene
             labelled in tiles, a preview whose longest side is
-            :data:`~diffuprompter_plugin.engine.tiling.PREVIEW_SIDE`.
+            :data:`~diffuprompter_plugin.engine.scenes.PREVIEW_SIDE`.
         instances: every instance found, of all classes.
         heatmap_files: for a scene labelled in tiles, ``{class name: path}``
             of its full-resolution heatmap GeoTIFFs (see
@@ -215,90 +227,171 @@ class DiffuPrompter(Annotator):
             ValueError: empty or duplicate class names.
             InputImageError: the image cannot be used.
         """
-        grounded = self._ground(image, class_names, thresholds, progress)
-        if isinstance(grounded, Annotation):
-            return grounded
-        rgb, heatmaps, gammas, valid = grounded
-        binaries = binary_maps(rgb, heatmaps, gammas, self.config)
-        return Annotation(heatmaps, self.sam_prompter.prompt(rgb, heatmaps, binaries, valid))
+        processes = self.config.crf_workers if self.config.crf else 0
+        ((_, annotation),) = self._stream(
+            [(None, image, class_names)], thresholds, processes, (), progress
+        )
+        return annotation
 
     def annotate_all(
         self, items: Iterable[Item], thresholds: Thresholds = None
     ) -> Iterator[tuple[Any, Annotation | Exception]]:
-        """As :meth:`Annotator.annotate_all`. With ``config.crf_workers`` > 0,
-        one pool of that many single-threaded processes runs the DenseCRF of
-        every (image, class) of the whole stream, while the models work on
-        the following images; up to :data:`IMAGES_PER_PROCESS` images per
-        process are in flight, so no process waits for the models."""
-        processes = self.config.crf_workers if self.config.crf else 0
-        if processes == 0:
-            yield from super().annotate_all(items, thresholds)
-            return
-        with crf_pool(processes) as pool:
-            pending: deque = deque()
-            for key, image, names in items:
-                submit = partial(self._submit_crf, pool, image, names, thresholds)
-                pending.append((key, _guarded(submit)))
-                if len(pending) > IMAGES_PER_PROCESS * processes:
-                    yield self._finish(*pending.popleft())
-            while pending:
-                yield self._finish(*pending.popleft())
+        """As :meth:`Annotator.annotate_all`: images and scenes alike, as one
+        stream of tiles (an image labelled whole is one tile).
 
-    def _ground(
+        With ``config.crf_workers`` > 0, one pool of that many
+        single-threaded processes runs the DenseCRF of every (tile, class)
+        with foreground of the whole stream, while the models ground the
+        following images or groups of tiles; SAM prompts a tile as soon as
+        its CRF is back. Up to :data:`TILES_PER_PROCESS` tiles per process are
+        in flight, so no process waits for the models and memory holds a
+        group of tiles, not a scene. The results are those of the inline
+        path (``crf_workers=0``), mask for mask."""
+        processes = self.config.crf_workers if self.config.crf else 0
+        yield from self._stream(items, thresholds, processes, ITEM_ERRORS)
+
+    def _stream(
         self,
+        items: Iterable[Item],
+        thresholds: Thresholds,
+        processes: int,
+        errors: tuple[type[Exception], ...],
+        progress: bool = False,
+    ) -> Iterator[tuple[Any, Annotation | Exception]]:
+        """Labels ``items`` in order; an item failing with one of ``errors``
+        yields its exception (other errors propagate). DenseCRF runs in a
+        pool of ``processes`` processes, or inline with 0."""
+        limit = TILES_PER_PROCESS * processes
+        pending: deque[_Pending] = deque()
+        with crf_pool(processes) as pool:
+            try:
+                for key, image, names in items:
+                    item = _Item(key)
+                    try:
+                        for work in self._steps(item, image, names, thresholds, progress):
+                            if work is not None:
+                                pending.append(_Pending(item, work, self._submit_crf(pool, work)))
+                            yield from self._settle(pending, limit, errors)
+                    except errors as e:
+                        item.error = e
+                    pending.append(_Pending(item))
+                    yield from self._settle(pending, limit, errors)
+                yield from self._settle(pending, -1, errors)
+            except BaseException:  # stopped: the scene files of unfinished items go
+                for unfinished in pending:
+                    unfinished.item.discard()
+                raise
+
+    def _steps(
+        self,
+        item: _Item,
         image: ImageLike,
         names: Sequence[str],
         thresholds: Thresholds,
-        progress: bool = False,
-    ) -> (
-        tuple[np.ndarray, dict[str, np.ndarray], dict[str, float], np.ndarray | None] | Annotation
-    ):
-        """The RGB image, its heatmaps (0 on nodata), the per-class thresholds
-        and the valid-pixel mask (None: all valid). A scene larger than
-        ``config.tile_size`` is labelled in tiles
-        (:func:`~diffuprompter_plugin.engine.tiling.annotate_scene`) and its
-        Annotation returned. An image entirely nodata is not run, as a tile
-        entirely nodata is not."""
+        progress: bool,
+    ) -> Iterator[TileWork | None]:
+        """The steps of one image: grounding work (None: a group of a
+        scene's tiles grounded, or a tile's heatmap scaled) and the tiles
+        whose heatmaps are final (:class:`~.scenes.TileWork`). Sets
+        ``item.finish``, and ``item.discard`` for a scene's heatmap files.
+        An image larger than ``tile_size`` is labelled in tiles
+        (:func:`~.tiles.needs_tiling`, :mod:`~.scenes`)."""
         names = validate_class_names(names)
+        gammas = self.sam_prompter.thresholds_for(names, thresholds)
         with opened(image) as raster:
             if needs_tiling(raster.height, raster.width, self.config):
-                return annotate_scene(self, raster, names, thresholds, progress)
+                folder, paths = heatmap_folder(names)
+                item.discard = partial(shutil.rmtree, folder, ignore_errors=True)
+                try:
+                    with local_copy(raster) as scene:  # remote: each block fetched once
+                        yield from ground_scene(self.grounder, scene, names, paths, progress)
+                        yield from scene_tiles(scene, paths, gammas, self.config)
+                except BaseException:  # failed or abandoned: its files go
+                    item.discard()
+                    raise
+                shape = (raster.height, raster.width)
+                item.finish = lambda tiles: Annotation(
+                    scene_previews(paths), merge_instances(tiles), paths, shape
+                )
+                return
             rgb, valid = read_rgb(raster)
-        if valid is None or valid.any():
+        if valid is None or valid.any():  # an image entirely nodata is not run
             heatmaps = self.grounder.heatmaps(rgb, names, progress=progress)
         else:
             heatmaps = {name: np.zeros(valid.shape, np.float32) for name in names}
         zero_nodata(heatmaps, valid)
-        return rgb, heatmaps, self.sam_prompter.thresholds_for(names, thresholds), valid
+        item.finish = lambda tiles: Annotation(heatmaps, [i for _, found in tiles for i in found])
+        yield TileWork((0, 0, rgb.shape[1], rgb.shape[0]), rgb, heatmaps, gammas, valid)
 
-    def _submit_crf(
-        self, pool: Executor, image: ImageLike, names: Sequence[str], thresholds: Thresholds
-    ) -> (
-        tuple[np.ndarray, dict[str, np.ndarray], dict[str, Future], np.ndarray | None] | Annotation
-    ):
-        """Grounds an image and submits the DenseCRF of each class to
-        ``pool``; a tiled scene comes back labelled."""
-        grounded = self._ground(image, names, thresholds)
-        if isinstance(grounded, Annotation):
-            return grounded
-        rgb, heatmaps, gammas, valid = grounded
-        futures = {
-            name: pool.submit(binary_map, rgb, heatmap, gammas[name], self.config)
-            for name, heatmap in heatmaps.items()
+    def _submit_crf(self, pool: Executor, work: TileWork) -> dict[str, Future]:
+        """The DenseCRF of each class of a tile with foreground, submitted to
+        ``pool``; the others' empty binary maps (:func:`~.crf.binary_map`)."""
+        found = work.with_foreground()
+        return {
+            name: pool.submit(binary_map, work.rgb, heat, work.gammas[name], self.config)
+            if name in found
+            else InlineExecutor().submit(binarize, heat, work.gammas[name])
+            for name, heat in work.heatmaps.items()
         }
-        return rgb, heatmaps, futures, valid
 
-    def _finish(self, key: Any, grounded: Any) -> tuple[Any, Annotation | Exception]:
-        """The SAM stage of an image whose CRF was submitted by :meth:`_submit_crf`."""
-        if isinstance(grounded, (Exception, Annotation)):
-            return key, grounded
-        rgb, heatmaps, futures, valid = grounded
+    def _settle(
+        self, pending: deque[_Pending], limit: int, errors: tuple[type[Exception], ...]
+    ) -> Iterator[tuple[Any, Annotation | Exception]]:
+        """Prompts SAM with the oldest tiles whose CRF is back and yields the
+        images all of whose tiles are done, in order; waits for the oldest
+        tile while more than ``limit`` are in flight (-1: until none is)."""
+        while pending:
+            head = pending[0]
+            in_flight = sum(p.work is not None for p in pending)
+            if head.work is not None and in_flight <= limit and not head.done():
+                return
+            pending.popleft()
+            item = head.item
+            if head.work is None:  # the item's last tile is done
+                yield item.key, item.result(errors)
+            elif item.error is None:
+                try:
+                    binaries = {name: f.result() for name, f in head.binaries.items()}
+                    item.tiles.append(
+                        (head.work.tile, tile_instances(self.sam_prompter, head.work, binaries))
+                    )
+                except errors as e:
+                    item.error = e
 
-        def prompt() -> Annotation:
-            binaries = {name: future.result() for name, future in futures.items()}
-            return Annotation(heatmaps, self.sam_prompter.prompt(rgb, heatmaps, binaries, valid))
 
-        return key, _guarded(prompt)
+@dataclass
+class _Item:
+    """One image of a stream: what its tiles gave so far."""
+
+    key: Any
+    tiles: list[tuple[Box, list[Instance]]] = field(default_factory=list)
+    error: Exception | None = None
+    finish: Callable[[list[tuple[Box, list[Instance]]]], Annotation] | None = None
+    discard: Callable[[], None] = lambda: None
+
+    def result(self, errors: tuple[type[Exception], ...]) -> Annotation | Exception:
+        """The item's Annotation from its tiles, or its error (its scene
+        heatmap files are then deleted)."""
+        if self.error is None:
+            try:
+                return self.finish(self.tiles)
+            except errors as e:
+                self.error = e
+        self.discard()
+        return self.error
+
+
+@dataclass
+class _Pending:
+    """A tile of an item whose DenseCRF was submitted; without ``work``, the
+    item's end."""
+
+    item: _Item
+    work: TileWork | None = None
+    binaries: dict[str, Future] = field(default_factory=dict)
+
+    def done(self) -> bool:
+        return all(future.done() for future in self.binaries.values())
 
 
 def check_prompts(sd_model: str | os.PathLike, template: str, class_names: Sequence[str]) -> bool:

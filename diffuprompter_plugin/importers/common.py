@@ -16,6 +16,8 @@ import fiftyone.core.utils as fou
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..engine.tiles import tile_grid
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
 T = TypeVar("T")
@@ -209,20 +211,11 @@ def add_in_batches(dataset: fo.Dataset, samples: Iterable[fo.Sample], batch: int
 
 
 def windows(width: int, height: int, size: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """Patch windows (x0, y0, x1, y1) covering an image: stride ``size -
-    overlap``; a window that would overrun an edge is shifted back inside (the
-    iSAID devkit rule), so no padding is needed. A side shorter than ``size``
-    gives one window of that side's length."""
+    """Patch windows (x0, y0, x1, y1) covering an image, row by row: the
+    engine's tile grid (:func:`~diffuprompter_plugin.engine.tiles.tile_grid`),
+    stride ``size - overlap``, a window that would overrun an edge shifted
+    back inside (the iSAID devkit rule), so no padding is needed. A side
+    shorter than ``size`` gives one window of that side's length."""
     if not 0 <= overlap < size:
         raise ValueError(f"overlap {overlap} must be in [0, patch size {size})")
-
-    def starts(length: int) -> list[int]:
-        if length <= size:
-            return [0]
-        return sorted({min(s, length - size) for s in range(0, length, size - overlap)})
-
-    return [
-        (x, y, min(x + size, width), min(y + size, height))
-        for y in starts(height)
-        for x in starts(width)
-    ]
+    return [tile for tile, _ in tile_grid(height, width, size, overlap)]

@@ -1,0 +1,251 @@
+"""Large scenes labelled as overlapping native-resolution tiles.
+
+An image with a side longer than ``config.tile_size`` is cut into square
+tiles of that side, ``config.tile_overlap`` pixels apart from their
+neighbours' edges. Each tile is grounded and prompted as the paper does a
+512-px patch (SD sees it at ``config.resolution``), and the scene is never
+held in memory: the image and the heatmaps go by groups of tiles, DenseCRF
+and SAM tile by tile. The steps are generators, so that
+:meth:`~.pipeline.DiffuPrompter.annotate_all` interleaves them with the
+DenseCRF pool and the SAM stage of earlier tiles: a scene takes the same
+path as an image, which is a scene of one tile.
+
+**Three passes.**
+
+1. *Ground.* Each tile with data gets its heatmaps (Eqs. 3, 4, 9) and, per
+   class, its :func:`~diffuprompter_plugin.engine.grounding.pyramid_peak`:
+   the mean over resolutions of the highest raw attention probability, which
+   Eq. 4's per-map normalisation throws away. Tiles are read and grounded in
+   groups (:func:`tiles_per_group`): a group's (tile, class, noise draw)
+   triples share U-Net calls of ``loop_batch_size``, so the GPU stays busy
+   when a tile's own C x L pairs would not fill a call; each tile's heatmaps
+   are those it gets alone (its draws are seeded by draw index). Tiles
+   entirely nodata are not run. Each tile's *core* (the pixels nearer its
+   centre than any other tile's: overlaps split in the middle) goes to a
+   scratch file.
+2. *Compare tiles.* Eq. 4 stretches every tile's map to [0, 1], so a tile
+   without the class would show foreground at its strongest noise. Each
+   tile's heatmap is therefore multiplied by its peak over the scene's
+   highest peak of that class (``peak / max peak``): a tile that attends to
+   the class as strongly as the scene's best keeps its map, an empty tile,
+   whose raw attention is weak, falls below gamma. Nodata pixels get 0. The
+   result is stored at full resolution (:mod:`.heatmap_store`). A scene of
+   one tile is today's image: its factor is 1.
+3. *Segment.* Each tile with foreground (:func:`scene_tiles`) is binarised
+   from the stored heatmap (DenseCRF on the tile only, for each class with
+   foreground) and prompted with SAM (:func:`tile_instances`); its instances
+   are moved into scene coordinates and merged
+   (:func:`~.tiles.merge_instances`).
+
+The tile geometry, the scaling and the seam merge are in :mod:`.tiles`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import TypeVar
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import DiffuPrompterConfig
+from .crf import has_foreground
+from .grounding import TextGrounder
+from .heatmap_store import HeatmapWriter, heatmap_preview, read_heatmap_window
+from .local_copy import local_copy
+from .raster import Box, Raster
+from .segmentation import Instance, SamPrompter, Thresholds, binary_maps, zero_nodata
+from .tiles import merge_instances, tile_grid, tile_scales, within
+
+T = TypeVar("T")
+
+PREVIEW_SIDE = 2048
+"""Longest side of the in-memory heatmaps returned for a scene."""
+
+GDAL_CACHE_MB = 128
+"""GDAL's block cache while a scene is read and its heatmaps written (its
+default, 5 % of RAM, would grow with the scene)."""
+
+
+def gdal_env():
+    """The GDAL settings under which a scene is read and written."""
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
+@dataclass
+class TileWork:
+    """One tile whose heatmaps are final: what DenseCRF and SAM take. An
+    image labelled whole is one tile, its box the whole image.
+
+    Attributes:
+        tile: the tile's box (x0, y0, x1, y1) in the image.
+        rgb: h x w x 3 uint8 pixels of the tile.
+        heatmaps: ``{class name: h x w float32 in [0, 1]}``.
+        gammas: ``{class name: threshold}``.
+        valid: h x w bool, False on nodata; None when all pixels are data.
+    """
+
+    tile: Box
+    rgb: np.ndarray
+    heatmaps: dict[str, np.ndarray]
+    gammas: Mapping[str, float]
+    valid: np.ndarray | None = None
+
+    def with_foreground(self) -> list[str]:
+        """The classes above their threshold somewhere in the tile: those
+        whose DenseCRF runs (the others' binary map is empty)."""
+        return [n for n, heat in self.heatmaps.items() if has_foreground(heat, self.gammas[n])]
+
+
+def tile_instances(
+    prompter: SamPrompter, work: TileWork, binaries: Mapping[str, np.ndarray]
+) -> list[Instance]:
+    """The SAM stage of one tile from its binary maps (``{class: h x w
+    bool}``): its instances in image coordinates, none on nodata pixels."""
+    instances = prompter.prompt(work.rgb, work.heatmaps, binaries, work.valid)
+    return [inst.shifted(work.tile[0], work.tile[1]) for inst in instances]
+
+
+def _data_tiles(
+    raster: Raster, grid: list[tuple[Box, Box]], bar: tqdm | None = None
+) -> Iterator[tuple[Box, Box, np.ndarray, np.ndarray | None]]:
+    """(tile, core, rgb, valid) of every tile that has data; a given ``bar``
+    advances by one per tile skipped (entirely nodata)."""
+    for tile, core in grid:
+        rgb, valid = raster.read(tile)
+        if valid is None or valid.any():
+            yield tile, core, rgb, valid
+        elif bar is not None:
+            bar.update()
+
+
+def tiles_per_group(config: DiffuPrompterConfig, classes: int) -> int:
+    """Tiles grounded together: as many as one U-Net call of
+    ``loop_batch_size`` (tile, class, noise draw) triples takes whole, at
+    least one."""
+    return max(1, config.loop_batch_size // (classes * config.loops))
+
+
+def _groups(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last one may be shorter)."""
+    iterator = iter(items)
+    while group := list(islice(iterator, size)):
+        yield group
+
+
+def scene_grid(raster: Raster, config: DiffuPrompterConfig) -> list[tuple[Box, Box]]:
+    """The (tile, core) boxes of a scene (:func:`~.tiles.tile_grid`)."""
+    return tile_grid(raster.height, raster.width, config.tile_size, config.tile_overlap)
+
+
+def heatmap_folder(names: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """A new temporary folder and ``{class: .tif path}`` in it for a scene's
+    heatmaps; the caller owns the folder."""
+    folder = tempfile.mkdtemp(prefix="dp-heatmaps-")
+    return folder, {name: os.path.join(folder, f"{k}.tif") for k, name in enumerate(names)}
+
+
+def ground_scene(
+    grounder: TextGrounder,
+    raster: Raster,
+    names: Sequence[str],
+    paths: Mapping[str, str],
+    progress: bool = False,
+) -> Iterator[None]:
+    """Passes 1 and 2, as steps: writes the scene's full-resolution heatmaps
+    to ``paths`` (``{class: .tif}``, georeferenced as the raster), each
+    tile scaled by its peak over the scene's. Tiles are read and grounded
+    in groups of :func:`tiles_per_group`, so memory holds one group.
+
+    A generator: it yields after each group of tiles grounded and each tile
+    scaled, so that the caller can do other work between steps (the
+    DenseCRF and SAM stages of earlier tiles); exhaust it to run it all.
+    With ``progress``, a bar counts the tiles done.
+    """
+    config = grounder.config
+    grid = scene_grid(raster, config)
+    shape = (raster.height, raster.width)
+    scratch_dir = tempfile.mkdtemp(prefix="dp-scene-")
+    try:
+        with gdal_env():
+            scratch_paths = {n: os.path.join(scratch_dir, f"{k}.tif") for k, n in enumerate(names)}
+            scratch = HeatmapWriter(scratch_paths, shape)
+            peaks: dict[Box, dict[str, float]] = {}
+            size = tiles_per_group(config, len(names))
+            with tqdm(total=len(grid), desc="Tiles", unit="tile", disable=not progress) as bar:
+                for group in _groups(_data_tiles(raster, grid, bar), size):
+                    grounded = grounder.tile_heatmaps([rgb for _, _, rgb, _ in group], names)
+                    for (tile, core, _, valid), (heatmaps, tile_peaks) in zip(
+                        group, grounded, strict=True
+                    ):
+                        peaks[tile] = tile_peaks
+                        zero_nodata(heatmaps, valid)
+                        for name, heat in heatmaps.items():
+                            scratch.write(name, core, heat[within(core, tile)])
+                        bar.update()
+                    yield
+            scratch.close(overviews=False)
+            scales = tile_scales(peaks, names)
+            final = HeatmapWriter(paths, shape, raster.georef)
+            for tile, core in grid:
+                for name in names:
+                    scale = scales.get(tile, {}).get(name, 0.0)
+                    if scale:
+                        heat = read_heatmap_window(scratch_paths[name], core) * scale
+                    else:
+                        heat = np.zeros((core[3] - core[1], core[2] - core[0]), np.float32)
+                    final.write(name, core, heat)
+                yield
+            final.close()
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+
+
+def scene_tiles(
+    raster: Raster,
+    paths: Mapping[str, str],
+    gammas: Mapping[str, float],
+    config: DiffuPrompterConfig,
+) -> Iterator[TileWork]:
+    """Pass 3's input: each tile with data and with some class above its
+    threshold, read from the raster and the stored heatmaps ``paths``
+    (``{class: .tif}``) as it is taken."""
+    with gdal_env():
+        for tile, _, rgb, valid in _data_tiles(raster, scene_grid(raster, config)):
+            heatmaps = {name: read_heatmap_window(path, tile) for name, path in paths.items()}
+            work = TileWork(tile, rgb, heatmaps, gammas, valid)
+            if work.with_foreground():
+                yield work
+
+
+def scene_previews(paths: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """``{class: heatmap preview}``, longest side :data:`PREVIEW_SIDE`, of a
+    scene's stored heatmaps."""
+    with gdal_env():
+        return {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}
+
+
+def segment_scene(
+    prompter: SamPrompter,
+    raster: Raster,
+    paths: Mapping[str, str],
+    thresholds: Thresholds = None,
+) -> list[Instance]:
+    """Pass 3 in this process, the re-threshold of a scene: instances from
+    the stored full-resolution heatmaps ``paths`` (``{class: .tif}``), tile
+    by tile, merged across seams. Gives what the run gave with the same
+    thresholds, with or without its DenseCRF pool."""
+    gammas = prompter.thresholds_for(list(paths), thresholds)
+    tiles = []
+    with local_copy(raster) as scene:  # remote: each block fetched once
+        for work in scene_tiles(scene, paths, gammas, prompter.config):
+            binaries = binary_maps(work.rgb, work.heatmaps, gammas, prompter.config)
+            tiles.append((work.tile, tile_instances(prompter, work, binaries)))
+    return merge_instances(tiles)
