@@ -9,6 +9,7 @@ from helpers import EchoPrompter
 from rasterio.transform import from_origin
 
 from diffuprompter_plugin.engine.config import DiffuPrompterConfig
+from diffuprompter_plugin.engine.grounding import Grounded
 from diffuprompter_plugin.engine.heatmap_store import (
     HEATMAP_SCALE,
     HeatmapWriter,
@@ -34,9 +35,9 @@ class RedGrounder:
     def check_prompts(self, names):
         pass
 
-    def heatmaps(self, rgb, names, progress=False):
-        ((heatmaps, _),) = self.tile_heatmaps([rgb], names)
-        return heatmaps
+    def ground(self, rgb, names, progress=False):
+        (grounded,) = self.tile_heatmaps([rgb], names)
+        return grounded
 
     def tile_heatmaps(self, images, names, progress=False):
         for rgb in images:
@@ -44,7 +45,9 @@ class RedGrounder:
             raw = rgb[..., 0].astype(np.float32) / 255
             span = raw.max() - raw.min()
             heat = (raw - raw.min()) / span if span else np.zeros_like(raw)
-            yield {name: heat.copy() for name in names}, dict.fromkeys(names, float(raw.max()))
+            heatmaps = {name: heat.copy() for name in names}
+            spreads = {name: np.zeros_like(heat) for name in names}
+            yield Grounded(heatmaps, spreads, dict.fromkeys(names, float(raw.max())))
 
 
 def stub_model(config: DiffuPrompterConfig) -> DiffuPrompter:

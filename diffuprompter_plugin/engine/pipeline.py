@@ -19,7 +19,7 @@ from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig, mo
 from .crf import binary_map
 from .crf_pool import crf_pool
 from .device import default_dtype, resolve_device
-from .grounding import TextGrounder, check_class_prompts
+from .grounding import Grounded, TextGrounder, check_class_prompts
 from .image import ImageLike, opened, to_rgb_uint8
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
 from .stable_diffusion import load_stable_diffusion, load_tokenizer
@@ -52,12 +52,22 @@ class Annotation:
             temporary folder the caller moves or deletes; else empty.
         shape: (H, W) of the image when ``heatmaps`` are previews; None when
             the heatmaps have the image's size.
+        spreads: ``{class name: H x W float32 in [0, 1]}``, the spread of
+            the noise draws beside each heatmap (see
+            :class:`~diffuprompter_plugin.engine.grounding.Grounded`), which
+            re-thresholding needs for ``draw_agreement``; empty for a scene
+            labelled in tiles.
+        spread_files: for a scene labelled in tiles, ``{class name: path}``
+            of the spreads' full-resolution GeoTIFFs, in the folder of
+            ``heatmap_files``; else empty.
     """
 
     heatmaps: dict[str, np.ndarray]
     instances: list[Instance] = field(default_factory=list)
     heatmap_files: dict[str, str] = field(default_factory=dict)
     shape: tuple[int, int] | None = None
+    spreads: dict[str, np.ndarray] = field(default_factory=dict)
+    spread_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -218,9 +228,16 @@ class DiffuPrompter(Annotator):
         grounded = self._ground(image, class_names, thresholds, progress)
         if isinstance(grounded, Annotation):
             return grounded
-        rgb, heatmaps, gammas = grounded
-        binaries = binary_maps(rgb, heatmaps, gammas, self.config)
-        return Annotation(heatmaps, self.sam_prompter.prompt(rgb, heatmaps, binaries))
+        rgb, maps, gammas = grounded
+        binaries = binary_maps(rgb, maps.heatmaps, gammas, self.config)
+        return self._annotation(rgb, maps, binaries)
+
+    def _annotation(
+        self, rgb: np.ndarray, maps: Grounded, binaries: Mapping[str, np.ndarray]
+    ) -> Annotation:
+        """The SAM stage: an image's Annotation from its grounding and binary maps."""
+        instances = self.sam_prompter.prompt(rgb, maps.heatmaps, binaries, maps.spreads)
+        return Annotation(maps.heatmaps, instances, spreads=maps.spreads)
 
     def annotate_all(
         self, items: Iterable[Item], thresholds: Thresholds = None
@@ -250,8 +267,8 @@ class DiffuPrompter(Annotator):
         names: Sequence[str],
         thresholds: Thresholds,
         progress: bool = False,
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]] | Annotation:
-        """The RGB image, its heatmaps and the per-class thresholds. A scene
+    ) -> tuple[np.ndarray, Grounded, dict[str, float]] | Annotation:
+        """The RGB image, its grounding and the per-class thresholds. A scene
         larger than ``config.tile_size`` is labelled in tiles
         (:func:`~diffuprompter_plugin.engine.tiling.annotate_scene`) and its
         Annotation returned."""
@@ -260,33 +277,33 @@ class DiffuPrompter(Annotator):
             if needs_tiling(raster.height, raster.width, self.config):
                 return annotate_scene(self, raster, names, thresholds, progress)
             rgb = to_rgb_uint8(raster)
-        heatmaps = self.grounder.heatmaps(rgb, names, progress=progress)
-        return rgb, heatmaps, self.sam_prompter.thresholds_for(names, thresholds)
+        grounded = self.grounder.ground(rgb, names, progress=progress)
+        return rgb, grounded, self.sam_prompter.thresholds_for(names, thresholds)
 
     def _submit_crf(
         self, pool: Executor, image: ImageLike, names: Sequence[str], thresholds: Thresholds
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Future]] | Annotation:
+    ) -> tuple[np.ndarray, Grounded, dict[str, Future]] | Annotation:
         """Grounds an image and submits the DenseCRF of each class to
         ``pool``; a tiled scene comes back labelled."""
         grounded = self._ground(image, names, thresholds)
         if isinstance(grounded, Annotation):
             return grounded
-        rgb, heatmaps, gammas = grounded
+        rgb, maps, gammas = grounded
         futures = {
             name: pool.submit(binary_map, rgb, heatmap, gammas[name], self.config)
-            for name, heatmap in heatmaps.items()
+            for name, heatmap in maps.heatmaps.items()
         }
-        return rgb, heatmaps, futures
+        return rgb, maps, futures
 
     def _finish(self, key: Any, grounded: Any) -> tuple[Any, Annotation | Exception]:
         """The SAM stage of an image whose CRF was submitted by :meth:`_submit_crf`."""
         if isinstance(grounded, (Exception, Annotation)):
             return key, grounded
-        rgb, heatmaps, futures = grounded
+        rgb, maps, futures = grounded
 
         def prompt() -> Annotation:
             binaries = {name: future.result() for name, future in futures.items()}
-            return Annotation(heatmaps, self.sam_prompter.prompt(rgb, heatmaps, binaries))
+            return self._annotation(rgb, maps, binaries)
 
         return key, _guarded(prompt)
 

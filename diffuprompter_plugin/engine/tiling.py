@@ -277,11 +277,9 @@ def ground_scene(
         with tqdm(total=len(grid), desc="Tiles", unit="tile", disable=not progress) as bar:
             for group in _groups(_data_tiles(raster, grid, bar), size):
                 grounded = model.grounder.tile_heatmaps([rgb for _, _, rgb, _ in group], names)
-                for (tile, core, _, valid), (heatmaps, tile_peaks) in zip(
-                    group, grounded, strict=True
-                ):
-                    peaks[tile] = tile_peaks
-                    for name, heat in heatmaps.items():
+                for (tile, core, _, valid), maps in zip(group, grounded, strict=True):
+                    peaks[tile] = maps.peaks
+                    for name, heat in maps.heatmaps.items():
                         if valid is not None:
                             heat[~valid] = 0
                         scratch.write(name, core, heat[_within(core, tile)])
