@@ -9,12 +9,13 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import fiftyone as fo
 import fiftyone.core.utils as fou
 
-from .brain import PseudoLabels, stored_config
+from .brain import PseudoLabels, quality_field, stored_config
 from .engine.config import check_setting
 from .labelling.checks import check_batch_size
-from .labels import read_heatmap, sample_image, scene_heatmap_path, to_detections
+from .labels import read_heatmap, read_spread, sample_image, scene_heatmap_path, store_instances
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,13 @@ def load_thresholds(thresholds: float | Mapping[str, float] | str | None) -> Any
     return thresholds
 
 
+def _spreads(spreads: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The draws' spreads of a sample's classes, or None when some class
+    has none (a run stored before the quality signals): its instances then
+    lack ``draw_agreement``."""
+    return None if any(v is None for v in spreads.values()) else spreads
+
+
 def rethreshold_pseudo_labels(
     samples: Any,
     brain_key: str,
@@ -57,8 +65,12 @@ def rethreshold_pseudo_labels(
     Args:
         samples: a dataset or view with a finished or partial run.
         brain_key: the DiffuPrompter run whose heatmaps to use.
-        out_field: new ``fo.Detections`` field (overwritten if it exists);
-            it is recorded with the run, so deleting the run deletes it.
+        out_field: new ``fo.Detections`` field (overwritten if it exists),
+            its instances with their quality signals recomputed, and
+            ``<out_field>_quality`` their lowest quality; both are recorded
+            with the run, so deleting the run deletes them. Instances from
+            a run stored before the signals lack ``draw_agreement`` (their
+            draws' spread was not kept).
         thresholds: gamma for all classes, ``{class: gamma}``, or a JSON file
             of that dict; None keeps the run's threshold.
         sam_model, sam_checkpoint, device: SAM to use (default: the run's
@@ -81,6 +93,8 @@ def rethreshold_pseudo_labels(
     if out_field not in config.rethreshold_fields:  # deleted with the run from now on
         config.rethreshold_fields.append(out_field)
         PseudoLabels.update_run_config(samples, brain_key, config)
+    if not samples._dataset.has_sample_field(quality_field(out_field)):  # may stay all None
+        samples._dataset.add_sample_field(quality_field(out_field), fo.FloatField)
     from .engine.image import opened
     from .engine.tiling import segment_scene
 
@@ -102,13 +116,17 @@ def rethreshold_pseudo_labels(
                         height, width = raster.height, raster.width
                 else:
                     heatmaps = {name: read_heatmap(label) for name, label in labels.items()}
-                    instances = prompter.segment(sample_image(sample), heatmaps, thresholds)
+                    spreads = _spreads(
+                        {name: read_spread(label) for name, label in labels.items()}
+                    )
+                    image = sample_image(sample)
+                    instances = prompter.segment(image, heatmaps, thresholds, spreads)
                     height, width = next(iter(heatmaps.values())).shape
                 try:
-                    sample[out_field] = to_detections(instances, width, height)
+                    store_instances(sample, out_field, instances, width, height)
                 except ValueError as e:  # more instances than a sample can hold
                     logger.warning("Sample %s (%s): %s", sample.id, sample.filepath, e)
-                    sample[out_field] = None
+                    sample[out_field] = sample[quality_field(out_field)] = None
                     failures[sample.id] = str(e)
                 pb.update()
     return {
