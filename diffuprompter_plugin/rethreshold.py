@@ -15,7 +15,14 @@ import fiftyone.core.utils as fou
 from .brain import PseudoLabels, quality_field, stored_config
 from .engine.config import check_setting
 from .labelling.checks import check_batch_size
-from .labels import read_heatmap, read_spread, sample_image, scene_heatmap_path, store_instances
+from .labels import (
+    read_heatmap,
+    read_spread,
+    sample_image,
+    scene_heatmap_path,
+    spread_path,
+    store_instances,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +48,9 @@ def load_thresholds(thresholds: float | Mapping[str, float] | str | None) -> Any
 
 
 def _spreads(spreads: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The draws' spreads of a sample's classes, or None when some class
-    has none (a run stored before the quality signals): its instances then
-    lack ``draw_agreement``."""
+    """The draws' spreads (arrays, or a scene's GeoTIFF paths) of a
+    sample's classes, or None when some class has none (a run stored before
+    the quality signals): its instances then lack ``draw_agreement``."""
     return None if any(v is None for v in spreads.values()) else spreads
 
 
@@ -111,8 +118,9 @@ def rethreshold_pseudo_labels(
                 }
                 scene = {name: scene_heatmap_path(label) for name, label in labels.items()}
                 if all(scene.values()):  # a scene labelled in tiles: window by window
+                    spreads = _spreads({n: spread_path(label) for n, label in labels.items()})
                     with opened(sample_image(sample)) as raster:
-                        instances = segment_scene(prompter, raster, scene, thresholds)
+                        instances = segment_scene(prompter, raster, scene, thresholds, spreads)
                         height, width = raster.height, raster.width
                 else:
                     heatmaps = {name: read_heatmap(label) for name, label in labels.items()}

@@ -38,9 +38,19 @@ of at least :data:`MERGE_IOU` (both tiles saw the same pixels there, so an
 object cut by one tile's edge still matches the other tile's view of it).
 Matches are joined transitively (an object at a corner of four tiles is
 one), and a group becomes one instance: the union of its masks, the union
-box, the highest score. So an object inside an overlap comes out once, and
-an object straddling a seam comes out once with its mask whole. Instances
-that overlap nothing in a shared window are kept as they are.
+box, the highest score, and the quality signals of its parts merged
+(:func:`~.signals.merged_signals`: each signal the area-weighted mean of
+the parts', quality recomputed from them). So an object inside an overlap
+comes out once, and an object straddling a seam comes out once with its
+mask whole. Instances that overlap nothing in a shared window are kept as
+they are.
+
+**Signals.** Each tile's instances get their signals from the tile's own
+SAM call, heatmap and draws' spread (the ``heat_contrast`` ring and the
+mask are clipped to the tile). The draws' spread is stored beside each
+heatmap as a GeoTIFF of its own, scaled per tile by the same factor as the
+heatmap, so ``draw_agreement`` (a ratio of the two) does not change with
+the scaling, and re-thresholding reads it window by window.
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ from .heatmap_store import HeatmapWriter, heatmap_preview, read_heatmap_window
 from .mask_runs import MaskRuns
 from .raster import Box, Raster
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps
+from .signals import merged_signals
 
 if TYPE_CHECKING:
     from .pipeline import Annotation, DiffuPrompter
@@ -146,7 +157,7 @@ def _crop(inst: Instance, window: Box) -> np.ndarray:
 
 def _union(group: list[Instance]) -> Instance:
     """One instance of a group: mask union (joined run by run, never a dense
-    mask of the union box), union box, highest score."""
+    mask of the union box), union box, highest score, merged signals."""
     if len(group) == 1:
         return group[0]
     box = (
@@ -157,7 +168,9 @@ def _union(group: list[Instance]) -> Instance:
     )
     shape = (box[3] - box[1], box[2] - box[0])
     parts = [(i.runs, i.box[0] - box[0], i.box[1] - box[1]) for i in group]
-    return Instance(group[0].label, MaskRuns.union(shape, parts), box, max(i.score for i in group))
+    signals = merged_signals([(i.signals, i.area) for i in group])
+    runs = MaskRuns.union(shape, parts)
+    return Instance(group[0].label, runs, box, max(i.score for i in group), signals)
 
 
 def merge_instances(tiles: Sequence[tuple[Box, list[Instance]]]) -> list[Instance]:
@@ -223,7 +236,7 @@ def _on_data(inst: Instance, valid: np.ndarray | None, min_area: int) -> Instanc
         return None
     if mask.sum() == inst.mask.sum():
         return inst
-    return Instance.from_full_mask(inst.label, mask, inst.score).shifted(x0, y0)
+    return Instance.from_full_mask(inst.label, mask, inst.score, inst.signals).shifted(x0, y0)
 
 
 def _data_tiles(
@@ -260,17 +273,24 @@ def ground_scene(
     paths: Mapping[str, str],
     georef: Mapping | None = None,
     progress: bool = False,
+    spread_paths: Mapping[str, str] | None = None,
 ) -> None:
     """Passes 1 and 2: writes the scene's full-resolution heatmaps to ``paths``
-    (``{class: .tif}``), each tile scaled by its peak over the scene's. Tiles
-    are read and grounded in groups of :func:`tiles_per_group`, so memory
-    holds one group. With ``progress``, a bar counts the tiles done."""
+    (``{class: .tif}``), each tile scaled by its peak over the scene's, and,
+    with ``spread_paths`` (``{class: .tif}``), the draws' spreads scaled
+    alike. Tiles are read and grounded in groups of :func:`tiles_per_group`,
+    so memory holds one group. With ``progress``, a bar counts the tiles
+    done."""
     config = model.config
     grid = tile_grid(raster.height, raster.width, config.tile_size, config.tile_overlap)
     shape = (raster.height, raster.width)
+    layers = {("heat", n): path for n, path in paths.items()}
+    layers.update({("spread", n): path for n, path in (spread_paths or {}).items()})
     scratch_dir = tempfile.mkdtemp(prefix="dp-scene-")
     try:
-        scratch_paths = {n: os.path.join(scratch_dir, f"{k}.tif") for k, n in enumerate(names)}
+        scratch_paths = {
+            key: os.path.join(scratch_dir, f"{k}.tif") for k, key in enumerate(layers)
+        }
         scratch = HeatmapWriter(scratch_paths, shape)
         peaks: dict[Box, dict[str, float]] = {}
         size = tiles_per_group(config, len(names))
@@ -279,22 +299,23 @@ def ground_scene(
                 grounded = model.grounder.tile_heatmaps([rgb for _, _, rgb, _ in group], names)
                 for (tile, core, _, valid), maps in zip(group, grounded, strict=True):
                     peaks[tile] = maps.peaks
-                    for name, heat in maps.heatmaps.items():
+                    for kind, name in layers:
+                        layer = (maps.heatmaps if kind == "heat" else maps.spreads)[name]
                         if valid is not None:
-                            heat[~valid] = 0
-                        scratch.write(name, core, heat[_within(core, tile)])
+                            layer[~valid] = 0
+                        scratch.write((kind, name), core, layer[_within(core, tile)])
                     bar.update()
         scratch.close(overviews=False)
         best = {n: max((p[n] for p in peaks.values()), default=0.0) for n in names}
-        final = HeatmapWriter(paths, shape, georef)
+        final = HeatmapWriter(layers, shape, georef)
         for tile, core in grid:
-            for name in names:
+            for kind, name in layers:
                 peak = peaks.get(tile, {}).get(name, 0.0)
-                heat = read_heatmap_window(scratch_paths[name], core) if peak else None
+                layer = read_heatmap_window(scratch_paths[kind, name], core) if peak else None
                 scale = peak / best[name] if best[name] > 0 else 0.0
-                if heat is None:
-                    heat = np.zeros((core[3] - core[1], core[2] - core[0]), np.float32)
-                final.write(name, core, heat * scale)
+                if layer is None:
+                    layer = np.zeros((core[3] - core[1], core[2] - core[0]), np.float32)
+                final.write((kind, name), core, layer * scale)
         final.close()
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)
@@ -305,15 +326,17 @@ def segment_scene(
     raster: Raster,
     paths: Mapping[str, str],
     thresholds: Thresholds = None,
+    spread_paths: Mapping[str, str] | None = None,
 ) -> list[Instance]:
     """Pass 3, also the re-threshold of a scene: instances from the stored
     full-resolution heatmaps ``paths`` (``{class: .tif}``), tile by tile,
-    merged across seams."""
+    merged across seams; with the stored spreads ``spread_paths``, their
+    signals include ``draw_agreement``."""
     config = prompter.config
     gammas = prompter.thresholds_for(list(paths), thresholds)
     grid = tile_grid(raster.height, raster.width, config.tile_size, config.tile_overlap)
     with _gdal_env():
-        tiles = list(_segment_tiles(prompter, raster, paths, gammas, grid))
+        tiles = list(_segment_tiles(prompter, raster, paths, gammas, grid, spread_paths))
     return merge_instances(tiles)
 
 
@@ -323,6 +346,7 @@ def _segment_tiles(
     paths: Mapping[str, str],
     gammas: Mapping[str, float],
     grid: list[tuple[Box, Box]],
+    spread_paths: Mapping[str, str] | None,
 ) -> Iterator[tuple[Box, list[Instance]]]:
     """(tile, its instances in scene coordinates) of each tile with foreground."""
     config = prompter.config
@@ -330,8 +354,11 @@ def _segment_tiles(
         heatmaps = {name: read_heatmap_window(path, tile) for name, path in paths.items()}
         if all(heatmaps[n].max() <= gammas[n] for n in heatmaps):
             continue  # nothing above gamma: the CRF's unary is background everywhere
+        spreads = spread_paths and {
+            n: read_heatmap_window(p, tile) for n, p in spread_paths.items()
+        }
         binaries = binary_maps(rgb, heatmaps, gammas, config)
-        instances = prompter.prompt(rgb, heatmaps, binaries)
+        instances = prompter.prompt(rgb, heatmaps, binaries, spreads)
         kept = (_on_data(inst, valid, config.min_area) for inst in instances)
         yield tile, [inst.shifted(tile[0], tile[1]) for inst in kept if inst]
 
@@ -349,14 +376,17 @@ def annotate_scene(
     Returns:
         an Annotation whose ``heatmaps`` are previews (longest side
         :data:`PREVIEW_SIDE`) and whose ``heatmap_files`` are the
-        full-resolution GeoTIFFs, in a new temporary folder the caller owns.
+        full-resolution GeoTIFFs and whose ``spread_files`` the draws'
+        spreads beside them, in a new temporary folder the caller owns.
     """
     from .pipeline import Annotation
 
     folder = tempfile.mkdtemp(prefix="dp-heatmaps-")
     paths = {name: os.path.join(folder, f"{k}.tif") for k, name in enumerate(names)}
+    spreads = {name: os.path.join(folder, f"{k}_spread.tif") for k, name in enumerate(names)}
     with _gdal_env():
-        ground_scene(model, raster, names, paths, raster.georef, progress)
-        instances = segment_scene(model.sam_prompter, raster, paths, thresholds)
+        ground_scene(model, raster, names, paths, raster.georef, progress, spreads)
+        instances = segment_scene(model.sam_prompter, raster, paths, thresholds, spreads)
         previews = {name: heatmap_preview(path, PREVIEW_SIDE) for name, path in paths.items()}
-    return Annotation(previews, instances, paths, (raster.height, raster.width))
+    shape = (raster.height, raster.width)
+    return Annotation(previews, instances, paths, shape, spread_files=spreads)
