@@ -79,10 +79,16 @@ def write_heatmap(
         label["spread_path"] = stem + "_spread.tif"
         shutil.move(spread, label["spread_path"])
     elif spread is not None:
-        label["spread_path"] = stem + "_spread.png"
-        if not cv2.imwrite(label["spread_path"], quantize_heatmap(spread)):
-            raise OSError(f"Cannot write the draws' spread '{label['spread_path']}'")
+        label["spread_path"] = write_spread(spread, stem + "_spread.png")
     return label
+
+
+def write_spread(spread: np.ndarray, path: str) -> str:
+    """Writes the draws' spread (H x W, [0, 1]) quantised as a heatmap is,
+    as a 16-bit PNG; returns ``path``."""
+    if not cv2.imwrite(path, quantize_heatmap(spread)):
+        raise OSError(f"Cannot write the draws' spread '{path}'")
+    return path
 
 
 def scene_heatmap_path(label: fo.Heatmap) -> str | None:

@@ -198,22 +198,21 @@ def test_merged_signals_are_area_weighted_means():
     assert merged_signals([(None, 10), (None, 5)]) is None
 
 
-def test_a_brain_run_stores_every_signal_and_the_sample_quality(image_dataset, tiny_models):
+def _tiny_run(dataset, tiny_models):
+    """Brain run "dp" of class "ship" with the tiny models, gamma 0.3."""
     from diffuprompter_plugin.labelling import compute_pseudo_labels
-    from diffuprompter_plugin.labels import read_spread
 
     sd, sam = tiny_models
     config = TINY_CONFIG.replace(threshold=0.3)
-    results = compute_pseudo_labels(
-        image_dataset,
-        "dp",
-        classes=["ship"],
-        sd_model=sd,
-        sam_model=sam,
-        device="cpu",
-        config=config,
+    return compute_pseudo_labels(
+        dataset, "dp", classes=["ship"], sd_model=sd, sam_model=sam, device="cpu", config=config
     )
-    assert results.instances > 0
+
+
+def test_a_brain_run_stores_every_signal_and_the_sample_quality(image_dataset, tiny_models):
+    from diffuprompter_plugin.labels import read_spread
+
+    assert _tiny_run(image_dataset, tiny_models).instances > 0
     detections = [d for s in image_dataset for d in s.dp_instances.detections]
     for det in detections:
         values = {name: det[name] for name in SIGNALS}
@@ -263,20 +262,10 @@ def _as_stored_before_the_signals(dataset) -> None:
 def test_a_run_stored_before_the_signals_loads_resumes_and_rethresholds(
     image_dataset, tiny_models
 ):
-    from diffuprompter_plugin.labelling import compute_pseudo_labels, resume_pseudo_labels
+    from diffuprompter_plugin.labelling import resume_pseudo_labels
     from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels
 
-    sd, sam = tiny_models
-    config = TINY_CONFIG.replace(threshold=0.3)
-    compute_pseudo_labels(
-        image_dataset,
-        "dp",
-        classes=["ship"],
-        sd_model=sd,
-        sam_model=sam,
-        device="cpu",
-        config=config,
-    )
+    _tiny_run(image_dataset, tiny_models)
     _as_stored_before_the_signals(image_dataset)
     old = image_dataset.values("dp_instances.detections.confidence", unwind=True)
     assert old and image_dataset.count("dp_instances.detections.quality") == 0
