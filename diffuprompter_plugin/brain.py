@@ -29,6 +29,13 @@ DEFAULT_HEATMAP_FIELD = "dp_heatmap"
 """The prefix of a run's ``fo.Heatmap`` fields (``<prefix>_<class>``)."""
 
 
+def quality_field(pred_field: str) -> str:
+    """``<pred_field>_quality``: the sample field holding the lowest
+    ``quality`` of the sample's instances (None without instances), so that
+    ``sort_by`` lists the samples most in need of review first."""
+    return f"{pred_field}_quality"
+
+
 class PseudoLabelsConfig(fob.BrainMethodConfig):
     """Settings of a DiffuPrompter brain run, stored with the run.
 
@@ -88,8 +95,13 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
         return METHOD
 
     def field_types(self) -> dict[str, Any]:
-        """The run's sample fields and their label types (None: a string)."""
-        fields = {self.pred_field: fo.Detections, self.error_field: None}
+        """The run's sample fields and their types: a label class, or a
+        field class for a primitive."""
+        fields = {
+            self.pred_field: fo.Detections,
+            quality_field(self.pred_field): fo.FloatField,
+            self.error_field: fo.StringField,
+        }
         fields.update(dict.fromkeys(self.heatmap_fields.values(), fo.Heatmap))
         return fields
 
@@ -179,7 +191,12 @@ class PseudoLabels(fob.BrainMethod):
     """The brain method: knows the run's fields and files, and removes them."""
 
     def get_fields(self, samples: Any, brain_key: str) -> list[str]:
-        return [*self.config.field_types(), *self.config.rethreshold_fields]
+        rethresholded = self.config.rethreshold_fields
+        return [
+            *self.config.field_types(),
+            *rethresholded,
+            *(quality_field(field) for field in rethresholded),
+        ]
 
     def cleanup(self, samples: Any, brain_key: str) -> None:
         """Deletes the run's claims, its fields, the re-threshold fields it

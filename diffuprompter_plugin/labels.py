@@ -13,6 +13,7 @@ import cv2
 import fiftyone as fo
 import numpy as np
 
+from .brain import quality_field
 from .engine.class_names import ClassName, validate_class_names
 from .engine.heatmap_store import (
     HEATMAP_SCALE,
@@ -48,7 +49,12 @@ def heatmap_fields(class_names: Iterable[str], prefix: str) -> dict[str, str]:
     return {name: f"{prefix}_{ClassName(name).slug}" for name in names}
 
 
-def write_heatmap(heatmap: np.ndarray, path: str, geotiff: str | None = None) -> fo.Heatmap:
+def write_heatmap(
+    heatmap: np.ndarray,
+    path: str,
+    geotiff: str | None = None,
+    spread: np.ndarray | str | None = None,
+) -> fo.Heatmap:
     """Writes a [0, 1] heatmap as a 16-bit PNG and returns its label.
 
     Args:
@@ -56,22 +62,61 @@ def write_heatmap(heatmap: np.ndarray, path: str, geotiff: str | None = None) ->
         path: the PNG's path.
         geotiff: a scene's full-resolution heatmap (moved next to ``path``,
             with the extension ``.tif``); the label's ``geotiff_path`` names it.
+        spread: the noise draws' spread beside the heatmap (see
+            :class:`~diffuprompter_plugin.engine.grounding.Grounded`), which
+            ``draw_agreement`` is measured from: an H x W [0, 1] array,
+            written quantised as the heatmap is to ``<path>_spread.png``, or
+            a scene's spread GeoTIFF, moved to ``<path>_spread.tif``; the
+            label's ``spread_path`` names it.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if not cv2.imwrite(path, quantize_heatmap(heatmap)):
         raise OSError(f"Cannot write heatmap '{path}'")
     label = fo.Heatmap(map_path=path, range=[0, HEATMAP_SCALE])
+    stem = os.path.splitext(path)[0]
     if geotiff is not None:
-        label["geotiff_path"] = os.path.splitext(path)[0] + ".tif"
+        label["geotiff_path"] = stem + ".tif"
         shutil.move(geotiff, label["geotiff_path"])
+    if isinstance(spread, str):
+        label["spread_path"] = stem + "_spread.tif"
+        shutil.move(spread, label["spread_path"])
+    elif spread is not None:
+        label["spread_path"] = write_spread(spread, stem + "_spread.png")
+    if geotiff is not None:
         with contextlib.suppress(OSError):  # the engine's temporary folder, once empty
             os.rmdir(os.path.dirname(geotiff))
     return label
 
 
+def write_spread(spread: np.ndarray, path: str) -> str:
+    """Writes the draws' spread (H x W, [0, 1]) quantised as a heatmap is,
+    as a 16-bit PNG; returns ``path``."""
+    if not cv2.imwrite(path, quantize_heatmap(spread)):
+        raise OSError(f"Cannot write the draws' spread '{path}'")
+    return path
+
+
 def scene_heatmap_path(label: fo.Heatmap) -> str | None:
     """The full-resolution GeoTIFF of a scene's heatmap label, else None."""
     return label.get_field("geotiff_path") if label.has_field("geotiff_path") else None
+
+
+def spread_path(label: fo.Heatmap) -> str | None:
+    """The file of the draws' spread beside a heatmap label (a PNG, or a
+    scene's GeoTIFF); None for runs stored before the quality signals."""
+    return label.get_field("spread_path") if label.has_field("spread_path") else None
+
+
+def read_spread(label: fo.Heatmap) -> np.ndarray | None:
+    """The float32 [0, 1] spread beside a heatmap label of an image (not a
+    scene: read its GeoTIFF window by window), None when it has none."""
+    path = spread_path(label)
+    if path is None:
+        return None
+    data = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise ValueError(f"The draws' spread '{path}' cannot be read")
+    return dequantize_heatmap(data)
 
 
 def read_heatmap(label: fo.Heatmap) -> np.ndarray:
@@ -89,7 +134,10 @@ def read_heatmap(label: fo.Heatmap) -> np.ndarray:
 
 def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections:
     """``fo.Detections`` of instances (masks cropped to their boxes) of a
-    ``width`` x ``height`` image, with relative boxes.
+    ``width`` x ``height`` image, with relative boxes, ``confidence`` (the
+    instance's score) and, as attributes, its quality signals (``sam_iou``,
+    ``region_iou``, ``stability``, ``heat_contrast``, ``draw_agreement`` and
+    ``quality``; see :mod:`~diffuprompter_plugin.engine.signals`).
 
     Raises:
         ValueError: the instances take more than :data:`MAX_DETECTIONS_BYTES`
@@ -104,11 +152,28 @@ def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections
                 bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
                 mask=inst.mask,
                 confidence=float(inst.score),
+                **(inst.signals.attributes() if inst.signals is not None else {}),
             )
         )
     labels = fo.Detections(detections=detections)
     _check_stored_size(labels)
     return labels
+
+
+def store_instances(
+    sample: fo.Sample, field: str, instances: Iterable, width: int, height: int
+) -> None:
+    """Sets ``field`` to the instances' detections (:func:`to_detections`)
+    and :func:`quality_field` to their lowest ``quality`` (None without
+    instances, or without signals); the sample is not saved.
+
+    Raises:
+        ValueError: from :func:`to_detections`; then neither field is set.
+    """
+    labels = to_detections(instances, width, height)
+    qualities = [d["quality"] for d in labels.detections if d.has_field("quality")]
+    sample[field] = labels
+    sample[quality_field(field)] = min(qualities, default=None)
 
 
 def _check_stored_size(labels: fo.Detections) -> None:

@@ -12,10 +12,17 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.core.utils as fou
 
-from .brain import PseudoLabels, stored_config
+from .brain import PseudoLabels, quality_field, stored_config
 from .engine.config import check_setting
 from .labelling.checks import check_batch_size, check_field_name
-from .labels import read_heatmap, sample_image, scene_heatmap_path, to_detections
+from .labels import (
+    read_heatmap,
+    read_spread,
+    sample_image,
+    scene_heatmap_path,
+    spread_path,
+    store_instances,
+)
 from .verdicts import check_no_verdicts
 
 logger = logging.getLogger(__name__)
@@ -70,6 +77,13 @@ def _missing_files(labels: Any) -> list[str]:
     return [p for p in paths if not os.path.exists(p)]
 
 
+def _spreads(spreads: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The draws' spreads (arrays, or a scene's GeoTIFF paths) of a
+    sample's classes, or None when some class has none (a run stored before
+    the quality signals): its instances then lack ``draw_agreement``."""
+    return None if any(v is None for v in spreads.values()) else spreads
+
+
 def rethreshold_pseudo_labels(
     samples: Any,
     brain_key: str,
@@ -92,7 +106,10 @@ def rethreshold_pseudo_labels(
             this run wrote before (overwritten, unless a label there carries a
             verdict: refused); any other existing field is
             refused. It is recorded with the run, so deleting the run
-            deletes it.
+            deletes it. Its instances get their quality signals recomputed,
+            and ``<out_field>_quality`` their lowest quality (recorded with
+            the run too). Instances from a run stored before the signals
+            lack ``draw_agreement`` (their draws' spread was not kept).
         thresholds: gamma for all classes, ``{class: gamma}``, or a JSON file
             of that dict; None keeps the run's threshold.
         sam_model, sam_checkpoint, device: SAM to use (default: the run's
@@ -122,6 +139,8 @@ def rethreshold_pseudo_labels(
     if out_field not in config.rethreshold_fields:  # deleted with the run from now on
         config.rethreshold_fields.append(out_field)
         PseudoLabels.update_run_config(samples, brain_key, config)
+    if not samples._dataset.has_sample_field(quality_field(out_field)):  # may stay all None
+        samples._dataset.add_sample_field(quality_field(out_field), fo.FloatField)
     from .engine.image import opened
     from .engine.scenes import segment_scene
     from .engine.tiles import needs_tiling
@@ -138,7 +157,7 @@ def rethreshold_pseudo_labels(
 
     def fail(sample: Any, error: str) -> None:
         logger.warning("Sample %s (%s): %s", sample.id, sample.filepath, error)
-        sample[out_field] = None
+        sample[out_field] = sample[quality_field(out_field)] = None
         failures[sample.id] = error
 
     with fou.ProgressBar(total=len(ids), progress=progress) as pb:
@@ -167,12 +186,14 @@ def rethreshold_pseudo_labels(
                                 "full-resolution GeoTIFF (geotiff_path)",
                             )
                             continue
-                        instances = segment_scene(prompter, raster, scene, thresholds)
+                        spreads = _spreads({n: spread_path(label) for n, label in labels.items()})
+                        instances = segment_scene(prompter, raster, scene, thresholds, spreads)
                     else:
                         heatmaps = {name: read_heatmap(label) for name, label in labels.items()}
-                        instances = prompter.segment(raster, heatmaps, thresholds)
+                        spreads = _spreads({n: read_spread(label) for n, label in labels.items()})
+                        instances = prompter.segment(raster, heatmaps, thresholds, spreads)
                 try:
-                    sample[out_field] = to_detections(instances, width, height)
+                    store_instances(sample, out_field, instances, width, height)
                 except ValueError as e:  # more instances than a sample can hold
                     fail(sample, str(e))
     lost = [i for i, e in failures.items() if e.startswith("Heatmap files missing")]

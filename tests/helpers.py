@@ -16,7 +16,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from diffuprompter_plugin.engine.config import DiffuPrompterConfig
 from diffuprompter_plugin.engine.pipeline import Annotator
-from diffuprompter_plugin.engine.segmentation import SamPrompter
+from diffuprompter_plugin.engine.segmentation import Candidates, SamPrompter
 
 TINY_CONFIG = DiffuPrompterConfig(loops=4, loop_batch_size=2, resolution=64, crf=False)
 """Settings for the tiny models: 64 px working size, 4 loops, no CRF."""
@@ -66,7 +66,9 @@ class EchoPrompter(SamPrompter):
         self.predictor.transform = ResizeLongestSide(1024)
 
     def predict(self, found):
-        return np.stack([r.mask for r in found]), [0.8] * len(found)
+        """Each region's own mask, predicted IoU 0.8, region IoU and stability 1."""
+        ones = np.ones(len(found), np.float32)
+        return Candidates(np.stack([r.mask for r in found]), 0.8 * ones, ones, ones)
 
 
 WRITES = "diffuprompter_test_annotations"

@@ -117,7 +117,7 @@ def test_sample_with_more_instances_than_it_can_hold_fails_alone(image_dataset, 
     class DenseSegmenter:
         """SAM stand-in: 50 instances on scene_2, one elsewhere."""
 
-        def segment(self, image, heatmaps, thresholds):  # image: the opened sample image
+        def segment(self, image, heatmaps, thresholds, spreads=None):  # image: the opened one
             count = 50 if image.name.endswith("scene_2.png") else 1
             return [Instance("ship", np.ones((8, 8), bool), (0, 0, 8, 8), 0.5)] * count
 

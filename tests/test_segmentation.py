@@ -22,7 +22,9 @@ def test_select_candidates_picks_highest_iou_with_region():
     cands[1, 0, 0:10, 0:10] = True  # 0.5
     cands[1, 1, 0:10, 0:4] = True  # 0.8
     cands[1, 2, 0:10, 0:6] = True  # 50/60
-    assert select_candidates(cands, target).tolist() == [1, 2]
+    best, ious = select_candidates(cands, target)
+    assert best.tolist() == [1, 2]
+    assert ious.tolist() == pytest.approx([16 / 20, 50 / 60])
 
 
 def test_union_is_split_into_instances_with_documented_scores():

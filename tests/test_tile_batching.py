@@ -67,12 +67,14 @@ def _image(height: int, width: int, seed: int) -> np.ndarray:
 
 
 def _assert_same(together, alone, atol: float) -> None:
-    for (heatmaps, peaks), (own, own_peaks) in zip(together, alone, strict=True):
-        assert list(heatmaps) == list(own)
-        for name, heat in heatmaps.items():
-            assert heat.shape == own[name].shape
-            np.testing.assert_allclose(heat, own[name], rtol=0, atol=atol, err_msg=name)
-            assert peaks[name] == pytest.approx(own_peaks[name], rel=0, abs=atol)
+    for shared, own in zip(together, alone, strict=True):
+        assert list(shared.heatmaps) == list(own.heatmaps)
+        for name, heat in shared.heatmaps.items():
+            assert heat.shape == own.heatmaps[name].shape
+            np.testing.assert_allclose(heat, own.heatmaps[name], rtol=0, atol=atol, err_msg=name)
+            spread = shared.spreads[name]  # the draws' spread, accumulated call by call
+            np.testing.assert_allclose(spread, own.spreads[name], rtol=0, atol=atol, err_msg=name)
+            assert shared.peaks[name] == pytest.approx(own.peaks[name], rel=0, abs=atol)
 
 
 def _alone(grounder: TextGrounder, images, names):
@@ -93,7 +95,7 @@ def test_batched_tiles_equal_tile_by_tile_in_fewer_unet_calls(prompter, models64
         alone = list(_alone(g, tiles, names))
     assert batches == [6, 6, 6, 6]
     _assert_same(together, alone, ROUNDING[dtype])
-    first, second = together[0][0]["ship"], together[1][0]["ship"]
+    first, second = together[0].heatmaps["ship"], together[1].heatmaps["ship"]
     assert np.abs(first - second).max() > 0.1  # the tiles' own maps, not one shared
 
 
@@ -105,7 +107,7 @@ def test_tiles_of_another_working_size_are_grounded_apart_and_returned_in_order(
     with _unet_batches(g) as batches:
         together = list(g.tile_heatmaps(images, ["ship"]))
     assert batches == [4, 2]  # latents 16 x 16 (two tiles) and 16 x 8
-    assert [heatmaps["ship"].shape for heatmaps, _ in together] == [(64, 64), (64, 32), (64, 64)]
+    assert [g.heatmaps["ship"].shape for g in together] == [(64, 64), (64, 32), (64, 64)]
     _assert_same(together, _alone(g, images, ["ship"]), ROUNDING[torch.float64])
 
 

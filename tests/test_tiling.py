@@ -11,6 +11,7 @@ from helpers import EchoPrompter
 from rasterio.transform import from_origin
 
 from diffuprompter_plugin.engine.config import DiffuPrompterConfig
+from diffuprompter_plugin.engine.grounding import Grounded
 from diffuprompter_plugin.engine.heatmap_store import (
     HEATMAP_SCALE,
     HeatmapWriter,
@@ -22,14 +23,21 @@ from diffuprompter_plugin.engine.heatmap_store import (
 from diffuprompter_plugin.engine.pipeline import DiffuPrompter
 from diffuprompter_plugin.engine.raster import ArrayRaster, decimated_shape
 from diffuprompter_plugin.engine.scenes import segment_scene
-from diffuprompter_plugin.engine.tiles import tile_grid
+from diffuprompter_plugin.engine.segmentation import Instance
+from diffuprompter_plugin.engine.signals import Signals, merged_signals
+from diffuprompter_plugin.engine.tiles import merge_instances, tile_grid
 
 TILED = DiffuPrompterConfig(crf=False, tile_size=64, tile_overlap=16)
 
 
+SPREAD = 0.1
+"""The stub's draws' spread, relative to its heatmap: draw_agreement 0.9."""
+
+
 class RedGrounder:
     """Stub SD stage: the raw attention of a tile is its red channel / 255;
-    the heatmap is its min-max normalisation (as Eq. 4), the peak its max."""
+    the heatmap is its min-max normalisation (as Eq. 4), the peak its max,
+    the draws' spread :data:`SPREAD` times the heatmap."""
 
     def __init__(self) -> None:
         self.tiles = 0
@@ -37,9 +45,9 @@ class RedGrounder:
     def check_prompts(self, names):
         pass
 
-    def heatmaps(self, rgb, names, progress=False):
-        ((heatmaps, _),) = self.tile_heatmaps([rgb], names)
-        return heatmaps
+    def ground(self, rgb, names, progress=False):
+        (grounded,) = self.tile_heatmaps([rgb], names)
+        return grounded
 
     def tile_heatmaps(self, images, names, progress=False):
         for rgb in images:
@@ -47,7 +55,9 @@ class RedGrounder:
             raw = rgb[..., 0].astype(np.float32) / 255
             span = raw.max() - raw.min()
             heat = (raw - raw.min()) / span if span else np.zeros_like(raw)
-            yield {name: heat.copy() for name in names}, dict.fromkeys(names, float(raw.max()))
+            heatmaps = {name: heat.copy() for name in names}
+            spreads = {name: SPREAD * heat for name in names}
+            yield Grounded(heatmaps, spreads, dict.fromkeys(names, float(raw.max())))
 
 
 def stub_model(config: DiffuPrompterConfig) -> DiffuPrompter:
@@ -128,12 +138,31 @@ def test_empty_tiles_are_scaled_below_gamma_not_normalised_to_foreground():
 def test_rethreshold_of_a_scene_gives_exactly_the_run_from_the_stored_heatmaps():
     model = stub_model(TILED)
     result = model.annotate(scene(), ["car"])
-    again = segment_scene(model.sam_prompter, ArrayRaster(scene()), result.heatmap_files)
+    again = segment_scene(
+        model.sam_prompter,
+        ArrayRaster(scene()),
+        result.heatmap_files,
+        spread_paths=result.spread_files,
+    )
 
     def key(instances):
-        return sorted((i.box, i.mask.tobytes(), i.score) for i in instances)
+        return sorted((i.box, i.mask.tobytes(), i.score, i.signals) for i in instances)
 
     assert key(again) == key(result.instances)
+    for inst in result.instances:  # the spreads were scaled per tile with the heatmaps
+        assert inst.signals.draw_agreement == pytest.approx(1 - SPREAD, abs=1e-3)
+        assert inst.signals.heat_contrast > 0.5 and inst.signals.quality > 0.5
+
+
+def test_an_object_merged_across_a_seam_has_the_area_weighted_signals_of_its_parts():
+    left_tile, right_tile = (0, 0, 64, 64), (48, 0, 112, 64)
+    a, b = Signals(0.9, 0.8, 1.0, 0.6, 1.0), Signals(0.7, 0.6, 0.9, 0.4, 0.8)
+    left = Instance("car", np.ones((10, 24), bool), (40, 10, 64, 20), 0.5, a)  # cut by its edge
+    right = Instance("car", np.ones((10, 12), bool), (50, 10, 62, 20), 0.7, b)
+    (merged,) = merge_instances([(left_tile, [left]), (right_tile, [right])])
+    assert merged.box == (40, 10, 64, 20) and merged.score == 0.7
+    assert merged.signals == merged_signals([(a, 240), (b, 120)])
+    assert merged.signals.sam_iou == pytest.approx((0.9 * 240 + 0.7 * 120) / 360)
 
 
 def test_16bit_four_band_geotiff_with_nodata(tmp_path):
@@ -198,11 +227,22 @@ def test_a_scene_in_a_brain_run_stores_previews_and_geotiffs_and_rethresholds_ex
         for d in sample.dp_instances.detections
     )
     assert boxes == sorted((x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in OBJECTS.values())
+    assert heatmap["spread_path"].endswith("_spread.tif")
     rethreshold_pseudo_labels(dataset, "dp", "dp_again", prompter=model.sam_prompter)
     sample.reload()
-    again = [(d.bounding_box, d.mask.tobytes()) for d in sample.dp_again.detections]
-    assert sorted(again) == sorted(
-        (d.bounding_box, d.mask.tobytes()) for d in sample.dp_instances.detections
+
+    def stored(detections):
+        signals = ("sam_iou", "region_iou", "stability", "heat_contrast", "draw_agreement")
+        return sorted(
+            (d.bounding_box, d.mask.tobytes(), *(d[s] for s in (*signals, "quality")))
+            for d in detections
+        )
+
+    assert stored(sample.dp_again.detections) == stored(sample.dp_instances.detections)
+    assert (
+        sample.dp_again_quality
+        == sample.dp_instances_quality
+        == min(d.quality for d in sample.dp_instances.detections)
     )
 
     # the run's tile_size says the sample is a scene: no fallback to the preview

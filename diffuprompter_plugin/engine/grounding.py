@@ -78,9 +78,14 @@ def normalize(maps: torch.Tensor, normalization: str) -> torch.Tensor:
     """The ``Norm`` of Eq. 4 over the last two dims: min-max to [0, 1], or none."""
     if normalization == "none":
         return maps
+    low, span = _span(maps)
+    return (maps - low) / span
+
+
+def _span(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each map's minimum and its range (at least EPS), over the last two dims."""
     low = maps.amin(dim=(-2, -1), keepdim=True)
-    high = maps.amax(dim=(-2, -1), keepdim=True)
-    return (maps - low) / (high - low).clamp_min(EPS)
+    return low, (maps.amax(dim=(-2, -1), keepdim=True) - low).clamp_min(EPS)
 
 
 def aggregate_pyramid(
@@ -105,6 +110,69 @@ def pyramid_peak(pyramid: Sequence[torch.Tensor]) -> torch.Tensor:
     each level by its max: the mean over resolutions of each (B, h, w)
     level's max attention probability. Returns (B,) float32."""
     return torch.stack([level.float().amax(dim=(1, 2)) for level in pyramid]).mean(0)
+
+
+class DrawMoments:
+    """Per (tile, class) row, the running mean and spread of the per-draw
+    Eq. 4 maps over the L noise draws, without keeping any draw's map.
+
+    Welford's algorithm, updated once per U-Net call with all the call's
+    draws of a row: their deviations ``d`` from the running mean give the
+    new mean ``mean + sum(d) / n`` and ``M2 + sum(d**2) - sum(d)**2 / n``
+    (n: the draws seen). A row's first draw sets its mean, so draws that
+    all give the same map leave M2 exactly 0.
+
+    Args:
+        rows: number of (tile, class) rows.
+        shape: (h, w) of the maps.
+    """
+
+    def __init__(self, rows: int, shape: tuple[int, int], device: torch.device) -> None:
+        self.count = torch.zeros(rows, device=device)
+        self.mean = torch.zeros(rows, *shape, device=device)
+        self.m2 = torch.zeros(rows, *shape, device=device)
+
+    def add(self, rows: torch.Tensor, maps: torch.Tensor) -> None:
+        """Adds draws: ``maps`` (b, h, w) of ``rows`` (b,), each row's draws
+        contiguous."""
+        firsts = torch.ones_like(rows, dtype=torch.bool)
+        firsts[1:] = rows[1:] != rows[:-1]
+        new = firsts & (self.count[rows] == 0)
+        self.mean[rows[new]] = maps[new]
+        touched, local = torch.unique(rows, return_inverse=True)
+        deviations = maps - self.mean[rows]
+        total = torch.zeros(len(touched), *maps.shape[1:], device=maps.device)
+        squares = torch.zeros_like(total)
+        total.index_add_(0, local, deviations)
+        squares.index_add_(0, local, deviations * deviations)
+        self.count[touched] += torch.bincount(local, minlength=len(touched)).float()
+        count = self.count[touched][:, None, None]
+        self.mean[touched] += total / count
+        self.m2[touched] += squares - total * total / count
+
+    def spread(self, normalization: str) -> torch.Tensor:
+        """(rows, h, w) standard deviation of the draws, in the units of the
+        heatmap Eq. 9 normalises their mean to: divided by the range of the
+        row's mean map under ``"minmax"``, so spread and heatmap scale alike."""
+        count = self.count.clamp_min(1)[:, None, None]
+        std = (self.m2 / count).clamp_min(0).sqrt()
+        return std if normalization == "none" else std / _span(self.mean)[1]
+
+
+class Grounded(NamedTuple):
+    """One image's grounding (see :meth:`TextGrounder.tile_heatmaps`).
+
+    Attributes:
+        heatmaps: ``{class name: H x W float32 heatmap in [0, 1]}``.
+        spreads: ``{class name: H x W float32}``, the draws' spread in the
+            heatmap's units (:meth:`DrawMoments.spread`), clipped to [0, 1].
+        peaks: ``{class name: mean pyramid_peak over the draws}``; the tiling
+            compares the peaks across a scene's tiles.
+    """
+
+    heatmaps: dict[str, np.ndarray]
+    spreads: dict[str, np.ndarray]
+    peaks: dict[str, float]
 
 
 class LoopCall(NamedTuple):
@@ -161,8 +229,15 @@ class TextGrounder:
         """Returns ``{class name: H x W float32 heatmap in [0, 1]}`` at the
         image's own size: the one-tile case of :meth:`tile_heatmaps`. With
         ``progress``, a bar counts the U-Net calls done."""
-        ((heatmaps, _),) = self.tile_heatmaps([image], class_names, progress)
-        return heatmaps
+        return self.ground(image, class_names, progress).heatmaps
+
+    def ground(
+        self, image: ImageLike, class_names: Sequence[str], progress: bool = False
+    ) -> Grounded:
+        """Heatmaps and draw spreads of one image: the one-tile case of
+        :meth:`tile_heatmaps`."""
+        (grounded,) = self.tile_heatmaps([image], class_names, progress)
+        return grounded
 
     @torch.inference_mode()
     def tile_heatmaps(
@@ -170,7 +245,7 @@ class TextGrounder:
         images: Iterable[ImageLike],
         class_names: Sequence[str],
         progress: bool = False,
-    ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, float]]]:
+    ) -> Iterator[Grounded]:
         """The heatmaps of several images (a scene's tiles) grounded together.
 
         The VAE encodes each image once for all classes; images whose latents
@@ -180,10 +255,8 @@ class TextGrounder:
         the batch.
 
         Yields:
-            per image, in order, ``({class name: H x W float32 heatmap in
-            [0, 1]}, {class name: mean pyramid_peak over the draws})``; the
-            tiling compares the peaks across a scene's tiles. The images
-            are upsampled to their own size one at a time, as they are taken.
+            per image, in order, its :class:`Grounded`. The images are
+            upsampled to their own size one at a time, as they are taken.
             With ``progress``, a bar counts the U-Net calls done.
         """
         names = list(class_names)
@@ -196,19 +269,23 @@ class TextGrounder:
         for i, latent in enumerate(latents):
             by_shape.setdefault(tuple(latent.shape), []).append(i)
         calls = sum(self.unet_calls(len(tiles), len(names)) for tiles in by_shape.values())
-        grounded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        grounded: dict[int, tuple[torch.Tensor, ...]] = {}
         with tqdm(total=calls, desc="U-Net calls", disable=not progress) as bar:
             for tiles in by_shape.values():
                 group = torch.cat([latents[i] for i in tiles])
-                heat, peaks = self.latent_heatmaps(group, names, bar)
-                per_tile = zip(heat.split(len(names)), peaks.split(len(names)), strict=True)
-                grounded.update(zip(tiles, per_tile, strict=True))
+                grounding = self.latent_heatmaps(group, names, bar)
+                parts = (part.split(len(names)) for part in grounding)
+                grounded.update(zip(tiles, zip(*parts, strict=True), strict=True))
         for i, size in enumerate(sizes):
-            tile_heat, tile_peaks = grounded.pop(i)
-            full = F.interpolate(tile_heat[:, None], size=size, mode="bilinear")[:, 0]
-            maps = full.clamp(0, 1).cpu().numpy().astype(np.float32)
-            yield (
-                dict(zip(names, maps, strict=True)),
+            tile_heat, tile_spread, tile_peaks = grounded.pop(i)
+
+            def full(maps: torch.Tensor, size: tuple[int, int] = size) -> list[np.ndarray]:
+                up = F.interpolate(maps[:, None], size=size, mode="bilinear")[:, 0]
+                return list(up.clamp(0, 1).cpu().numpy().astype(np.float32))
+
+            yield Grounded(
+                dict(zip(names, full(tile_heat), strict=True)),
+                dict(zip(names, full(tile_spread), strict=True)),
                 dict(zip(names, tile_peaks.tolist(), strict=True)),
             )
 
@@ -291,19 +368,24 @@ class TextGrounder:
 
     def latent_heatmaps(
         self, latents: torch.Tensor, class_names: Sequence[str], bar: tqdm | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """LSAD (Eq. 9) for latents (T, 4, h, w): per tile and class, the mean
         of its L loop maps, normalised, (T * C, h, w) at latent size, row
-        ``t * C + c``; and the mean :func:`pyramid_peak` of its draws,
-        (T * C,). A given ``bar`` advances by one per U-Net call."""
+        ``t * C + c``; the draws' spread in the same units
+        (:meth:`DrawMoments.spread`), (T * C, h, w); and the mean
+        :func:`pyramid_peak` of its draws, (T * C,). A given ``bar``
+        advances by one per U-Net call."""
         rows = len(latents) * len(class_names)
         total = torch.zeros(rows, *latents.shape[-2:], device=self.device)
+        moments = DrawMoments(rows, tuple(latents.shape[-2:]), self.device)
         peaks = torch.zeros(rows, device=self.device)
         for call in self.loop_maps(latents, class_names):
             row = call.tiles * len(class_names) + call.classes
             total.index_add_(0, row, call.maps)
+            moments.add(row, call.maps)
             peaks.index_add_(0, row, call.peaks)
             if bar is not None:
                 bar.update()
-        loops = self.config.loops
-        return normalize(total / loops, self.config.normalization), peaks / loops
+        loops, normalization = self.config.loops, self.config.normalization
+        heat = normalize(total / loops, normalization)
+        return heat, moments.spread(normalization), peaks / loops

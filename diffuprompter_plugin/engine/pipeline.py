@@ -64,12 +64,22 @@ class Annotation:
             temporary folder the caller moves or deletes; else empty.
         shape: (H, W) of the image when ``heatmaps`` are previews; None when
             the heatmaps have the image's size.
+        spreads: ``{class name: H x W float32 in [0, 1]}``, the spread of
+            the noise draws beside each heatmap (see
+            :class:`~diffuprompter_plugin.engine.grounding.Grounded`), which
+            re-thresholding needs for ``draw_agreement``; empty for a scene
+            labelled in tiles.
+        spread_files: for a scene labelled in tiles, ``{class name: path}``
+            of the spreads' full-resolution GeoTIFFs, in the folder of
+            ``heatmap_files``; else empty.
     """
 
     heatmaps: dict[str, np.ndarray]
     instances: list[Instance] = field(default_factory=list)
     heatmap_files: dict[str, str] = field(default_factory=dict)
     shape: tuple[int, int] | None = None
+    spreads: dict[str, np.ndarray] = field(default_factory=dict)
+    spread_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -300,28 +310,39 @@ class DiffuPrompter(Annotator):
         gammas = self.sam_prompter.thresholds_for(names, thresholds)
         with opened(image) as raster:
             if needs_tiling(raster.height, raster.width, self.config):
-                folder, paths = heatmap_folder(names)
+                folder, paths, spread_paths = heatmap_folder(names)
                 item.discard = partial(shutil.rmtree, folder, ignore_errors=True)
                 try:
                     with local_copy(raster) as scene:  # remote: each block fetched once
-                        yield from ground_scene(self.grounder, scene, names, paths, progress)
-                        yield from scene_tiles(scene, paths, gammas, self.config)
+                        yield from ground_scene(
+                            self.grounder, scene, names, paths, progress, spread_paths
+                        )
+                        yield from scene_tiles(scene, paths, gammas, self.config, spread_paths)
                 except BaseException:  # failed or abandoned: its files go
                     item.discard()
                     raise
                 shape = (raster.height, raster.width)
                 item.finish = lambda tiles: Annotation(
-                    scene_previews(paths), merge_instances(tiles), paths, shape
+                    scene_previews(paths),
+                    merge_instances(tiles),
+                    paths,
+                    shape,
+                    spread_files=spread_paths,
                 )
                 return
             rgb, valid = read_rgb(raster)
         if valid is None or valid.any():  # an image entirely nodata is not run
-            heatmaps = self.grounder.heatmaps(rgb, names, progress=progress)
+            maps = self.grounder.ground(rgb, names, progress=progress)
+            heatmaps, spreads = maps.heatmaps, maps.spreads
         else:
             heatmaps = {name: np.zeros(valid.shape, np.float32) for name in names}
+            spreads = {name: np.zeros(valid.shape, np.float32) for name in names}
         zero_nodata(heatmaps, valid)
-        item.finish = lambda tiles: Annotation(heatmaps, [i for _, found in tiles for i in found])
-        yield TileWork((0, 0, rgb.shape[1], rgb.shape[0]), rgb, heatmaps, gammas, valid)
+        item.finish = lambda tiles: Annotation(
+            heatmaps, [i for _, found in tiles for i in found], spreads=spreads
+        )
+        box = (0, 0, rgb.shape[1], rgb.shape[0])
+        yield TileWork(box, rgb, heatmaps, gammas, valid, spreads)
 
     def _submit_crf(self, pool: Executor, work: TileWork) -> dict[str, Future]:
         """The DenseCRF of each class of a tile with foreground, submitted to

@@ -90,6 +90,9 @@ class TileWork:
         heatmaps: ``{class name: h x w float32 in [0, 1]}``.
         gammas: ``{class name: threshold}``.
         valid: h x w bool, False on nodata; None when all pixels are data.
+        spreads: ``{class name: h x w float32}``, the noise draws' spread
+            (see :class:`~.grounding.Grounded`), which ``draw_agreement``
+            is measured from; None for a run stored before the signals.
     """
 
     tile: Box
@@ -97,6 +100,7 @@ class TileWork:
     heatmaps: dict[str, np.ndarray]
     gammas: Mapping[str, float]
     valid: np.ndarray | None = None
+    spreads: dict[str, np.ndarray] | None = None
 
     def with_foreground(self) -> list[str]:
         """The classes above their threshold somewhere in the tile: those
@@ -109,7 +113,7 @@ def tile_instances(
 ) -> list[Instance]:
     """The SAM stage of one tile from its binary maps (``{class: h x w
     bool}``): its instances in image coordinates, none on nodata pixels."""
-    instances = prompter.prompt(work.rgb, work.heatmaps, binaries, work.valid)
+    instances = prompter.prompt(work.rgb, work.heatmaps, binaries, work.valid, work.spreads)
     return [inst.shifted(work.tile[0], work.tile[1]) for inst in instances]
 
 
@@ -145,11 +149,14 @@ def scene_grid(raster: Raster, config: DiffuPrompterConfig) -> list[tuple[Box, B
     return tile_grid(raster.height, raster.width, config.tile_size, config.tile_overlap)
 
 
-def heatmap_folder(names: Sequence[str]) -> tuple[str, dict[str, str]]:
-    """A new temporary folder and ``{class: .tif path}`` in it for a scene's
-    heatmaps; the caller owns the folder."""
+def heatmap_folder(names: Sequence[str]) -> tuple[str, dict[str, str], dict[str, str]]:
+    """A new temporary folder and, in it, ``{class: .tif path}`` of a
+    scene's heatmaps and of their draws' spreads; the caller owns the
+    folder."""
     folder = tempfile.mkdtemp(prefix="dp-heatmaps-")
-    return folder, {name: os.path.join(folder, f"{k}.tif") for k, name in enumerate(names)}
+    heatmaps = {name: os.path.join(folder, f"{k}.tif") for k, name in enumerate(names)}
+    spreads = {name: os.path.join(folder, f"{k}_spread.tif") for k, name in enumerate(names)}
+    return folder, heatmaps, spreads
 
 
 def ground_scene(
@@ -158,11 +165,15 @@ def ground_scene(
     names: Sequence[str],
     paths: Mapping[str, str],
     progress: bool = False,
+    spread_paths: Mapping[str, str] | None = None,
 ) -> Iterator[None]:
     """Passes 1 and 2, as steps: writes the scene's full-resolution heatmaps
     to ``paths`` (``{class: .tif}``, georeferenced as the raster), each
-    tile scaled by its peak over the scene's. Tiles are read and grounded
-    in groups of :func:`tiles_per_group`, so memory holds one group.
+    tile scaled by its peak over the scene's, and with ``spread_paths``
+    (``{class: .tif}``) the draws' spreads, scaled alike (so
+    ``draw_agreement``, a ratio of the two, does not change with the
+    scaling). Tiles are read and grounded in groups of
+    :func:`tiles_per_group`, so memory holds one group.
 
     A generator: it yields after each group of tiles grounded and each tile
     scaled, so that the caller can do other work between steps (the
@@ -175,33 +186,37 @@ def ground_scene(
     scratch_dir = tempfile.mkdtemp(prefix="dp-scene-")
     try:
         with gdal_env():
-            scratch_paths = {n: os.path.join(scratch_dir, f"{k}.tif") for k, n in enumerate(names)}
+            layers = {("heat", n): path for n, path in paths.items()}
+            layers.update({("spread", n): path for n, path in (spread_paths or {}).items()})
+            scratch_paths = {
+                key: os.path.join(scratch_dir, f"{k}.tif") for k, key in enumerate(layers)
+            }
             scratch = HeatmapWriter(scratch_paths, shape)
             peaks: dict[Box, dict[str, float]] = {}
             size = tiles_per_group(config, len(names))
             with tqdm(total=len(grid), desc="Tiles", unit="tile", disable=not progress) as bar:
                 for group in _groups(_data_tiles(raster, grid, bar), size):
                     grounded = grounder.tile_heatmaps([rgb for _, _, rgb, _ in group], names)
-                    for (tile, core, _, valid), (heatmaps, tile_peaks) in zip(
-                        group, grounded, strict=True
-                    ):
-                        peaks[tile] = tile_peaks
-                        zero_nodata(heatmaps, valid)
-                        for name, heat in heatmaps.items():
-                            scratch.write(name, core, heat[within(core, tile)])
+                    for (tile, core, _, valid), maps in zip(group, grounded, strict=True):
+                        peaks[tile] = maps.peaks
+                        zero_nodata(maps.heatmaps, valid)
+                        zero_nodata(maps.spreads, valid)
+                        for kind, name in layers:
+                            layer = (maps.heatmaps if kind == "heat" else maps.spreads)[name]
+                            scratch.write((kind, name), core, layer[within(core, tile)])
                         bar.update()
                     yield
             scratch.close(overviews=False)
             scales = tile_scales(peaks, names)
-            final = HeatmapWriter(paths, shape, raster.georef)
+            final = HeatmapWriter(layers, shape, raster.georef)
             for tile, core in grid:
-                for name in names:
-                    scale = scales.get(tile, {}).get(name, 0.0)
+                for key in layers:
+                    scale = scales.get(tile, {}).get(key[1], 0.0)
                     if scale:
-                        heat = read_heatmap_window(scratch_paths[name], core) * scale
+                        layer = read_heatmap_window(scratch_paths[key], core) * scale
                     else:
-                        heat = np.zeros((core[3] - core[1], core[2] - core[0]), np.float32)
-                    final.write(name, core, heat)
+                        layer = np.zeros((core[3] - core[1], core[2] - core[0]), np.float32)
+                    final.write(key, core, layer)
                 yield
             final.close()
     finally:
@@ -213,15 +228,21 @@ def scene_tiles(
     paths: Mapping[str, str],
     gammas: Mapping[str, float],
     config: DiffuPrompterConfig,
+    spread_paths: Mapping[str, str] | None = None,
 ) -> Iterator[TileWork]:
     """Pass 3's input: each tile with data and with some class above its
     threshold, read from the raster and the stored heatmaps ``paths``
-    (``{class: .tif}``) as it is taken."""
+    (``{class: .tif}``) as it is taken, with the draws' spreads
+    ``spread_paths`` where the run stored them."""
     with gdal_env():
         for tile, _, rgb, valid in _data_tiles(raster, scene_grid(raster, config)):
             heatmaps = {name: read_heatmap_window(path, tile) for name, path in paths.items()}
             work = TileWork(tile, rgb, heatmaps, gammas, valid)
             if work.with_foreground():
+                if spread_paths:
+                    work.spreads = {
+                        n: read_heatmap_window(p, tile) for n, p in spread_paths.items()
+                    }
                 yield work
 
 
@@ -237,15 +258,17 @@ def segment_scene(
     raster: Raster,
     paths: Mapping[str, str],
     thresholds: Thresholds = None,
+    spread_paths: Mapping[str, str] | None = None,
 ) -> list[Instance]:
     """Pass 3 in this process, the re-threshold of a scene: instances from
     the stored full-resolution heatmaps ``paths`` (``{class: .tif}``), tile
-    by tile, merged across seams. Gives what the run gave with the same
-    thresholds, with or without its DenseCRF pool."""
+    by tile, merged across seams; with the stored spreads ``spread_paths``
+    their signals include ``draw_agreement``. Gives what the run gave with
+    the same thresholds, with or without its DenseCRF pool."""
     gammas = prompter.thresholds_for(list(paths), thresholds)
     tiles = []
     with local_copy(raster) as scene:  # remote: each block fetched once
-        for work in scene_tiles(scene, paths, gammas, prompter.config):
+        for work in scene_tiles(scene, paths, gammas, prompter.config, spread_paths):
             binaries = binary_maps(work.rgb, work.heatmaps, gammas, prompter.config)
             tiles.append((work.tile, tile_instances(prompter, work, binaries)))
     return merge_instances(tiles)

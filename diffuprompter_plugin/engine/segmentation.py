@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from .mask_runs import MaskRuns
 from .prompts import Region, components, mask_box, regions
 from .raster import Box
 from .sam import load_sam
+from .signals import Signals, draw_agreement, heat_contrast, stability_scores
 
 
 class Instance:
@@ -32,27 +33,38 @@ class Instance:
         box: (x0, y0, x1, y1) pixels, x1/y1 exclusive.
         score: mean heatmap value inside the mask times SAM's predicted IoU of
             the chosen candidate, in [0, 1].
+        signals: its quality signals (:mod:`.signals`), None when unknown.
 
     Args:
         mask: the (y1 - y0) x (x1 - x0) bool mask inside the box, or its runs.
     """
 
-    __slots__ = ("label", "runs", "box", "score")
+    __slots__ = ("label", "runs", "box", "score", "signals")
 
-    def __init__(self, label: str, mask: np.ndarray | MaskRuns, box: Box, score: float) -> None:
+    def __init__(
+        self,
+        label: str,
+        mask: np.ndarray | MaskRuns,
+        box: Box,
+        score: float,
+        signals: Signals | None = None,
+    ) -> None:
         self.label = label
         self.runs = mask if isinstance(mask, MaskRuns) else MaskRuns.encode(mask)
         self.box = box
         self.score = score
+        self.signals = signals
 
     def __repr__(self) -> str:
         return f"Instance({self.label!r}, {self.box}, area={self.area}, score={self.score:.3g})"
 
     @classmethod
-    def from_full_mask(cls, label: str, mask: np.ndarray, score: float) -> Instance:
+    def from_full_mask(
+        cls, label: str, mask: np.ndarray, score: float, signals: Signals | None = None
+    ) -> Instance:
         """The instance of a non-empty H x W image-size mask, cropped to its box."""
         x0, y0, x1, y1 = box = mask_box(mask)
-        return cls(label, mask[y0:y1, x0:x1], box, score)
+        return cls(label, mask[y0:y1, x0:x1], box, score, signals)
 
     @property
     def mask(self) -> np.ndarray:
@@ -75,10 +87,32 @@ class Instance:
     def shifted(self, dx: int, dy: int) -> Instance:
         """The same instance with its box moved by (dx, dy) pixels."""
         x0, y0, x1, y1 = self.box
-        return Instance(self.label, self.runs, (x0 + dx, y0 + dy, x1 + dx, y1 + dy), self.score)
+        box = (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+        return Instance(self.label, self.runs, box, self.score, self.signals)
 
 
 Thresholds = float | Mapping[str, float] | None
+
+
+class Candidates(NamedTuple):
+    """SAM's chosen candidate of each of R regions of a class.
+
+    Attributes:
+        masks: (R, H, W) bool.
+        sam_iou: (R,) SAM's predicted IoU, clipped to [0, 1].
+        region_iou: (R,) IoU with the region (the selection criterion).
+        stability: (R,) SAM's stability score.
+    """
+
+    masks: np.ndarray
+    sam_iou: np.ndarray
+    region_iou: np.ndarray
+    stability: np.ndarray
+
+
+Found = tuple[str, np.ndarray, Candidates, int]
+"""(class, H x W mask, its class's candidates, the index of the region
+whose candidate SAM predicts best among those that make up the mask)."""
 
 
 class SamPrompter:
@@ -150,6 +184,7 @@ class SamPrompter:
         image: ImageLike,
         heatmaps: Mapping[str, np.ndarray],
         thresholds: Thresholds = None,
+        spreads: Mapping[str, np.ndarray] | None = None,
     ) -> list[Instance]:
         """Instances of every class from its heatmap.
 
@@ -158,12 +193,15 @@ class SamPrompter:
         region, split the union of kept masks into connected instances and
         drop those under ``min_area``. Pixels claimed by several classes go
         to the class with the highest heatmap value there. No instance
-        covers a nodata pixel of a file (see :meth:`prompt`).
+        covers a nodata pixel of a file (see :meth:`prompt`). Each instance
+        gets its quality signals; ``spreads`` (``{class: H x W}``, see
+        :class:`~.grounding.Grounded`) give ``draw_agreement``, None when
+        the run stored none.
         """
         rgb, valid = read_rgb(image)
         gammas = self.thresholds_for(list(heatmaps), thresholds)
         binaries = binary_maps(rgb, heatmaps, gammas, self.config)
-        return self.prompt(rgb, heatmaps, binaries, valid)
+        return self.prompt(rgb, heatmaps, binaries, valid, spreads)
 
     @torch.inference_mode()
     def prompt(
@@ -172,6 +210,7 @@ class SamPrompter:
         heatmaps: Mapping[str, np.ndarray],
         binaries: Mapping[str, np.ndarray],
         valid: np.ndarray | None = None,
+        spreads: Mapping[str, np.ndarray] | None = None,
     ) -> list[Instance]:
         """The SAM stage of :meth:`segment`, from already binarised maps.
 
@@ -185,7 +224,7 @@ class SamPrompter:
         if valid is not None:
             binaries = {label: binary & valid for label, binary in binaries.items()}
         image_set = False
-        found_masks = []
+        found_masks: list[Found] = []
         for label, binary in binaries.items():
             found = regions(binary, self.config.min_area)
             if not found:
@@ -194,12 +233,13 @@ class SamPrompter:
                 if not image_set:
                     self.set_image(rgb)
                     image_set = True
-                masks, ious = self.predict(found)
-            union = masks.any(0) if valid is None else masks.any(0) & valid
+                chosen = self.predict(found)
+            union = chosen.masks.any(0) if valid is None else chosen.masks.any(0) & valid
             for mask in components(union, self.config.min_area):
-                iou = max(ious[i] for i in range(len(found)) if (masks[i] & mask).any())
-                found_masks.append((label, mask, iou))
-        return self._resolve(found_masks, heatmaps)
+                parts = [i for i in range(len(found)) if (chosen.masks[i] & mask).any()]
+                best = max(parts, key=lambda i: chosen.sam_iou[i])
+                found_masks.append((label, mask, chosen, best))
+        return self._resolve(found_masks, heatmaps, spreads)
 
     def set_image(self, rgb: np.ndarray) -> None:
         """Gives SAM the image.
@@ -224,53 +264,70 @@ class SamPrompter:
             self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
         )
 
-    def predict(self, found: list[Region]) -> tuple[np.ndarray, list[float]]:
-        """One batched SAM call for all regions of a class.
-
-        Returns:
-            (R, H, W) bool masks, the candidate per region with the highest
-            IoU to the region, and SAM's predicted IoU of each.
-        """
+    def predict(self, found: list[Region]) -> Candidates:
+        """One batched SAM call for all regions of a class: the candidate
+        per region with the highest IoU to the region, its predicted IoU,
+        that IoU to the region and its stability score (from the logits SAM
+        returns, thresholded as ``predict_torch`` would)."""
         size = self.predictor.original_size
         transform = self.predictor.transform
         boxes = torch.tensor([r.box for r in found], dtype=torch.float, device=self.device)
         points = torch.tensor([[r.point] for r in found], dtype=torch.float, device=self.device)
         labels = torch.ones(points.shape[:2], dtype=torch.int, device=self.device)
-        masks, iou_predictions, _ = self.predictor.predict_torch(
+        logits, iou_predictions, _ = self.predictor.predict_torch(
             point_coords=transform.apply_coords_torch(points, size),
             point_labels=labels,
             boxes=transform.apply_boxes_torch(boxes, size),
             multimask_output=self.config.multimask,
+            return_logits=True,
         )
+        threshold = self.predictor.model.mask_threshold
+        masks = logits > threshold
         targets = torch.from_numpy(np.stack([r.mask for r in found])).to(self.device)
-        best = select_candidates(masks, targets)
+        best, region_iou = select_candidates(masks, targets)
         rows = torch.arange(len(found), device=self.device)
-        chosen = masks[rows, best].cpu().numpy()
-        return chosen, iou_predictions[rows, best].clamp(0, 1).float().cpu().tolist()
+
+        def numpy(values: torch.Tensor) -> np.ndarray:
+            return values.float().cpu().numpy()
+
+        return Candidates(
+            masks[rows, best].cpu().numpy(),
+            numpy(iou_predictions[rows, best].clamp(0, 1)),
+            numpy(region_iou),
+            numpy(stability_scores(logits[rows, best], threshold)),
+        )
 
     def _resolve(
-        self, found: list[tuple[str, np.ndarray, float]], heatmaps: Mapping[str, np.ndarray]
+        self,
+        found: list[Found],
+        heatmaps: Mapping[str, np.ndarray],
+        spreads: Mapping[str, np.ndarray] | None,
     ) -> list[Instance]:
         """Gives each pixel claimed by several classes to the class with the
-        highest heatmap value there, then scores the instances.
-
-        Args:
-            found: (class, H x W mask, SAM's IoU) of each connected mask.
-        """
-        labels = sorted({label for label, _, _ in found})
+        highest heatmap value there, then scores the instances and measures
+        their signals on their final masks."""
+        labels = sorted({label for label, *_ in found})
         if len(labels) > 1:
             stack = np.stack([heatmaps[name] for name in labels])
             claimed = np.zeros_like(stack, dtype=bool)
-            for label, mask, _ in found:
+            for label, mask, *_ in found:
                 claimed[labels.index(label)] |= mask
             owner = np.where(claimed, stack, -1.0).argmax(0)
-            found = [(lb, m & (owner == labels.index(lb)), iou) for lb, m, iou in found]
+            found = [(lb, m & (owner == labels.index(lb)), *rest) for lb, m, *rest in found]
         kept = []
-        for label, mask, iou in found:
+        for label, mask, chosen, best in found:
             if mask.sum() < self.config.min_area:
                 continue
-            score = float(heatmaps[label][mask].mean() * iou)
-            kept.append(Instance.from_full_mask(label, mask, score))
+            heatmap = heatmaps[label]
+            signals = Signals(
+                float(chosen.sam_iou[best]),
+                float(chosen.region_iou[best]),
+                float(chosen.stability[best]),
+                heat_contrast(heatmap, mask),
+                None if spreads is None else draw_agreement(heatmap, spreads[label], mask),
+            )
+            score = float(heatmap[mask].mean() * chosen.sam_iou[best])
+            kept.append(Instance.from_full_mask(label, mask, score, signals))
         return kept
 
 
@@ -299,17 +356,20 @@ def binary_maps(
     }
 
 
-def select_candidates(candidates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Index of the candidate with the highest IoU to each target.
+def select_candidates(
+    candidates: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate with the highest IoU to each target, and that IoU.
 
     Args:
         candidates: (R, C, H, W) bool SAM masks.
         targets: (R, H, W) bool binarised regions.
 
     Returns:
-        (R,) long indices into C.
+        (R,) long indices into C and (R,) float IoUs.
     """
     targets = targets[:, None]
     inter = (candidates & targets).flatten(2).sum(-1).float()
     union = (candidates | targets).flatten(2).sum(-1).float()
-    return (inter / union.clamp_min(1)).argmax(1)
+    ious, best = (inter / union.clamp_min(1)).max(1)
+    return best, ious

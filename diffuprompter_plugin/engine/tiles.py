@@ -30,6 +30,7 @@ import numpy as np
 from .config import DiffuPrompterConfig
 from .mask_runs import MaskRuns
 from .raster import Box
+from .signals import merged_signals
 
 if TYPE_CHECKING:
     from .segmentation import Instance
@@ -102,7 +103,9 @@ def _crop(inst: Instance, window: Box) -> np.ndarray:
 
 def _union(group: list[Instance]) -> Instance:
     """One instance of a group: mask union (joined run by run, never a dense
-    mask of the union box), union box, highest score."""
+    mask of the union box), union box, highest score, and its parts' quality
+    signals merged (:func:`~.signals.merged_signals`: each the area-weighted
+    mean of the parts', quality recomputed from them)."""
     if len(group) == 1:
         return group[0]
     box = (
@@ -114,7 +117,9 @@ def _union(group: list[Instance]) -> Instance:
     shape = (box[3] - box[1], box[2] - box[0])
     parts = [(i.runs, i.box[0] - box[0], i.box[1] - box[1]) for i in group]
     first = group[0]
-    return type(first)(first.label, MaskRuns.union(shape, parts), box, max(i.score for i in group))
+    signals = merged_signals([(i.signals, i.area) for i in group])
+    runs = MaskRuns.union(shape, parts)
+    return type(first)(first.label, runs, box, max(i.score for i in group), signals)
 
 
 def merge_instances(tiles: Sequence[tuple[Box, list[Instance]]]) -> list[Instance]:

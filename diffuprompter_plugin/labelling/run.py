@@ -292,8 +292,8 @@ def declare_fields(samples: Any, record: PseudoLabelsConfig) -> None:
         for name, label_type in record.field_types().items():
             if dataset.has_sample_field(name):
                 continue
-            if label_type is None:
-                dataset.add_sample_field(name, fo.StringField)
+            if issubclass(label_type, fo.Field):
+                dataset.add_sample_field(name, label_type)
             else:
                 dataset.add_sample_field(
                     name, fo.EmbeddedDocumentField, embedded_doc_type=label_type

@@ -14,7 +14,7 @@ import fiftyone as fo
 from ..brain import PseudoLabelsConfig
 from ..claims import RunDeletedError
 from ..engine.class_names import ClassName
-from ..labels import sample_classes, sample_image, to_detections, write_heatmap
+from ..labels import sample_classes, sample_image, store_instances, write_heatmap
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +107,11 @@ def write(sample: fo.Sample, result: Any, record: PseudoLabelsConfig) -> None:
     for name, heatmap in result.heatmaps.items():
         path = os.path.join(record.heatmap_dir, ClassName(name).slug, f"{sample.id}.png")
         geotiff = result.heatmap_files.get(name)
-        sample[record.heatmap_fields[name]] = write_heatmap(heatmap, path, geotiff)
+        spread = result.spread_files.get(name, result.spreads.get(name))
+        sample[record.heatmap_fields[name]] = write_heatmap(heatmap, path, geotiff, spread)
     height, width = result.image_shape
     try:
-        sample[record.pred_field] = to_detections(result.instances, width, height)
+        store_instances(sample, record.pred_field, result.instances, width, height)
     except ValueError as e:  # more instances than a sample can hold
         _fail(sample, e, record)
         return
