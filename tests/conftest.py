@@ -28,7 +28,7 @@ def tiny_models(tmp_path_factory) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def prompter(tiny_models):
+def tiny_diffuprompter(tiny_models):
     """A tiny DiffuPrompter on the CPU loaded through ``from_pretrained``."""
     from diffuprompter_plugin import DiffuPrompter
 

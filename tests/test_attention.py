@@ -12,17 +12,17 @@ from diffuprompter_plugin.engine.grounding import class_token_indices
 from diffuprompter_plugin.engine.stable_diffusion import load_stable_diffusion
 
 
-def _unet_inputs(prompter, class_name="storage tank", batch=2):
-    grounder = prompter.grounder
+def _unet_inputs(model, class_name="storage tank", batch=2):
+    grounder = model.grounder
     embeds, indices = grounder.embed_prompt(class_name)
     latent = torch.randn(batch, 4, 8, 8)
     timesteps = torch.full((batch,), 40, dtype=torch.long)
     return latent, timesteps, embeds.expand(batch, -1, -1), indices
 
 
-def test_captured_attention_equals_explicit_softmax(prompter):
-    unet = prompter.grounder.sd.unet
-    latent, timesteps, embeds, indices = _unet_inputs(prompter)
+def test_captured_attention_equals_explicit_softmax(tiny_diffuprompter):
+    unet = tiny_diffuprompter.grounder.sd.unet
+    latent, timesteps, embeds, indices = _unet_inputs(tiny_diffuprompter)
     inputs = {}
 
     def record(name):
@@ -39,13 +39,13 @@ def test_captured_attention_equals_explicit_softmax(prompter):
         m.register_forward_pre_hook(record(n), with_kwargs=True) for n, m in modules.items()
     ]
     try:
-        captured, store = prompter.grounder.sd.captured_unet.module(compiled=False)
+        captured, store = tiny_diffuprompter.grounder.sd.captured_unet.module(compiled=False)
         assert captured is unet
         with torch.no_grad():
             store.reset(indices, (8, 8))
             unet(latent, timesteps, encoder_hidden_states=embeds)
     finally:
-        prompter.grounder.sd.captured_unet.store.active = False
+        tiny_diffuprompter.grounder.sd.captured_unet.store.active = False
         for h in handles:
             h.remove()
 
@@ -63,13 +63,13 @@ def test_captured_attention_equals_explicit_softmax(prompter):
 
 
 def test_capture_keeps_unet_output_stays_installed_and_records_only_when_active(
-    prompter, tiny_models
+    tiny_diffuprompter, tiny_models
 ):
     """A U-Net fresh from disk, so that its processors are diffusers' own
     until the grounding path installs the capture."""
     sd = load_stable_diffusion(tiny_models[0], torch.device("cpu"), torch.float32)
     unet = sd.unet
-    latent, timesteps, embeds, indices = _unet_inputs(prompter)
+    latent, timesteps, embeds, indices = _unet_inputs(tiny_diffuprompter)
     assert sd.captured_unet.store is None  # nothing installed before first use
     with torch.no_grad():
         reference = unet(latent, timesteps, encoder_hidden_states=embeds).sample
@@ -91,9 +91,9 @@ def test_capture_keeps_unet_output_stays_installed_and_records_only_when_active(
     assert install_capture(unet) is store  # kept in place, with its store
 
 
-def test_resolution_maps_group_layers_by_size(prompter):
-    unet, store = prompter.grounder.sd.captured_unet.module(compiled=False)
-    latent, timesteps, embeds, indices = _unet_inputs(prompter)
+def test_resolution_maps_group_layers_by_size(tiny_diffuprompter):
+    unet, store = tiny_diffuprompter.grounder.sd.captured_unet.module(compiled=False)
+    latent, timesteps, embeds, indices = _unet_inputs(tiny_diffuprompter)
     with torch.no_grad():
         store.reset(indices, (8, 8))
         unet(latent, timesteps, encoder_hidden_states=embeds)
@@ -112,7 +112,7 @@ def test_resolution_maps_group_layers_by_size(prompter):
     ("name", "expected"),
     [("airplane", [4]), ("storage tank", [4, 5]), ("ground track field", [4, 5, 6])],
 )
-def test_class_tokens_skip_start_token_and_padding(prompter, name, expected):
-    tokenizer = prompter.grounder.sd.tokenizer
+def test_class_tokens_skip_start_token_and_padding(tiny_diffuprompter, name, expected):
+    tokenizer = tiny_diffuprompter.grounder.sd.tokenizer
     assert class_token_indices(tokenizer, "Photo of a {}", name) == expected
     assert class_token_indices(tokenizer, "{} seen from above", name)[0] == 1

@@ -62,12 +62,16 @@ def test_class_field_names_sharing_a_field_are_refused(image_dataset):
     _nothing_written(image_dataset, fields)
 
 
-def test_prompt_too_long_for_the_text_encoder_is_refused_before_writing(image_dataset, prompter):
+def test_prompt_too_long_for_the_text_encoder_is_refused_before_writing(
+    image_dataset, tiny_diffuprompter
+):
     fields = set(image_dataset.get_field_schema())
     with pytest.raises(
         ValueError, match="too long for the text encoder: 9[0-9] tokens, at most 77"
     ):
-        compute_pseudo_labels(image_dataset, "dp", classes=["ship", "x" * 90], model=prompter)
+        compute_pseudo_labels(
+            image_dataset, "dp", classes=["ship", "x" * 90], model=tiny_diffuprompter
+        )
     _nothing_written(image_dataset, fields)
 
 
@@ -179,12 +183,14 @@ def test_deleting_a_run_deletes_its_rethreshold_fields(image_dataset):
     assert not image_dataset.has_sample_field("dp_loose")
 
 
-def test_run_with_a_pretrained_model_records_its_sources(image_dataset, prompter, tiny_models):
+def test_run_with_a_pretrained_model_records_its_sources(
+    image_dataset, tiny_diffuprompter, tiny_models
+):
     sd, sam = tiny_models
-    assert prompter.sources == {"sd_model": sd, "sam_model": sam, "sam_checkpoint": None}
-    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=prompter)
+    assert tiny_diffuprompter.sources == {"sd_model": sd, "sam_model": sam, "sam_checkpoint": None}
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=tiny_diffuprompter)
     config = image_dataset.get_brain_info("dp").config
-    assert config.models == prompter.sources
+    assert config.models == tiny_diffuprompter.sources
     assert config.models_recorded
     summary = rethreshold_pseudo_labels(image_dataset, "dp", "dp_strict", thresholds=0.9)
     assert summary["samples"] == 4  # SAM rebuilt from the recorded folder

@@ -33,8 +33,8 @@ def test_eq4_divides_each_resolution_by_its_max_then_averages():
     np.testing.assert_allclose(raw[0].numpy(), mean, atol=1e-6)
 
 
-def test_eq9_heatmap_is_the_normalised_mean_of_loop_maps(prompter, rgb):
-    g = _grounder(prompter, loops=5, loop_batch_size=1)
+def test_eq9_heatmap_is_the_normalised_mean_of_loop_maps(tiny_diffuprompter, rgb):
+    g = _grounder(tiny_diffuprompter, loops=5, loop_batch_size=1)
     latent = g.encode(rgb)
     with torch.no_grad():
         calls = list(g.loop_maps(latent, ["ship"]))
@@ -46,26 +46,30 @@ def test_eq9_heatmap_is_the_normalised_mean_of_loop_maps(prompter, rgb):
     torch.testing.assert_close(heat, normalize(loops.mean(0), "minmax"))
 
 
-def test_batched_loops_equal_one_at_a_time(prompter, rgb):
-    batched = _grounder(prompter, loops=6, loop_batch_size=6).heatmaps(rgb, ["bridge"])
-    single = _grounder(prompter, loops=6, loop_batch_size=1).heatmaps(rgb, ["bridge"])
+def test_batched_loops_equal_one_at_a_time(tiny_diffuprompter, rgb):
+    batched = _grounder(tiny_diffuprompter, loops=6, loop_batch_size=6).heatmaps(rgb, ["bridge"])
+    single = _grounder(tiny_diffuprompter, loops=6, loop_batch_size=1).heatmaps(rgb, ["bridge"])
     np.testing.assert_allclose(batched["bridge"], single["bridge"], atol=1e-5)
 
 
-def test_same_seed_same_output_other_seed_differs(prompter, rgb):
-    a = _grounder(prompter, seed=3).heatmaps(rgb, ["harbor"])["harbor"]
-    b = _grounder(prompter, seed=3).heatmaps(rgb, ["harbor"])["harbor"]
-    c = _grounder(prompter, seed=4).heatmaps(rgb, ["harbor"])["harbor"]
+def test_same_seed_same_output_other_seed_differs(tiny_diffuprompter, rgb):
+    a = _grounder(tiny_diffuprompter, seed=3).heatmaps(rgb, ["harbor"])["harbor"]
+    b = _grounder(tiny_diffuprompter, seed=3).heatmaps(rgb, ["harbor"])["harbor"]
+    c = _grounder(tiny_diffuprompter, seed=4).heatmaps(rgb, ["harbor"])["harbor"]
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() > 1e-3
 
 
-def test_more_loops_lower_variance_across_seeds(prompter, rgb):
+def test_more_loops_lower_variance_across_seeds(tiny_diffuprompter, rgb):
     def spread(loops: int) -> float:
         maps = []
         for seed in range(6):
             g = _grounder(
-                prompter, loops=loops, loop_batch_size=loops, seed=seed, normalization="none"
+                tiny_diffuprompter,
+                loops=loops,
+                loop_batch_size=loops,
+                seed=seed,
+                normalization="none",
             )
             latent = g.encode(rgb)
             with torch.no_grad():
@@ -87,8 +91,8 @@ def test_more_loops_lower_variance_across_seeds(prompter, rgb):
     ],
     ids=["gray", "rgba-tall", "uint16", "float-1ch"],
 )
-def test_heatmap_matches_input_size_and_range(prompter, image):
-    heat = prompter.heatmap(image, "tennis court")
+def test_heatmap_matches_input_size_and_range(tiny_diffuprompter, image):
+    heat = tiny_diffuprompter.heatmap(image, "tennis court")
     assert heat.shape == image.shape[:2]
     assert heat.dtype == np.float32
     assert heat.min() >= 0 and heat.max() <= 1
@@ -105,9 +109,9 @@ def _count_calls(module: torch.nn.Module, calls: list[int]):
     return module.register_forward_hook(lambda m, args, out: calls.append(len(args)))
 
 
-def test_classes_share_unet_calls_and_image_work(prompter, rgb):
+def test_classes_share_unet_calls_and_image_work(tiny_diffuprompter, rgb):
     names = ["ship", "harbor", "storage tank"]
-    g = _grounder(prompter, loops=2, loop_batch_size=6)
+    g = _grounder(tiny_diffuprompter, loops=2, loop_batch_size=6)
     unet, text, vae = [], [], []
     handles = [
         _count_calls(g.sd.unet, unet),
@@ -123,7 +127,9 @@ def test_classes_share_unet_calls_and_image_work(prompter, rgb):
         for handle in handles:
             handle.remove()
     for name in names:
-        alone = _grounder(prompter, loops=2, loop_batch_size=1).heatmaps(rgb, [name])[name]
+        alone = _grounder(tiny_diffuprompter, loops=2, loop_batch_size=1).heatmaps(rgb, [name])[
+            name
+        ]
         np.testing.assert_allclose(shared[name], alone, atol=1e-5)
 
 

@@ -36,8 +36,8 @@ def test_sd_folder_loads_with_ddpm_schedule(tiny_models):
     assert round(float(sd.scheduler.alphas_cumprod[40]), 3) == 0.962  # method.md table
 
 
-def test_built_pipeline_and_sam_objects_are_accepted(tiny_models, prompter):
-    sd = prompter.grounder.sd
+def test_built_pipeline_and_sam_objects_are_accepted(tiny_models, tiny_diffuprompter):
+    sd = tiny_diffuprompter.grounder.sd
     pipe = SimpleNamespace(
         vae=sd.vae,
         unet=sd.unet,
@@ -47,7 +47,7 @@ def test_built_pipeline_and_sam_objects_are_accepted(tiny_models, prompter):
     )
     loaded = load_stable_diffusion(pipe, torch.device("cpu"), torch.float32)
     assert loaded.unet is sd.unet
-    sam = prompter.sam_prompter.predictor.model
+    sam = tiny_diffuprompter.sam_prompter.predictor.model
     assert load_sam(sam, device="cpu") is sam
     with pytest.raises(TypeError, match="lacks"):
         load_stable_diffusion(SimpleNamespace(vae=1), torch.device("cpu"), torch.float32)

@@ -77,9 +77,9 @@ def test_an_all_nodata_image_gets_no_instance_and_is_not_run(tmp_path):
     assert all((h == 0).all() and h.shape == (64, 64) for h in result.heatmaps.values())
 
 
-def test_tiny_models_label_no_nodata_pixel(prompter, tmp_path):
+def test_tiny_models_label_no_nodata_pixel(tiny_diffuprompter, tmp_path):
     path = _half_nodata(tmp_path)
-    model = prompter
+    model = tiny_diffuprompter
     saved = model.config
     model.config = TINY_CONFIG.replace(threshold=0.05, min_area=1)
     try:

@@ -37,9 +37,9 @@ def test_install_script_announces_each_install_and_lets_pip_show_progress():
         assert any(line.strip().startswith("step ") for line in lines[i - 4 : i]), lines[i]
 
 
-def test_annotate_shows_progress_over_unet_calls_when_asked(prompter, rgb, capsys):
-    prompter.annotate(rgb, ["ship", "harbor", "storage tank"])
+def test_annotate_shows_progress_over_unet_calls_when_asked(tiny_diffuprompter, rgb, capsys):
+    tiny_diffuprompter.annotate(rgb, ["ship", "harbor", "storage tank"])
     assert "U-Net calls" not in capsys.readouterr().err  # off by default
-    prompter.annotate(rgb, ["ship", "harbor", "storage tank"], progress=True)
+    tiny_diffuprompter.annotate(rgb, ["ship", "harbor", "storage tank"], progress=True)
     # 3 classes x 4 loops, 2 (class, loop) pairs per U-Net call
     assert "U-Net calls: 100%" in capsys.readouterr().err.replace("\r", "\n")

@@ -48,11 +48,11 @@ PINNED_INSTANCES = [
 
 
 @pytest.fixture
-def pinned_model(prompter):
+def pinned_model(tiny_diffuprompter):
     """6 loops in calls of 4 (classes share calls; the last one is short), CRF on."""
-    config = prompter.config.replace(loops=6, loop_batch_size=4, crf=True)
-    g = prompter.grounder
-    sam = SamPrompter(prompter.sam_prompter.predictor.model, config, g.device)
+    config = tiny_diffuprompter.config.replace(loops=6, loop_batch_size=4, crf=True)
+    g = tiny_diffuprompter.grounder
+    sam = SamPrompter(tiny_diffuprompter.sam_prompter.predictor.model, config, g.device)
     return DiffuPrompter(TextGrounder(g.sd, config, g.device, g.dtype), sam, config)
 
 

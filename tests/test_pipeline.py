@@ -8,8 +8,8 @@ import pytest
 from diffuprompter_plugin import DiffuPrompterConfig
 
 
-def test_annotate_returns_heatmaps_and_consistent_instances(prompter, rgb):
-    result = prompter.annotate(rgb, ["storage tank", "airplane"], thresholds=0.3)
+def test_annotate_returns_heatmaps_and_consistent_instances(tiny_diffuprompter, rgb):
+    result = tiny_diffuprompter.annotate(rgb, ["storage tank", "airplane"], thresholds=0.3)
     assert set(result.heatmaps) == {"storage tank", "airplane"}
     for heat in result.heatmaps.values():
         assert heat.shape == (48, 64) and heat.dtype == np.float32
@@ -22,9 +22,9 @@ def test_annotate_returns_heatmaps_and_consistent_instances(prompter, rgb):
     assert masks.max() == 1  # no pixel belongs to two instances
 
 
-def test_annotate_is_deterministic(prompter, rgb):
-    a = prompter.annotate(rgb, ["ship"], thresholds=0.3)
-    b = prompter.annotate(rgb, ["ship"], thresholds=0.3)
+def test_annotate_is_deterministic(tiny_diffuprompter, rgb):
+    a = tiny_diffuprompter.annotate(rgb, ["ship"], thresholds=0.3)
+    b = tiny_diffuprompter.annotate(rgb, ["ship"], thresholds=0.3)
     np.testing.assert_array_equal(a.heatmaps["ship"], b.heatmaps["ship"])
     assert [(i.box, i.score) for i in a.instances] == [(i.box, i.score) for i in b.instances]
 
@@ -38,9 +38,9 @@ def test_annotate_is_deterministic(prompter, rgb):
         (["ship", " "], "Invalid class names"),
     ],
 )
-def test_bad_class_lists_get_clear_errors(prompter, rgb, names, message):
+def test_bad_class_lists_get_clear_errors(tiny_diffuprompter, rgb, names, message):
     with pytest.raises(ValueError, match=message):
-        prompter.annotate(rgb, names)
+        tiny_diffuprompter.annotate(rgb, names)
 
 
 def test_config_validates_and_round_trips():
@@ -54,15 +54,19 @@ def test_config_validates_and_round_trips():
         DiffuPrompterConfig.from_dict({"loopz": 3})
 
 
-def test_config_assignment_reaches_both_stages(prompter, rgb):
-    own = prompter.config
-    assert prompter.annotate(rgb, ["ship"]).instances
+def test_config_assignment_reaches_both_stages(tiny_diffuprompter, rgb):
+    own = tiny_diffuprompter.config
+    assert tiny_diffuprompter.annotate(rgb, ["ship"]).instances
     try:
-        prompter.config = own.replace(min_area=48 * 64 + 1)  # larger than the image
-        assert prompter.grounder.config is prompter.sam_prompter.config is prompter.config
-        assert prompter.annotate(rgb, ["ship"]).instances == []
+        tiny_diffuprompter.config = own.replace(min_area=48 * 64 + 1)  # larger than the image
+        assert (
+            tiny_diffuprompter.grounder.config
+            is tiny_diffuprompter.sam_prompter.config
+            is tiny_diffuprompter.config
+        )
+        assert tiny_diffuprompter.annotate(rgb, ["ship"]).instances == []
     finally:
-        prompter.config = own
+        tiny_diffuprompter.config = own
 
 
 def test_package_exports_resolve_lazily():
@@ -80,12 +84,12 @@ def test_package_exports_resolve_lazily():
     assert out.stdout.split() == ["DiffuPrompter", "diffuprompter_plugin.labelling"]
 
 
-def test_annotate_all_overlaps_crf_and_matches_annotate(prompter, rgb, tmp_path):
+def test_annotate_all_overlaps_crf_and_matches_annotate(tiny_diffuprompter, rgb, tmp_path):
     from diffuprompter_plugin import DiffuPrompter, SamPrompter, TextGrounder
 
-    config = prompter.config.replace(crf=True, crf_workers=2, threshold=0.3)
-    g = prompter.grounder
-    sam = SamPrompter(prompter.sam_prompter.predictor.model, config, g.device)
+    config = tiny_diffuprompter.config.replace(crf=True, crf_workers=2, threshold=0.3)
+    g = tiny_diffuprompter.grounder
+    sam = SamPrompter(tiny_diffuprompter.sam_prompter.predictor.model, config, g.device)
     model = DiffuPrompter(TextGrounder(g.sd, config, g.device, g.dtype), sam, config)
     images = [rgb, rgb[::-1].copy(), tmp_path / "missing.png", rgb[:, ::-1].copy()]
     items = [(i, image, ["ship", "harbor"]) for i, image in enumerate(images)]
@@ -101,14 +105,14 @@ def test_annotate_all_overlaps_crf_and_matches_annotate(prompter, rgb, tmp_path)
         np.testing.assert_array_equal(got.heatmaps["ship"], expected.heatmaps["ship"])
 
 
-def test_half_precision_follows_float32(prompter, tiny_models, rgb):
+def test_half_precision_follows_float32(tiny_diffuprompter, tiny_models, rgb):
     """The GPU path (fp16 SD weights, SAM under fp16 autocast), run on the CPU."""
     import torch
 
     from diffuprompter_plugin import DiffuPrompter
 
     half = DiffuPrompter.from_pretrained(
-        *tiny_models, device="cpu", config=prompter.config, dtype=torch.float16
+        *tiny_models, device="cpu", config=tiny_diffuprompter.config, dtype=torch.float16
     )
     assert half.grounder.sd.unet.dtype == torch.float16
     sam = half.sam_prompter.predictor.model
@@ -117,7 +121,7 @@ def test_half_precision_follows_float32(prompter, tiny_models, rgb):
     sam.image_encoder.blocks[0].mlp.register_forward_hook(lambda m, i, out: computed.append(out))
 
     got = half.annotate(rgb, ["ship"], thresholds=0.3)
-    expected = prompter.annotate(rgb, ["ship"], thresholds=0.3)
+    expected = tiny_diffuprompter.annotate(rgb, ["ship"], thresholds=0.3)
     assert [t.dtype for t in computed] == [torch.float16]
     assert got.heatmaps["ship"].dtype == np.float32
     np.testing.assert_allclose(got.heatmaps["ship"], expected.heatmaps["ship"], atol=5e-3)

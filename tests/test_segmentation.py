@@ -76,15 +76,15 @@ def test_heatmap_size_must_match_image():
         prompter.segment(np.zeros((32, 32, 3), np.uint8), {"ship": np.ones((16, 16))})
 
 
-def test_tiny_sam_returns_masks_cropped_to_their_boxes(prompter, rgb):
+def test_tiny_sam_returns_masks_cropped_to_their_boxes(tiny_diffuprompter, rgb):
     heat = np.zeros(rgb.shape[:2], np.float32)
     heat[10:30, 20:44] = 0.9
-    found = prompter.sam_prompter.segment(rgb, {"storage tank": heat})
+    found = tiny_diffuprompter.sam_prompter.segment(rgb, {"storage tank": heat})
     assert found
     for inst in found:
         x0, y0, x1, y1 = inst.box
         assert inst.mask.shape == (y1 - y0, x1 - x0)
         ys, xs = np.nonzero(inst.full_mask(rgb.shape[:2]))
         assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-        assert inst.area >= prompter.config.min_area
+        assert inst.area >= tiny_diffuprompter.config.min_area
         assert 0 <= inst.score <= 1

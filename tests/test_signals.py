@@ -154,18 +154,20 @@ def test_draw_agreement_is_one_for_equal_draws_and_lower_as_they_disagree():
     assert draw_agreement(heat, np.full_like(heat, 1.0), mask) == 0.0  # spread above the heat
 
 
-def test_draw_agreement_of_the_grounder_is_one_when_every_draw_is_the_same(prompter, rgb):
+def test_draw_agreement_of_the_grounder_is_one_when_every_draw_is_the_same(
+    tiny_diffuprompter, rgb
+):
     """The real grounder: with one noise repeated L times every draw gives the
     same map, so the spread is 0 and every instance's agreement exactly 1;
     L seeded draws disagree, so agreement falls below 1."""
-    grounder = prompter.grounder
+    grounder = tiny_diffuprompter.grounder
     own_noise = grounder.noise
     try:
         grounder.noise = lambda latents: own_noise(latents)[:1].expand(4, -1, -1, -1)
-        same = prompter.annotate(rgb, ["storage tank"])
+        same = tiny_diffuprompter.annotate(rgb, ["storage tank"])
     finally:
         grounder.noise = own_noise
-    drawn = prompter.annotate(rgb, ["storage tank"])
+    drawn = tiny_diffuprompter.annotate(rgb, ["storage tank"])
     assert (same.spreads["storage tank"] == 0).all()
     assert same.instances and all(i.signals.draw_agreement == 1.0 for i in same.instances)
     assert drawn.spreads["storage tank"].max() > 0

@@ -83,11 +83,11 @@ def _alone(grounder: TextGrounder, images, names):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-def test_batched_tiles_equal_tile_by_tile_in_fewer_unet_calls(prompter, models64, dtype):
-    sd = models64 if dtype == torch.float64 else prompter.grounder.sd
+def test_batched_tiles_equal_tile_by_tile_in_fewer_unet_calls(tiny_diffuprompter, models64, dtype):
+    sd = models64 if dtype == torch.float64 else tiny_diffuprompter.grounder.sd
     tiles = [_image(64, 64, seed) for seed in range(4)]
     names = ["ship", "harbor"]
-    g = _model(prompter, sd, loops=3, loop_batch_size=8).grounder
+    g = _model(tiny_diffuprompter, sd, loops=3, loop_batch_size=8).grounder
     with _unet_batches(g) as batches:
         together = list(g.tile_heatmaps(tiles, names))
     assert batches == [8, 8, 8]  # 4 tiles x 2 classes x 3 draws; calls cut across tiles
@@ -100,10 +100,10 @@ def test_batched_tiles_equal_tile_by_tile_in_fewer_unet_calls(prompter, models64
 
 
 def test_tiles_of_another_working_size_are_grounded_apart_and_returned_in_order(
-    prompter, models64
+    tiny_diffuprompter, models64
 ):
     images = [_image(64, 64, 0), _image(64, 32, 1), _image(64, 64, 2)]  # an edge tile
-    g = _model(prompter, models64, loops=2, loop_batch_size=8, resolution=128).grounder
+    g = _model(tiny_diffuprompter, models64, loops=2, loop_batch_size=8, resolution=128).grounder
     with _unet_batches(g) as batches:
         together = list(g.tile_heatmaps(images, ["ship"]))
     assert batches == [4, 2]  # latents 16 x 16 (two tiles) and 16 x 8
@@ -128,12 +128,16 @@ def _geotiff_with_nodata(path) -> None:
         dst.write(data)
 
 
-def test_a_scene_grounded_in_groups_stores_the_tile_by_tile_heatmaps(prompter, models64, tmp_path):
+def test_a_scene_grounded_in_groups_stores_the_tile_by_tile_heatmaps(
+    tiny_diffuprompter, models64, tmp_path
+):
     _geotiff_with_nodata(tmp_path / "scene.tif")
     names = ["ship", "harbor"]
     stored = {}
     for batch_size in (4, 16):  # 1 tile (4 triples) per call, then 4 tiles
-        model = _model(prompter, models64, loops=2, loop_batch_size=batch_size, **SCENE_TILES)
+        model = _model(
+            tiny_diffuprompter, models64, loops=2, loop_batch_size=batch_size, **SCENE_TILES
+        )
         paths = {n: str(tmp_path / f"{batch_size}-{n}.tif") for n in names}
         with _unet_batches(model.grounder) as batches, open_raster(tmp_path / "scene.tif") as r:
             steps = sum(1 for _ in ground_scene(model.grounder, r, names, paths))
@@ -148,9 +152,17 @@ def test_a_scene_grounded_in_groups_stores_the_tile_by_tile_heatmaps(prompter, m
         assert stored[16][name].max() > 0.5
 
 
-def test_a_scene_shows_a_bar_over_its_tiles_skipped_ones_included(prompter, tmp_path, capsys):
+def test_a_scene_shows_a_bar_over_its_tiles_skipped_ones_included(
+    tiny_diffuprompter, tmp_path, capsys
+):
     _geotiff_with_nodata(tmp_path / "scene.tif")
-    model = _model(prompter, prompter.grounder.sd, loops=1, loop_batch_size=4, **SCENE_TILES)
+    model = _model(
+        tiny_diffuprompter,
+        tiny_diffuprompter.grounder.sd,
+        loops=1,
+        loop_batch_size=4,
+        **SCENE_TILES,
+    )
     model.annotate(tmp_path / "scene.tif", ["ship"])
     assert "Tiles" not in capsys.readouterr().err  # off by default
     model.annotate(tmp_path / "scene.tif", ["ship"], progress=True)
