@@ -341,7 +341,8 @@ def _existing_container(path: str, driver: str, layers: list[str], overwrite: bo
                     "to replace it"
                 ) from e
             return False
-        taken = [name for name in layers if name in existing]
+        existing_keys = {name.casefold() for name in existing}  # GeoPackage ignores case
+        taken = [name for name in layers if name.casefold() in existing_keys]
         if taken and not overwrite:
             raise FileExistsError(
                 f"Layer '{taken[0]}' exists in '{path}' (layers: {', '.join(existing)}); pass "

@@ -101,6 +101,16 @@ def scene_heatmap_path(label: fo.Heatmap) -> str | None:
     return label.get_field("geotiff_path") if label.has_field("geotiff_path") else None
 
 
+HEATMAP_FILES = ("map_path", "geotiff_path", "spread_path")
+"""The attributes of a heatmap label that name its files: the PNG, a
+scene's full-resolution GeoTIFF, and the draws' spread beside them."""
+
+
+def heatmap_files(label: fo.Heatmap) -> list[str]:
+    """The files a heatmap label names (see :data:`HEATMAP_FILES`)."""
+    return [label[a] for a in HEATMAP_FILES if label.has_field(a) and label[a]]
+
+
 def spread_path(label: fo.Heatmap) -> str | None:
     """The file of the draws' spread beside a heatmap label (a PNG, or a
     scene's GeoTIFF); None for runs stored before the quality signals."""

@@ -16,6 +16,7 @@ from .brain import PseudoLabels, quality_field, stored_config
 from .engine.config import check_setting
 from .labelling.checks import check_batch_size, check_field_name
 from .labels import (
+    heatmap_files,
     read_heatmap,
     read_spread,
     sample_image,
@@ -72,9 +73,8 @@ def load_thresholds(
 
 
 def _missing_files(labels: Any) -> list[str]:
-    """The heatmap files (PNGs, scenes' GeoTIFFs) of ``labels`` not on disk."""
-    paths = [p for label in labels for p in (label.map_path, scene_heatmap_path(label)) if p]
-    return [p for p in paths if not os.path.exists(p)]
+    """The files of heatmap ``labels`` (:func:`~.labels.heatmap_files`) not on disk."""
+    return [p for label in labels for p in heatmap_files(label) if not os.path.exists(p)]
 
 
 def _spreads(spreads: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -127,11 +127,12 @@ def rethreshold_pseudo_labels(
     check_field_name(out_field, "out_field")
     if out_field in config.field_types():
         raise ValueError(f"Field '{out_field}' belongs to brain run '{brain_key}'")
-    if samples._dataset.has_sample_field(out_field) and out_field not in config.rethreshold_fields:
-        raise ValueError(
-            f"Field '{out_field}' exists and is not one that re-thresholding run "
-            f"'{brain_key}' wrote: choose another out_field, or delete it first"
-        )
+    for field in (out_field, quality_field(out_field)):
+        if samples._dataset.has_sample_field(field) and out_field not in config.rethreshold_fields:
+            raise ValueError(
+                f"Field '{field}' exists and is not one that re-thresholding run "
+                f"'{brain_key}' wrote: choose another out_field, or delete it first"
+            )
     check_batch_size(batch_size)
     check_no_verdicts(samples, out_field)
     thresholds = load_thresholds(thresholds, list(config.heatmap_fields))

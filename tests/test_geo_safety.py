@@ -48,6 +48,8 @@ def test_export_into_a_geopackage_keeps_its_other_layers(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match=r"Layer 'a' exists in .*city.gpkg.*overwrite=True"):
         export_geo(dataset, "pred", path, layer="a")
     assert _digest(path) == before  # refused before anything was written
+    with pytest.raises(FileExistsError, match=r"Layer 'A' exists"):  # GeoPackage ignores case
+        export_geo(dataset, "pred", path, layer="A")
 
     two = _scene_dataset(
         tmp_path,

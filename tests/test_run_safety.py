@@ -270,3 +270,27 @@ def test_a_run_deleted_while_it_labels_stops_and_leaves_nothing(image_dataset, w
         assert collection.count_documents({field: {"$exists": True}}) == 0
     if not whole_dataset:
         dataset.delete()
+
+
+def test_a_lost_spread_file_fails_only_its_sample(image_dataset):
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
+    sample = image_dataset.first()
+    missing = os.path.join(os.path.dirname(sample.dp_heatmap_ship.map_path), "gone_spread.png")
+    sample.dp_heatmap_ship["spread_path"] = missing  # the draws' spread beside the heatmap
+    sample.save()
+    assert pseudo_labels_status(image_dataset, "dp")["lost_heatmaps"] == 1
+    echo = EchoPrompter(TINY_CONFIG)
+    summary = rethreshold_pseudo_labels(image_dataset, "dp", "dp_rt", 0.5, prompter=echo)
+    assert list(summary["failures"]) == [sample.id] and missing in summary["failures"][sample.id]
+    assert image_dataset.count("dp_rt") == 3  # the others went on
+
+
+def test_rethreshold_refuses_to_take_over_a_users_quality_field(image_dataset):
+    import fiftyone as fo
+
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
+    image_dataset.add_sample_field("dp_rt_quality", fo.FloatField)
+    echo = EchoPrompter(TINY_CONFIG)
+    with pytest.raises(ValueError, match="Field 'dp_rt_quality' exists"):
+        rethreshold_pseudo_labels(image_dataset, "dp", "dp_rt", 0.5, prompter=echo)
+    assert "dp_rt" not in image_dataset.get_field_schema()  # nothing written

@@ -338,6 +338,7 @@ class DiffuPrompter(Annotator):
             heatmaps = {name: np.zeros(valid.shape, np.float32) for name in names}
             spreads = {name: np.zeros(valid.shape, np.float32) for name in names}
         zero_nodata(heatmaps, valid)
+        zero_nodata(spreads, valid)
         item.finish = lambda tiles: Annotation(
             heatmaps, [i for _, found in tiles for i in found], spreads=spreads
         )
@@ -369,7 +370,12 @@ class DiffuPrompter(Annotator):
             pending.popleft()
             item = head.item
             if head.work is None:  # the item's last tile is done
-                yield item.key, item.result(errors)
+                result = item.result(errors)
+                try:
+                    yield item.key, result
+                except BaseException:  # the consumer stopped on it: its scene files go
+                    item.discard()
+                    raise
             elif item.error is None:
                 try:
                     binaries = {name: f.result() for name, f in head.binaries.items()}

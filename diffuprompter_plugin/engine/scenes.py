@@ -42,6 +42,7 @@ The tile geometry, the scaling and the seam merge are in :mod:`.tiles`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -184,6 +185,7 @@ def ground_scene(
     grid = scene_grid(raster, config)
     shape = (raster.height, raster.width)
     scratch_dir = tempfile.mkdtemp(prefix="dp-scene-")
+    writers: list[HeatmapWriter] = []
     try:
         with gdal_env():
             layers = {("heat", n): path for n, path in paths.items()}
@@ -192,6 +194,7 @@ def ground_scene(
                 key: os.path.join(scratch_dir, f"{k}.tif") for k, key in enumerate(layers)
             }
             scratch = HeatmapWriter(scratch_paths, shape)
+            writers.append(scratch)
             peaks: dict[Box, dict[str, float]] = {}
             size = tiles_per_group(config, len(names))
             with tqdm(total=len(grid), desc="Tiles", unit="tile", disable=not progress) as bar:
@@ -209,6 +212,7 @@ def ground_scene(
             scratch.close(overviews=False)
             scales = tile_scales(peaks, names)
             final = HeatmapWriter(layers, shape, raster.georef)
+            writers.append(final)
             for tile, core in grid:
                 for key in layers:
                     scale = scales.get(tile, {}).get(key[1], 0.0)
@@ -219,7 +223,10 @@ def ground_scene(
                     final.write(key, core, layer)
                 yield
             final.close()
-    finally:
+    finally:  # failed or abandoned: no file stays open (closing twice is harmless)
+        for writer in writers:
+            with contextlib.suppress(Exception):
+                writer.close(overviews=False)
         shutil.rmtree(scratch_dir, ignore_errors=True)
 
 

@@ -14,8 +14,15 @@ import fiftyone as fo
 import fiftyone.core.utils as fou
 from fiftyone.core.odm import get_db_conn
 
-from ..brain import PseudoLabels, PseudoLabelsConfig, PseudoLabelsResults, stored_config
+from ..brain import (
+    PseudoLabels,
+    PseudoLabelsConfig,
+    PseudoLabelsResults,
+    quality_field,
+    stored_config,
+)
 from ..claims import LEASE_S, POLL_S, RunClaims, RunDeletedError, cleanup_claims, schema_lock
+from ..labels import HEATMAP_FILES
 from .checks import (
     check_batch_size,
     check_new_fields,
@@ -95,8 +102,12 @@ class Run:
 
     def lost_heatmaps(self) -> list[str]:
         """The ids of the samples with instances whose heatmap files (PNGs,
-        and scenes' GeoTIFFs) are not all on disk any more."""
-        fields = [f"{f}.map_path" for f in self.record.heatmap_fields.values()]
+        scenes' GeoTIFFs, the draws' spreads) are not all on disk any more."""
+        fields = [
+            f"{field}.{attribute}"
+            for field in self.record.heatmap_fields.values()
+            for attribute in HEATMAP_FILES
+        ]
         done = self.samples.exists(self.record.pred_field)
         ids, *paths = done.values(["id", *fields])
         return [
@@ -120,7 +131,9 @@ class Run:
                 PseudoLabels.update_run_config(self.samples, self.brain_key, stored)
         declare_fields(self.samples, self.record)
         if self.lost:
-            self.samples._dataset.select(self.lost).clear_sample_field(self.record.pred_field)
+            lost = self.samples._dataset.select(self.lost)
+            lost.clear_sample_field(self.record.pred_field)
+            lost.clear_sample_field(quality_field(self.record.pred_field))
         self.claims.start(pending)
 
     def compute(

@@ -11,7 +11,7 @@ from typing import Any
 
 import fiftyone as fo
 
-from ..brain import PseudoLabelsConfig
+from ..brain import PseudoLabelsConfig, quality_field
 from ..claims import RunDeletedError
 from ..engine.class_names import ClassName
 from ..labels import sample_classes, sample_image, store_instances, write_heatmap
@@ -121,3 +121,5 @@ def write(sample: fo.Sample, result: Any, record: PseudoLabelsConfig) -> None:
 def _fail(sample: fo.Sample, error: Exception, record: PseudoLabelsConfig) -> None:
     logger.warning("Sample %s (%s) failed: %s", sample.id, sample.filepath, error)
     sample[record.error_field] = f"{type(error).__name__}: {error}"
+    if sample.has_field(quality_field(record.pred_field)):  # an earlier run's: now stale
+        sample[quality_field(record.pred_field)] = None
