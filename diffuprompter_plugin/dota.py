@@ -22,7 +22,7 @@ import numpy as np
 
 from .engine.oriented_boxes import OrientedBox, from_corners
 from .engine.remote import display_name
-from .geo import _check_detections_field
+from .geo import check_detections_field
 from .oriented import detection_oriented_box
 
 
@@ -97,7 +97,7 @@ def export_dota(
         ValueError: ``pred_field`` is not a Detections field, or a sample
             has no metadata, naming its file.
     """
-    _check_detections_field(samples, pred_field)
+    check_detections_field(samples, pred_field)
     output_dir = os.path.abspath(os.fspath(output_dir))
     names = [display_name(p) for p in samples.values("filepath")]
     shared = {n for n, count in Counter(names).items() if count > 1}

@@ -36,6 +36,7 @@ from rasterio import Affine
 from rasterio.features import shapes
 
 from .export import training_view
+from .labels import label_type
 from .oriented import COLUMNS as ORIENTED_COLUMNS
 from .oriented import oriented_features
 from .verdicts import verdict_name
@@ -267,7 +268,7 @@ def export_geo(
         raise ValueError("GeoJSON is always WGS84 (RFC 7946); crs= applies to .gpkg only")
     if driver == "GeoJSON" and oriented_boxes:
         raise ValueError("GeoJSON holds one layer: write oriented boxes to a .gpkg")
-    _check_detections_field(samples, pred_field)
+    check_detections_field(samples, pred_field)
     if include is not None:
         samples = training_view(samples, pred_field, include)
     layer = layer or pred_field
@@ -292,14 +293,10 @@ def export_geo(
     return {**out, "oriented_layer": f"{layer}_oriented"} if oriented_boxes else out
 
 
-def _check_detections_field(samples: Any, pred_field: str) -> None:
-    field = samples.get_field(pred_field)
-    kind = getattr(field, "document_type", None)
-    if kind is not fo.Detections:
-        what = "does not exist" if field is None else f"holds {(kind or type(field)).__name__}"
-        raise ValueError(
-            f"Field '{pred_field}' {what}: export_geo takes an fo.Detections field with masks"
-        )
+def check_detections_field(samples: Any, pred_field: str) -> None:
+    """Raises a ValueError naming ``pred_field`` unless it is an
+    ``fo.Detections`` field (what the GIS exports take)."""
+    label_type(samples, pred_field, "export_geo takes an fo.Detections field with masks")
 
 
 def _output_crs(frames: list[gpd.GeoDataFrame], driver: str, crs: Any) -> CRS:

@@ -101,6 +101,23 @@ def scene_heatmap_path(label: fo.Heatmap) -> str | None:
     return label.get_field("geotiff_path") if label.has_field("geotiff_path") else None
 
 
+def label_type(
+    samples: Any, field: str, needs: str, kinds: tuple[type, ...] = (fo.Detections,)
+) -> type:
+    """The label type of ``field`` in ``samples``, one of ``kinds``.
+
+    Raises:
+        ValueError: the field does not exist or holds another type, naming
+            the field and what it holds, then ``needs`` (what the caller takes).
+    """
+    found = samples.get_field(field)
+    kind = getattr(found, "document_type", None)
+    if kind in kinds:
+        return kind
+    what = "does not exist" if found is None else f"holds {(kind or type(found)).__name__}"
+    raise ValueError(f"Field '{field}' {what}: {needs}")
+
+
 HEATMAP_FILES = ("map_path", "geotiff_path", "spread_path")
 """The attributes of a heatmap label that name its files: the PNG, a
 scene's full-resolution GeoTIFF, and the draws' spread beside them."""

@@ -24,6 +24,8 @@ import fiftyone as fo
 import numpy as np
 from fiftyone import ViewField as F
 
+from .labels import label_type
+
 ACCEPTED = "accepted"
 REJECTED = "rejected"
 VERDICTS = (ACCEPTED, REJECTED)
@@ -60,14 +62,9 @@ def labels_path(samples: Any, pred_field: str) -> str:
     Raises:
         ValueError: the field does not exist or holds other labels, naming it.
     """
-    field = samples.get_field(pred_field)
-    kind = getattr(field, "document_type", None)
-    if kind is fo.Detections:
-        return f"{pred_field}.detections"
-    if kind is fo.Detection:
-        return pred_field
-    what = "does not exist" if field is None else f"holds {(kind or type(field)).__name__}"
-    raise ValueError(f"Field '{pred_field}' {what}: reviews take an fo.Detections field")
+    needs = "reviews take an fo.Detections field"
+    kind = label_type(samples, pred_field, needs, (fo.Detections, fo.Detection))
+    return f"{pred_field}.detections" if kind is fo.Detections else pred_field
 
 
 def verdict_code(tags: list[str] | None) -> int:
