@@ -91,7 +91,8 @@ def _why_not_georeferenced(path: str) -> str | None:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-    from .engine.raster import gcp_georef, gdal_message
+    from .engine.errors import gdal_message
+    from .engine.raster import gcp_georef
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)

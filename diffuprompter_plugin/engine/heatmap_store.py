@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .raster import Box, decimated_shape, gdal_message
+from .errors import gdal_message
+from .raster import Box, decimated_shape
 
 HEATMAP_SCALE = 65535
 """Stored value of heatmap 1.0: a step of 1.5e-5, enough to re-threshold."""

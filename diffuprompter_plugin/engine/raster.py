@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputImageError
+from .errors import InputImageError, gdal_message
 from .remote import gdal_messages, gdal_path, is_remote, read_error, remote_env
 
 Box = tuple[int, int, int, int]
@@ -340,19 +340,6 @@ def gcp_georef(dataset: Any) -> tuple[dict | None, str | None]:
             "with gdalwarp (e.g. gdalwarp -r bilinear in.tif out.tif) and import the result"
         )
     return {"transform": transform, "crs": crs}, None
-
-
-def gdal_message(error: BaseException) -> str:
-    """The message of a rasterio error with GDAL's own messages, which
-    rasterio chains as the error's causes (its own text often says no more
-    than "See previous exception for details."), outermost first."""
-    messages: list[str] = []
-    while error is not None and len(messages) < 8:
-        text = str(error).replace("See previous exception for details.", "").strip()
-        if text and text not in messages:
-            messages.append(text)
-        error = error.__cause__ or error.__context__
-    return "; ".join(messages)
 
 
 def _what(window) -> str:

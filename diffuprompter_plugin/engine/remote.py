@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from urllib.parse import urlsplit
 
-from .errors import InputImageError
+from .errors import InputImageError, gdal_message
 
 VSI_PREFIXES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/"}
 """URL scheme -> the GDAL virtual file system that reads it."""
@@ -128,11 +128,9 @@ def read_error(
 ) -> RemoteReadError:
     """The error of a failed remote read of ``what`` (e.g. a window) of
     ``path``: GDAL's last HTTP message (see :func:`gdal_messages`), else
-    the error rasterio chained as the cause."""
+    the messages rasterio chained as the error's causes."""
     http = [m for m in messages if "response_code" in m or "HTTP" in m]
-    while error.__cause__ is not None:
-        error = error.__cause__
-    reason = http[-1] if http else str(error)
+    reason = http[-1] if http else gdal_message(error)
     return RemoteReadError(
         f"Cannot read {what} of '{path}' over the network ({reason}); the sample fails and "
         "resuming the run retries it (see GDAL_HTTP_MAX_RETRY, GDAL_HTTP_TIMEOUT)"
