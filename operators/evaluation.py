@@ -81,11 +81,8 @@ class EvaluatePseudoLabels(forms.FormOperator):
 
     def resolve_output(self, ctx: Any) -> types.Property:
         outputs = types.Object()
-        table = types.TableView()
-        table.add_column("class", label="Class")
-        for metric in METRICS:
-            table.add_column(metric, label=metric)
-        outputs.list("table", types.Object(), label="Mask AP", view=table)
+        columns = {"class": "Class", **{metric: metric for metric in METRICS}}
+        outputs.list("table", types.Object(), label="Mask AP", view=forms.table(columns))
         outputs.list(
             "pr_curves",
             types.Object(),

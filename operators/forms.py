@@ -71,6 +71,14 @@ def target_inputs(ctx: Any) -> types.Object:
     return inputs
 
 
+def table(columns: dict[str, str]) -> types.TableView:
+    """A table view of a list output: ``{key: column label}``, in order."""
+    view = types.TableView()
+    for key, label in columns.items():
+        view.add_column(key, label=label)
+    return view
+
+
 def form(fields: types.Object, label: str) -> types.Property:
     """A form's inputs, or an operator's outputs, shown under ``label``."""
     return types.Property(fields, view=types.View(label=label))

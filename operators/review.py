@@ -49,13 +49,6 @@ def field_and_class(ctx: Any, inputs: types.Object) -> tuple[str, list[str]] | N
     return field, classes
 
 
-def table(columns: dict[str, str]) -> types.TableView:
-    view = types.TableView()
-    for key, label in columns.items():
-        view.add_column(key, label=label)
-    return view
-
-
 class ReviewPseudoLabels(forms.FormOperator):
     operator_name = "review_pseudo_labels"
     operator_label = "DiffuPrompter: review pseudo-labels"
@@ -206,7 +199,10 @@ class AcceptPseudoLabels(forms.FormOperator):
         outputs.int("rejected", label="Rejected now")
         outputs.int("unreviewed", label="Left unreviewed")
         outputs.list(
-            "calibration", types.Object(), label="Calibration", view=table(CALIBRATION_COLUMNS)
+            "calibration",
+            types.Object(),
+            label="Calibration",
+            view=forms.table(CALIBRATION_COLUMNS),
         )
         return forms.form(outputs, "Accepted")
 
@@ -239,7 +235,7 @@ class ReviewStatus(forms.FormOperator):
 
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
-        field_and_class(ctx, inputs)
+        forms.detections_fields(ctx, inputs, "Pseudo-labels")
         return forms.form(inputs, "Review status")
 
     def execute(self, ctx: Any) -> dict[str, Any]:
@@ -252,7 +248,7 @@ class ReviewStatus(forms.FormOperator):
     def resolve_output(self, ctx: Any) -> types.Property:
         outputs = types.Object()
         outputs.int("unreviewed", label="Unreviewed labels")
-        outputs.list("rows", types.Object(), label="Per class", view=table(STATUS_COLUMNS))
+        outputs.list("rows", types.Object(), label="Per class", view=forms.table(STATUS_COLUMNS))
         return forms.form(outputs, "Review status")
 
     def __call__(self, sample_collection: Any, pred_field: str) -> Any:
