@@ -15,7 +15,7 @@ from fiftyone import ViewField as F
 from .coco import COCO_MAX_DETS, METRIC_NAMES, coco_metrics
 from .engine.class_names import match_key
 from .importers.categories import CATEGORIES
-from .labels import require_metadata
+from .labels import require_masks, require_metadata
 
 DEFAULT_CLASS_MAP = {
     **{c: c for c in CATEGORIES},
@@ -75,21 +75,6 @@ def default_max_dets(samples: Any) -> int:
     return int(samples._dataset.info.get("max_dets", COCO_MAX_DETS))
 
 
-def _require_masks(view: Any, field: str, classes: Sequence[str]) -> None:
-    """Raises a ValueError naming the field, classes and a file where an
-    evaluated object of ``field`` has no instance mask."""
-    unmasked = view.filter_labels(
-        field, F("label").is_in(list(classes)) & ~F("mask").exists() & ~F("mask_path").exists()
-    )
-    count = unmasked.count(f"{field}.detections")
-    if count:
-        labels = ", ".join(sorted(unmasked.distinct(f"{field}.detections.label")))
-        raise ValueError(
-            f"{count} objects of field '{field}' ({labels}) have no instance mask, e.g. in "
-            f"'{unmasked.first().filepath}'; mask AP needs a mask on every object"
-        )
-
-
 def check_inputs(
     samples: Any, pred_field: str, gt_field: str, class_map: Mapping[str, str] | None
 ) -> tuple[Any, list[str], list[str]]:
@@ -125,7 +110,8 @@ def check_inputs(
     view = mapped_view(samples, gt_field, mapping)
     classes = sorted(set(mapping.values()))
     for field in (gt_field, pred_field):
-        _require_masks(view, field, classes)
+        evaluated = view.filter_labels(field, F("label").is_in(list(classes)))
+        require_masks(evaluated, field, "mask AP needs a mask on every object")
     return view, classes, unmatched
 
 

@@ -33,7 +33,7 @@ from fiftyone import ViewField as F
 from scipy import ndimage
 
 from .coco import to_coco
-from .labels import require_metadata
+from .labels import require_masks, require_metadata
 from .verdicts import ACCEPTED, REJECTED, labels_path, unreviewed
 
 logger = logging.getLogger(__name__)
@@ -134,12 +134,7 @@ def export_training_set(
             f"Nothing to export: none of the {samples.count(path)} labels of "
             f"'{pred_field}' is let in by include={include!r}"
         )
-    unmasked = view.filter_labels(pred_field, ~F("mask").exists() & ~F("mask_path").exists())
-    if unmasked.count(path):
-        raise ValueError(
-            f"{unmasked.count(path)} labels of '{pred_field}' have no instance mask, e.g. in "
-            f"'{unmasked.first().filepath}'; a training set needs a mask on every label"
-        )
+    require_masks(view, pred_field, "a training set needs a mask on every label", path)
     require_metadata(view)
     classes = sorted(view.distinct(f"{path}.label"))
     parent = os.path.dirname(export_dir)

@@ -12,6 +12,7 @@ import bson
 import cv2
 import fiftyone as fo
 import numpy as np
+from fiftyone import ViewField as F
 
 from .brain import quality_field
 from .engine.class_names import ClassName, validate_class_names
@@ -260,4 +261,20 @@ def require_metadata(samples: Any) -> None:
         raise ValueError(
             f"Cannot read the size of {len(unreadable)} image(s), which COCO masks need: "
             f"the file is missing or not an image: {', '.join(unreadable[:5])}"
+        )
+
+
+def require_masks(view: Any, field: str, needs: str, path: str | None = None) -> None:
+    """Raises a ValueError naming the field, the classes and a file where a
+    label of ``field`` in ``view`` has no instance mask; ``needs`` says what
+    needs the masks. ``path``: the labels' path (default
+    ``<field>.detections``)."""
+    path = path or f"{field}.detections"
+    unmasked = view.filter_labels(field, ~F("mask").exists() & ~F("mask_path").exists())
+    count = unmasked.count(path)
+    if count:
+        labels = ", ".join(sorted(unmasked.distinct(f"{path}.label")))
+        raise ValueError(
+            f"{count} objects of field '{field}' ({labels}) have no instance mask, e.g. in "
+            f"'{unmasked.first().filepath}'; {needs}"
         )
