@@ -139,7 +139,7 @@ class AcceptPseudoLabels(forms.FormOperator):
 
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = forms.target_inputs(ctx)
-        if field_and_class(ctx, inputs) is None:
+        if not forms.detections_fields(ctx, inputs, "Pseudo-labels"):
             return forms.form(inputs, "Accept pseudo-labels")
         mode = types.RadioGroup()
         mode.add_choice("threshold", label="One quality threshold")
