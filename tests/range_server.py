@@ -1,6 +1,6 @@
 """A small HTTP server for tests and benchmarks: serves a folder on
 127.0.0.1, honours ``Range`` requests as cloud storage does, and logs every
-response's bytes, so a test can assert what a remote read fetched.
+response's bytes (before sending it), so a test can assert what a remote read fetched.
 
 It runs in a process of its own (GDAL holds the caller's interpreter while
 it reads, so a server thread in the same process could not answer), listens
@@ -114,13 +114,16 @@ def _serve(root: Path, lifetime: float, max_requests: int) -> None:
 
         def do_HEAD(self) -> None:
             self._answer(body=False)
+            self._stop_if_spent()
 
         def do_GET(self) -> None:
             self._answer(body=True)
+            self._stop_if_spent()
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self._answer(body=True, ranged=False)
+            self._stop_if_spent()
 
         def _answer(self, body: bool, ranged: bool = True) -> None:
             parts = urlsplit(self.path)
@@ -159,6 +162,9 @@ def _serve(root: Path, lifetime: float, max_requests: int) -> None:
                     return
                 status = 206
             length = end - start + 1
+            # Logged before anything is sent, so a client that has its answer
+            # always finds it in the log.
+            self._record(path, status, length if body else 0, asked)
             self.send_response(status)
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(length))
@@ -171,7 +177,6 @@ def _serve(root: Path, lifetime: float, max_requests: int) -> None:
                 with open(file, "rb") as f:
                     f.seek(start)
                     self.wfile.write(f.read(length))
-            self._record(path, status, length if body else 0, asked)
 
         def _send(self, code: int, content: bytes, kind: str) -> None:
             self.send_response(code)
@@ -181,17 +186,21 @@ def _serve(root: Path, lifetime: float, max_requests: int) -> None:
             self.wfile.write(content)
 
         def _status(self, code: int, path: str, headers: dict | None = None) -> None:
+            self._record(path, code, 0, self.headers.get("Range", ""))
             self.send_response(code)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
-            self._record(path, code, 0, self.headers.get("Range", ""))
 
         def _record(self, path: str, status: int, sent: int, asked: str) -> None:
             entry = {"method": self.command, "path": path, "status": status, "bytes": sent}
             with lock:
                 log.append({**entry, "range": asked})
+
+        def _stop_if_spent(self) -> None:
+            """Stops serving once ``max_requests`` answers are sent."""
+            with lock:
                 spent = len(log) >= max_requests
             if spent:
                 threading.Thread(target=server.shutdown, daemon=True).start()
