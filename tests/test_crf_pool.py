@@ -1,5 +1,5 @@
-"""The DenseCRF process pool: single-threaded processes that never import
-the caller's ``__main__``."""
+"""The DenseCRF process pool: single-threaded processes below the caller's
+priority that never import the caller's ``__main__``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import subprocess
 import sys
 import textwrap
 
-from diffuprompter_plugin.engine.crf_pool import THREAD_VARIABLES, crf_pool
+from diffuprompter_plugin.engine.crf_pool import NICENESS, THREAD_VARIABLES, crf_pool
 
 
-def test_pool_processes_run_single_threaded():
+def test_pool_processes_run_single_threaded_below_the_callers_priority():
     with crf_pool(2) as pool:
         seen = [pool.submit(os.getenv, name).result() for name in THREAD_VARIABLES]
+        niceness = pool.submit(os.nice, 0).result()
     assert seen == ["1"] * len(THREAD_VARIABLES)
+    assert niceness == min(19, os.nice(0) + NICENESS)
 
 
 def test_script_without_main_guard_runs_annotate_all_with_a_crf_pool(tiny_models, tmp_path):

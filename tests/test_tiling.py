@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from concurrent.futures import Executor, Future
 
 import numpy as np
@@ -350,12 +351,13 @@ def test_a_scene_through_the_crf_pool_equals_the_inline_path(monkeypatch):
         crf = [entry for entry in events if entry[0] == "crf"]
         assert crf.count(("crf", (64, 64))) == with_foreground  # the others skip DenseCRF
         assert crf.count(("crf", (60, 60))) == 1  # the image labelled whole
-        # memory holds a few tiles: TILES_PER_PROCESS per worker, plus the one just submitted
+        # memory holds a few tiles: TILES_PER_PROCESS per worker in flight (and
+        # one grounded tile per open item, waiting for room)
         outstanding, peak = 0, 0
         for kind, _ in events[1:]:
             outstanding += 1 if kind == "crf" else -1
             peak = max(peak, outstanding)
-        assert peak == max(1, pipeline.TILES_PER_PROCESS * workers + 1) < with_foreground
+        assert peak == max(1, pipeline.TILES_PER_PROCESS * workers) < with_foreground
     for key in (0, 1, 3):
         assert _key(pooled[key][1]) == _key(inline[key][1])
         np.testing.assert_array_equal(
@@ -396,7 +398,7 @@ class LatePool(Executor):
         return self.futures[-1]
 
 
-def test_sam_prompts_a_scenes_tiles_as_their_crf_returns_while_the_next_scene_is_grounded(
+def test_the_next_scene_is_grounded_while_the_pool_refines_the_last_ones_tiles(
     monkeypatch,
 ):
     import diffuprompter_plugin.engine.pipeline as pipeline
@@ -419,10 +421,25 @@ def test_sam_prompts_a_scenes_tiles_as_their_crf_returns_while_the_next_scene_is
     for key, _ in model.annotate_all([("A", scene(), ["car"]), ("B", scene(), ["car"])]):
         log.append(key)
     grounded = [k for k, event in enumerate(log) if event == "ground"]
-    b_first, b_last = grounded[len(grounded) // 2], grounded[-1]
     assert len(grounded) == 2 * len(tile_grid(200, 210, 64, 16))
-    between = log[b_first:b_last]
-    # the last tiles of A in flight are prompted, and A comes out, while B is grounded
-    assert between.count("sam") == pipeline.TILES_PER_PROCESS * 2 and "A" in between
-    assert between.index("A") < between.index("ground", 1)  # A's result before B's 2nd group
+    b_first, a_out = grounded[len(grounded) // 2], log.index("A")
+    # A's tiles fill the pool, and B is grounded while they are in it: no SAM
+    # of A before B's first group, and A comes out while B is grounded
+    assert "sam" not in log[:b_first] and b_first < a_out < grounded[-1]
+    # one group of B per pool-full of A's tiles (TILES_PER_PROCESS per worker)
+    prompted = log[:a_out].count("sam")
+    assert log[b_first:a_out].count("ground") == -(-prompted // (pipeline.TILES_PER_PROCESS * 2))
     assert log[-1] == "B"
+
+
+def test_stopping_while_the_next_scene_is_grounded_removes_its_files(tmp_path, monkeypatch):
+    import diffuprompter_plugin.engine.pipeline as pipeline
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(pipeline, "crf_pool", lambda n: LatePool())
+    model = stub_model(TILED.replace(crf=True, crf_workers=2))
+    stream = model.annotate_all([("A", scene(), ["car"]), ("B", scene(), ["car"])])
+    key, _ = next(stream)  # A's result, while B is being grounded: both have files
+    assert key == "A" and len(list(tmp_path.glob("dp-heatmaps-*"))) == 2
+    stream.close()  # stopped on A (whose files the caller did not move) in B's grounding
+    assert list(tmp_path.iterdir()) == []

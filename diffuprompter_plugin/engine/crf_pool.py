@@ -2,11 +2,13 @@
 
 Its processes are spawned, so they inherit no CUDA state; they run
 single-threaded, so that N processes use N cores without BLAS or OpenMP
-oversubscription; and they start without importing the caller's
+oversubscription; they run at a lower CPU priority than the caller, so
+that where cores are short the process feeding the models is not slowed
+by its own pool (the pool takes what it leaves); and they start without importing the caller's
 ``__main__``, so a user script with no ``if __name__ == "__main__":`` guard
 is not run again in every pool process (it would otherwise fail every image
 with ``BrokenProcessPool``). This module imports nothing heavy: a pool
-process runs :func:`single_threaded` before its first task imports numpy.
+process runs :func:`pool_process_setup` before its first task imports numpy.
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ THREAD_VARIABLES = (
 """Environment variables that size the OpenMP and BLAS thread pools."""
 
 
-def single_threaded() -> None:
+NICENESS = 10
+"""How much lower the pool processes' CPU priority is than the caller's."""
+
+
+def pool_process_setup() -> None:
     """Pool process initializer: one OpenMP and BLAS thread, set before any
-    library that reads these variables is imported."""
+    library that reads these variables is imported, and :data:`NICENESS`."""
     for name in THREAD_VARIABLES:
         os.environ[name] = "1"
+    os.nice(NICENESS)
 
 
 @contextlib.contextmanager
@@ -81,4 +88,5 @@ def crf_pool(processes: int) -> Executor:
     :class:`InlineExecutor`."""
     if processes == 0:
         return InlineExecutor()
-    return ProcessPoolExecutor(processes, mp_context=_PoolContext(), initializer=single_threaded)
+    context = _PoolContext()
+    return ProcessPoolExecutor(processes, mp_context=context, initializer=pool_process_setup)

@@ -63,9 +63,18 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def heatmap_profile(height: int, width: int, georef: Mapping[str, Any] | None = None) -> dict:
+SCRATCH_COMPRESSION = {"compress": "zstd", "zstd_level": 1, "predictor": 2}
+"""Compression of heatmaps written only to be read back by the run (a
+scene's unscaled heatmaps between its passes): several times faster than
+deflate, which the kept files use since every GIS reads it."""
+
+
+def heatmap_profile(
+    height: int, width: int, georef: Mapping[str, Any] | None = None, scratch: bool = False
+) -> dict:
     """The rasterio profile of a scene heatmap (``georef``: the scene's
-    ``transform`` and ``crs``, if any)."""
+    ``transform`` and ``crs``, if any); with ``scratch``, that of a file
+    the run reads back and deletes (:data:`SCRATCH_COMPRESSION`)."""
     profile = {
         "driver": "GTiff",
         "height": height,
@@ -73,6 +82,7 @@ def heatmap_profile(height: int, width: int, georef: Mapping[str, Any] | None = 
         "count": 1,
         "dtype": "uint16",
         "compress": "deflate",
+        "num_threads": "all_cpus",  # blocks compressed in GDAL's threads
         "tiled": True,
         "blockxsize": BLOCK,
         "blockysize": BLOCK,
@@ -80,6 +90,8 @@ def heatmap_profile(height: int, width: int, georef: Mapping[str, Any] | None = 
     }
     if georef:
         profile.update({k: v for k, v in georef.items() if v is not None})
+    if scratch:
+        profile.update(SCRATCH_COMPRESSION)
     return profile
 
 
@@ -90,6 +102,8 @@ class HeatmapWriter:
         paths: ``{class name: .tif path}``.
         shape: the scene's (H, W).
         georef: the scene's ``transform`` and ``crs`` (or None).
+        scratch: files the run reads back and deletes (see
+            :func:`heatmap_profile`).
     """
 
     def __init__(
@@ -97,11 +111,12 @@ class HeatmapWriter:
         paths: Mapping[str, str],
         shape: tuple[int, int],
         georef: Mapping[str, Any] | None = None,
+        scratch: bool = False,
     ) -> None:
         import rasterio
 
         self.paths = dict(paths)
-        profile = heatmap_profile(*shape, georef)
+        profile = heatmap_profile(*shape, georef, scratch)
         self.files = {}
         for name, path in self.paths.items():
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

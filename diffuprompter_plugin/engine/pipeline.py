@@ -252,11 +252,11 @@ class DiffuPrompter(Annotator):
         With ``config.crf_workers`` > 0, one pool of that many
         single-threaded processes runs the DenseCRF of every (tile, class)
         with foreground of the whole stream, while the models ground the
-        following images or groups of tiles; SAM prompts a tile as soon as
-        its CRF is back. Up to :data:`TILES_PER_PROCESS` tiles per process are
-        in flight, so no process waits for the models and memory holds a
-        group of tiles, not a scene. The results are those of the inline
-        path (``crf_workers=0``), mask for mask."""
+        next image or scene; SAM prompts a tile as soon as its CRF is back.
+        Up to :data:`TILES_PER_PROCESS` tiles per process are in flight, so
+        no process waits for the models and memory holds a few tiles and
+        the next item's group of tiles, not a scene. The results are those
+        of the inline path (``crf_workers=0``), mask for mask."""
         processes = self.config.crf_workers if self.config.crf else 0
         yield from self._stream(items, thresholds, processes, ITEM_ERRORS)
 
@@ -270,27 +270,61 @@ class DiffuPrompter(Annotator):
     ) -> Iterator[tuple[Any, Annotation | Exception]]:
         """Labels ``items`` in order; an item failing with one of ``errors``
         yields its exception (other errors propagate). DenseCRF runs in a
-        pool of ``processes`` processes, or inline with 0."""
-        limit = TILES_PER_PROCESS * processes
+        pool of ``processes`` processes, or inline with 0.
+
+        With a pool, two items are open at once: the older one's tiles go to
+        the pool as it has room, and while it is full the models ground the
+        next item. A scene's tiles can be binarised only once all of them
+        are grounded (:mod:`.scenes`), so this is where one scene's DenseCRF
+        and SAM meet the next one's grounding."""
+        limit = max(1, TILES_PER_PROCESS * processes)
         pending: deque[_Pending] = deque()
+        feeds: deque[_Feed] = deque()
+        items = iter(items)
         with crf_pool(processes) as pool:
             try:
-                for key, image, names in items:
-                    item = _Item(key)
-                    try:
-                        for work in self._steps(item, image, names, thresholds, progress):
-                            if work is not None:
-                                pending.append(_Pending(item, work, self._submit_crf(pool, work)))
-                            yield from self._settle(pending, limit, errors)
-                    except errors as e:
-                        item.error = e
-                    pending.append(_Pending(item))
+                while True:
+                    while len(feeds) < (2 if processes else 1) and (
+                        (entry := next(items, None)) is not None
+                    ):
+                        key, image, names = entry
+                        item = _Item(key)
+                        steps = self._steps(item, image, names, thresholds, progress)
+                        feeds.append(_Feed(item, steps))
+                    if not feeds:
+                        break
+                    head = feeds[0]
+                    room = sum(p.work is not None for p in pending) < limit
+                    if head.held is not None and room:
+                        pending.append(self._submitted(pool, head, errors))
+                    elif head.ended:
+                        pending.append(_Pending(head.item))
+                        feeds.popleft()
+                    elif ready := [feed for feed in feeds if feed.ready]:
+                        ready[0].step(errors)
+                    else:  # the pool is full and the next item is grounded: wait
+                        yield from self._settle(pending, limit - 1, errors)
                     yield from self._settle(pending, limit, errors)
                 yield from self._settle(pending, -1, errors)
             except BaseException:  # stopped: the scene files of unfinished items go
                 for unfinished in pending:
                     unfinished.item.discard()
+                for feed in feeds:
+                    feed.steps.close()
+                    feed.item.discard()
                 raise
+
+    def _submitted(
+        self, pool: Executor, feed: _Feed, errors: tuple[type[Exception], ...]
+    ) -> _Pending:
+        """The feed's held tile, its DenseCRF submitted to ``pool`` (a pool
+        that fails the submission fails the item)."""
+        work, feed.held = feed.held, None
+        try:
+            return _Pending(feed.item, work, self._submit_crf(pool, work))
+        except errors as e:
+            feed.item.error = e
+            return _Pending(feed.item, work)
 
     def _steps(
         self,
@@ -406,6 +440,33 @@ class _Item:
                 self.error = e
         self.discard()
         return self.error
+
+
+@dataclass
+class _Feed:
+    """An open item of a stream and its steps (:meth:`DiffuPrompter._steps`)."""
+
+    item: _Item
+    steps: Iterator[TileWork | None]
+    held: TileWork | None = None
+    """The item's next tile, grounded, waiting for room in the CRF pool."""
+    ended: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether the item can take its next step."""
+        return self.held is None and not self.ended
+
+    def step(self, errors: tuple[type[Exception], ...]) -> None:
+        """Runs the item's next step: grounding, or a tile (then held); an
+        error of ``errors`` ends the item with it."""
+        try:
+            self.held = next(self.steps)
+        except StopIteration:
+            self.ended = True
+        except errors as e:
+            self.item.error = e
+            self.ended = True
 
 
 @dataclass

@@ -43,13 +43,14 @@ The tile geometry, the scaling and the seam merge are in :mod:`.tiles`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -64,6 +65,8 @@ from .segmentation import Instance, SamPrompter, Thresholds, binary_maps, zero_n
 from .tiles import merge_instances, tile_grid, tile_scales, within
 
 T = TypeVar("T")
+P = ParamSpec("P")
+_END = object()
 
 PREVIEW_SIDE = 2048
 """Longest side of the in-memory heatmaps returned for a scene."""
@@ -78,6 +81,28 @@ def gdal_env():
     import rasterio
 
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
+def _steps_under_gdal_env(steps: Callable[P, Iterator[T]]) -> Callable[P, Iterator[T]]:
+    """A generator function whose every step runs under :func:`gdal_env`,
+    and none of its pauses: rasterio's ``Env`` is a stack per thread, so
+    the steps of two scenes interleaved in one stream must not hold one
+    across a ``yield``."""
+
+    @functools.wraps(steps)
+    def run(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        inner = steps(*args, **kwargs)
+        try:
+            while True:
+                with gdal_env():
+                    step = next(inner, _END)
+                if step is _END:
+                    return
+                yield step
+        finally:  # stopped early: the inner generator cleans up now
+            inner.close()
+
+    return run
 
 
 @dataclass
@@ -160,6 +185,7 @@ def heatmap_folder(names: Sequence[str]) -> tuple[str, dict[str, str], dict[str,
     return folder, heatmaps, spreads
 
 
+@_steps_under_gdal_env
 def ground_scene(
     grounder: TextGrounder,
     raster: Raster,
@@ -187,42 +213,41 @@ def ground_scene(
     scratch_dir = tempfile.mkdtemp(prefix="dp-scene-")
     writers: list[HeatmapWriter] = []
     try:
-        with gdal_env():
-            layers = {("heat", n): path for n, path in paths.items()}
-            layers.update({("spread", n): path for n, path in (spread_paths or {}).items()})
-            scratch_paths = {
-                key: os.path.join(scratch_dir, f"{k}.tif") for k, key in enumerate(layers)
-            }
-            scratch = HeatmapWriter(scratch_paths, shape)
-            writers.append(scratch)
-            peaks: dict[Box, dict[str, float]] = {}
-            size = tiles_per_group(config, len(names))
-            with tqdm(total=len(grid), desc="Tiles", unit="tile", disable=not progress) as bar:
-                for group in _groups(_data_tiles(raster, grid, bar), size):
-                    grounded = grounder.tile_heatmaps([rgb for _, _, rgb, _ in group], names)
-                    for (tile, core, _, valid), maps in zip(group, grounded, strict=True):
-                        peaks[tile] = maps.peaks
-                        zero_nodata(maps.heatmaps, valid)
-                        zero_nodata(maps.spreads, valid)
-                        for kind, name in layers:
-                            layer = (maps.heatmaps if kind == "heat" else maps.spreads)[name]
-                            scratch.write((kind, name), core, layer[within(core, tile)])
-                        bar.update()
-                    yield
-            scratch.close(overviews=False)
-            scales = tile_scales(peaks, names)
-            final = HeatmapWriter(layers, shape, raster.georef)
-            writers.append(final)
-            for tile, core in grid:
-                for key in layers:
-                    scale = scales.get(tile, {}).get(key[1], 0.0)
-                    if scale:
-                        layer = read_heatmap_window(scratch_paths[key], core) * scale
-                    else:
-                        layer = np.zeros((core[3] - core[1], core[2] - core[0]), np.float32)
-                    final.write(key, core, layer)
+        layers = {("heat", n): path for n, path in paths.items()}
+        layers.update({("spread", n): path for n, path in (spread_paths or {}).items()})
+        scratch_paths = {
+            key: os.path.join(scratch_dir, f"{k}.tif") for k, key in enumerate(layers)
+        }
+        scratch = HeatmapWriter(scratch_paths, shape, scratch=True)
+        writers.append(scratch)
+        peaks: dict[Box, dict[str, float]] = {}
+        size = tiles_per_group(config, len(names))
+        with tqdm(total=len(grid), desc="Tiles", unit="tile", disable=not progress) as bar:
+            for group in _groups(_data_tiles(raster, grid, bar), size):
+                grounded = grounder.tile_heatmaps([rgb for _, _, rgb, _ in group], names)
+                for (tile, core, _, valid), maps in zip(group, grounded, strict=True):
+                    peaks[tile] = maps.peaks
+                    zero_nodata(maps.heatmaps, valid)
+                    zero_nodata(maps.spreads, valid)
+                    for kind, name in layers:
+                        layer = (maps.heatmaps if kind == "heat" else maps.spreads)[name]
+                        scratch.write((kind, name), core, layer[within(core, tile)])
+                    bar.update()
                 yield
-            final.close()
+        scratch.close(overviews=False)
+        scales = tile_scales(peaks, names)
+        final = HeatmapWriter(layers, shape, raster.georef)
+        writers.append(final)
+        for tile, core in grid:
+            for key in layers:
+                scale = scales.get(tile, {}).get(key[1], 0.0)
+                if scale:
+                    layer = read_heatmap_window(scratch_paths[key], core) * scale
+                else:
+                    layer = np.zeros((core[3] - core[1], core[2] - core[0]), np.float32)
+                final.write(key, core, layer)
+            yield
+        final.close()
     finally:  # failed or abandoned: no file stays open (closing twice is harmless)
         for writer in writers:
             with contextlib.suppress(Exception):
@@ -230,6 +255,7 @@ def ground_scene(
         shutil.rmtree(scratch_dir, ignore_errors=True)
 
 
+@_steps_under_gdal_env
 def scene_tiles(
     raster: Raster,
     paths: Mapping[str, str],
@@ -241,16 +267,13 @@ def scene_tiles(
     threshold, read from the raster and the stored heatmaps ``paths``
     (``{class: .tif}``) as it is taken, with the draws' spreads
     ``spread_paths`` where the run stored them."""
-    with gdal_env():
-        for tile, _, rgb, valid in _data_tiles(raster, scene_grid(raster, config)):
-            heatmaps = {name: read_heatmap_window(path, tile) for name, path in paths.items()}
-            work = TileWork(tile, rgb, heatmaps, gammas, valid)
-            if work.with_foreground():
-                if spread_paths:
-                    work.spreads = {
-                        n: read_heatmap_window(p, tile) for n, p in spread_paths.items()
-                    }
-                yield work
+    for tile, _, rgb, valid in _data_tiles(raster, scene_grid(raster, config)):
+        heatmaps = {name: read_heatmap_window(path, tile) for name, path in paths.items()}
+        work = TileWork(tile, rgb, heatmaps, gammas, valid)
+        if work.with_foreground():
+            if spread_paths:
+                work.spreads = {n: read_heatmap_window(p, tile) for n, p in spread_paths.items()}
+            yield work
 
 
 def scene_previews(paths: Mapping[str, str]) -> dict[str, np.ndarray]:
