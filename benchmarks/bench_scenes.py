@@ -1,8 +1,8 @@
 """Large scenes labelled in tiles: speed with the CRF pool, where the time
 goes, and memory.
 
-    .venv/bin/python benchmarks/bench_scenes.py [--speed 4096] [--small 2000]
-        [--big 20000] [--workers 0 1 2] [--gpu-side 10000]
+    .venv/bin/python benchmarks/bench_scenes.py [--speed 4096] [--stream 4]
+        [--repeat 3] [--small 2000] [--big 20000] [--workers 0 1 2] [--gpu-side 10000]
 
 Writes RGB tiled GeoTIFF scenes (smooth fields with bright squares) to a
 temporary folder and labels each in its own process (so each peak and CPU
@@ -12,11 +12,14 @@ time is its own), one class, DenseCRF on, default tiling (1,024-px tiles,
 1. **Speed** on the ``--speed`` scene with the tiny models at the paper's
    working size (``resolution`` 512), L=1, torch on one thread: wall and CPU
    seconds per megapixel (CPU of the main process and its CRF workers)
-   inline and with each ``--workers`` count, each count's speed over
+   inline and with each ``--workers`` count (each run ``--repeat`` times,
+   the counts in turn; the median run shown), each count's speed over
    inline's (issue 21's bound: at least 1.4 with 2 workers on 2 cores), and
    the share of wall time in each stage of the main process: grounding
    (SD), CRF (inline DenseCRF, or waiting for the pool), SAM, merge (seams),
    I/O (scene reads, heatmap GeoTIFF writes and reads, previews), other.
+   Then the same pixels as ``--stream`` scenes in one stream, where the
+   next scene's grounding overlaps the last one's DenseCRF and SAM.
 2. **Memory** of the ``--small`` and ``--big`` scenes with a pool of 2 CRF
    workers (tiny models, ``resolution`` 64, one DenseCRF iteration: its
    memory does not depend on the iteration count, its time does): peak RSS of the main process
@@ -228,17 +231,27 @@ def shares(r: dict) -> str:
     return ", ".join(f"{stage} {s / r['seconds']:.0%}" for stage, s in parts.items())
 
 
-def speed_rows(folder: Path, side: int, counts: list[int], scenes: int = 1) -> None:
-    """The speed rows of ``scenes`` scenes of ``side`` x ``side`` px in one stream."""
+def speed_rows(
+    folder: Path, side: int, counts: list[int], scenes: int = 1, repeat: int = 1
+) -> None:
+    """The speed rows of ``scenes`` scenes of ``side`` x ``side`` px in one
+    stream: each worker count run ``repeat`` times, the counts in turn (so
+    a change in the machine's load falls on all of them), medians shown."""
     path = folder / f"scene_{side}.tif"
     write_scene(path, side)
     mp = scenes * side * side / 1e6
     what = f"{side} x {side} px" if scenes == 1 else f"a stream of {scenes} scenes of {side}²"
     print(f"Speed: {what} ({mp:.1f} MP), tiny models at resolution 512, L=1, 1 class")
+    runs: dict[int, list[dict]] = defaultdict(list)
+    for _ in range(repeat):
+        for workers in counts:
+            runs[workers].append(labelled(path, workers, 512, scenes=scenes))
     walls, bound = {}, {}
     for workers in counts:
-        r = labelled(path, workers, 512, scenes=scenes)
-        walls[workers] = r["seconds"]
+        r = sorted(runs[workers], key=lambda run: run["seconds"])[
+            len(runs[workers]) // 2
+        ]  # median
+        walls[workers] = [run["seconds"] for run in runs[workers]]
         # the wall time on this machine's cores were they idle: the main process
         # alone until the first scene is grounded; then it, the workers' time
         # shared among them, or both shared among the cores, whichever is
@@ -257,8 +270,11 @@ def speed_rows(folder: Path, side: int, counts: list[int], scenes: int = 1) -> N
         )
     if 0 in walls:
         for workers in (w for w in counts if w):
+            paired = [a / b for a, b in zip(walls[0], walls[workers], strict=True)]
+            speed = np.median(walls[0]) / np.median(walls[workers])
             print(
-                f"  {workers} CRF worker(s): {walls[0] / walls[workers]:.2f}x inline (wall); "
+                f"  {workers} CRF worker(s): {speed:.2f}x "
+                f"inline (median wall; each turn {', '.join(f'{x:.2f}' for x in paired)}); "
                 f"{bound[0] / bound[workers]:.2f}x on {os.cpu_count()} idle cores (from CPU "
                 "times: the main process until the first scene is grounded, then the "
                 "longest of it, the workers and both over the cores)"
@@ -315,6 +331,9 @@ def main() -> None:
     parser.add_argument(
         "--stream", type=int, default=4, help="then as this many smaller scenes (0: not)"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each worker count (medians shown)"
+    )
     parser.add_argument("--small", type=int, default=2000)
     parser.add_argument("--big", type=int, default=20000, help="0: no memory rows")
     parser.add_argument("--gpu-side", type=int, default=10000, help="0: no GPU rows")
@@ -329,10 +348,10 @@ def main() -> None:
         return label(args)
     with tempfile.TemporaryDirectory(prefix="bench-scenes-") as folder:
         if args.speed:
-            speed_rows(Path(folder), args.speed, args.workers)
+            speed_rows(Path(folder), args.speed, args.workers, repeat=args.repeat)
             if args.stream > 1:  # about the same pixels, as scenes of one stream
                 side = round(args.speed / args.stream**0.5)
-                speed_rows(Path(folder), side, args.workers, args.stream)
+                speed_rows(Path(folder), side, args.workers, args.stream, args.repeat)
         if args.big:
             memory_rows(Path(folder), args.small, args.big)
         if args.gpu_side:

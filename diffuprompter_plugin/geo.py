@@ -241,8 +241,10 @@ def export_geo(
         include: only the labels a review lets in, as in
             ``export_training_set`` (``"accepted"``, ``"accepted+unreviewed"``
             or a quality threshold); None: every label.
-        overwrite: replace an existing layer of that name (GeoPackage) or
-            an existing file (GeoJSON).
+        overwrite: replace an existing layer of that name in any case
+            (GeoPackage), with its ``<layer>_oriented`` where it has one (so
+            the two layers keep describing the same instances), or an
+            existing file (GeoJSON).
         oriented_boxes: GeoPackage only: also write each instance's
             oriented box (the minimum-area rectangle of its mask, see
             :mod:`~diffuprompter_plugin.oriented`) as a Polygon in a second
@@ -273,8 +275,16 @@ def export_geo(
     if include is not None:
         samples = training_view(samples, pred_field, include)
     layer = layer or pred_field
-    names = [layer, f"{layer}_oriented"] if oriented_boxes else [layer]
-    keep = _existing_container(path, driver, names, overwrite)
+    companion = f"{layer}_oriented"
+    existing = _existing_layers(path, driver, overwrite)
+    # a layer replaced beside its oriented boxes gets them anew, so the two agree
+    oriented_boxes = oriented_boxes or (
+        overwrite
+        and existing is not None
+        and {layer.casefold(), companion.casefold()} <= {n.casefold() for n in existing}
+    )
+    names = [layer, companion] if oriented_boxes else [layer]
+    _check_free(path, existing, names, overwrite)
     frames, boxes = [], []
     with fou.ProgressBar(total=len(samples), progress=progress) as pb:
         for sample in pb(samples):
@@ -287,11 +297,11 @@ def export_geo(
     if oriented_boxes:
         empty = [_empty(target, ORIENTED_COLUMNS)]
         rows = pd.concat([b.to_crs(target) for b in boxes] or empty, ignore_index=True)
-        layers[f"{layer}_oriented"] = (gpd.GeoDataFrame(rows, geometry="geometry"), "Polygon")
-    _write_replacing(layers, path, driver, keep)
+        layers[companion] = (gpd.GeoDataFrame(rows, geometry="geometry"), "Polygon")
+    _write_replacing(layers, path, driver, keep=existing is not None)
     crs_name = target.to_string()
     out = {"path": path, "samples": len(frames), "features": len(table), "crs": crs_name}
-    return {**out, "oriented_layer": f"{layer}_oriented"} if oriented_boxes else out
+    return {**out, "oriented_layer": companion} if oriented_boxes else out
 
 
 def check_detections_field(samples: Any, pred_field: str) -> None:
@@ -319,37 +329,43 @@ def _empty(crs: CRS, columns: dict[str, str] = COLUMNS) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(table, geometry=gpd.GeoSeries([], crs=crs))
 
 
-def _existing_container(path: str, driver: str, layers: list[str], overwrite: bool) -> bool:
-    """Whether ``path`` is a GeoPackage whose other layers the export keeps
-    (``layers`` are the ones it writes).
+def _existing_layers(path: str, driver: str, overwrite: bool) -> list[str] | None:
+    """The layers of the GeoPackage at ``path``, whose other layers the
+    export keeps; None when there is nothing to keep (no file, GeoJSON, or
+    a ``.gpkg`` that is not a GeoPackage, replaced with ``overwrite``).
 
     Raises:
-        FileExistsError: the layer, or the file (GeoJSON, or a ``.gpkg``
-            that is not a GeoPackage), exists and ``overwrite`` is False.
+        FileExistsError: the file exists, is not a GeoPackage and
+            ``overwrite`` is False.
     """
     if not os.path.exists(path):
-        return False
+        return None
     if driver == "GPKG":
         try:
-            existing = [str(name) for name, _ in pyogrio.list_layers(path)]
+            return [str(name) for name, _ in pyogrio.list_layers(path)]
         except pyogrio.errors.DataSourceError as e:
             if not overwrite:
                 raise FileExistsError(
                     f"'{path}' exists and is not a GeoPackage ({e}); pass overwrite=True "
                     "to replace it"
                 ) from e
-            return False
-        existing_keys = {name.casefold() for name in existing}  # GeoPackage ignores case
-        taken = [name for name in layers if name.casefold() in existing_keys]
-        if taken and not overwrite:
-            raise FileExistsError(
-                f"Layer '{taken[0]}' exists in '{path}' (layers: {', '.join(existing)}); pass "
-                "overwrite=True to replace it, or another layer="
-            )
-        return True
+            return None
     if not overwrite:
         raise FileExistsError(f"'{path}' exists; pass overwrite=True to replace it")
-    return False
+    return None
+
+
+def _check_free(path: str, existing: list[str] | None, layers: list[str], overwrite: bool) -> None:
+    """Raises a FileExistsError naming the first of ``layers`` (the ones the
+    export writes) that ``existing`` has, GeoPackage-style ignoring case,
+    unless ``overwrite``."""
+    keys = {name.casefold() for name in existing or []}
+    taken = [name for name in layers if name.casefold() in keys]
+    if taken and not overwrite:
+        raise FileExistsError(
+            f"Layer '{taken[0]}' exists in '{path}' (layers: {', '.join(existing)}); pass "
+            "overwrite=True to replace it, or another layer="
+        )
 
 
 def _write_replacing(
@@ -366,7 +382,8 @@ def _write_replacing(
     try:
         if keep:  # the layers are added to the copy; ones of the same names are replaced
             shutil.copyfile(path, temporary)
-        options = RFC7946 if driver == "GeoJSON" else {}
+        # GeoPackage: a layer of the same name in any case is replaced
+        options = RFC7946 if driver == "GeoJSON" else {"OVERWRITE": "YES"}
         for layer, (frame, geometry_type) in layers.items():
             frame.to_file(
                 temporary,

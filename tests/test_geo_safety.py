@@ -91,6 +91,23 @@ def test_export_into_a_geopackage_keeps_its_other_layers(tmp_path, monkeypatch):
     assert other.read_text() == "not a geopackage"
 
 
+def test_overwriting_a_layer_replaces_it_in_any_case_and_renews_its_oriented_boxes(tmp_path):
+    path = tmp_path / "city.gpkg"
+    one = _scene_dataset(tmp_path, [("ship", _rect((40, 60), 1, 1, 4, 4), 0.5)])
+    export_geo(one, "pred", path, layer="Ships", oriented_boxes=True)
+    export_geo(one, "pred", path, layer="roads")
+    two = _scene_dataset(
+        tmp_path,
+        [("ship", _rect((40, 60), 1, 1, 4, 4), 0.5), ("car", _rect((40, 60), 20, 20, 3, 3), 0.7)],
+    )
+    out = export_geo(two, "pred", path, layer="ships", overwrite=True)  # no oriented_boxes=
+    assert out["oriented_layer"] == "ships_oriented"  # kept in step with the layer
+    assert sorted(pyogrio.list_layers(path)[:, 0]) == ["roads", "ships", "ships_oriented"]
+    assert len(gpd.read_file(path, layer="ships")) == 2
+    assert len(gpd.read_file(path, layer="ships_oriented")) == 2
+    assert len(gpd.read_file(path, layer="roads")) == 1
+
+
 def test_export_operator_adds_layers_and_refuses_to_replace(tmp_path):
     dataset = _scene_dataset(tmp_path, [("roof", _rect((40, 60), 1, 1, 5, 5), 0.5)])
     export = foo.get_operator(f"{PLUGIN}/export_geo")
