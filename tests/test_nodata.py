@@ -4,6 +4,7 @@ images, tiles, re-thresholding (issue 22 item 5)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import rasterio
 from helpers import TINY_CONFIG
 from rasterio.transform import from_origin
@@ -89,3 +90,14 @@ def test_tiny_models_label_no_nodata_pixel(tiny_diffuprompter, tmp_path):
     finally:
         model.config = saved
     assert _pixels(result, (64, 64))[:, :32].sum() == 0
+
+
+def test_heatmap_is_the_map_annotate_thresholds_and_refuses_a_tiled_scene(tmp_path):
+    path = _half_nodata(tmp_path)
+    model = stub_model(WHOLE)
+    heat = model.heatmap(path, "car")
+    np.testing.assert_array_equal(heat, model.annotate(path, ["car"]).heatmaps["car"])
+    assert (heat[:, :32] == 0).all() and heat[:, 32:].max() > 0  # 0 on nodata only
+    big = _write(tmp_path / "big.tif", np.full((3, 80, 96), 300, np.uint16))
+    with pytest.raises(ValueError, match=r"big.tif' \(96 x 80 px\) is labelled in tiles of 64"):
+        stub_model(TILED).heatmap(big, "car")

@@ -20,7 +20,7 @@ from .config import DEFAULT_SAM_MODEL, DEFAULT_SD_MODEL, DiffuPrompterConfig, mo
 from .crf import binarize, binary_map
 from .crf_pool import InlineExecutor, crf_pool
 from .device import default_dtype, resolve_device
-from .grounding import TextGrounder, check_class_prompts
+from .grounding import Grounded, TextGrounder, check_class_prompts
 from .image import ImageLike, opened, read_rgb
 from .local_copy import local_copy
 from .raster import Box
@@ -211,8 +211,47 @@ class DiffuPrompter(Annotator):
         return names
 
     def heatmap(self, image: ImageLike, class_name: str) -> np.ndarray:
-        """The LSAD heatmap of one class: H x W float32 in [0, 1]."""
-        return self.grounder.heatmaps(image, [class_name])[class_name]
+        """The LSAD heatmap of one class in an image labelled whole: H x W
+        float32 in [0, 1], 0 on nodata pixels; the map :meth:`annotate`
+        thresholds.
+
+        Raises:
+            ValueError: the image is labelled in tiles (a side over
+                ``tile_size``); :meth:`annotate` gives a scene's heatmaps,
+                as full-resolution GeoTIFFs and previews.
+            InputImageError: the image cannot be used.
+        """
+        with opened(image) as raster:
+            if needs_tiling(raster.height, raster.width, self.config):
+                raise ValueError(
+                    f"'{raster.name}' ({raster.width} x {raster.height} px) is labelled in "
+                    f"tiles of {self.config.tile_size} px: use annotate(), whose "
+                    "heatmap_files hold its full-resolution heatmaps"
+                )
+            rgb, valid = read_rgb(raster)
+        return self._ground_whole(rgb, valid, [class_name]).heatmaps[class_name]
+
+    def _ground_whole(
+        self,
+        rgb: np.ndarray,
+        valid: np.ndarray | None,
+        names: Sequence[str],
+        progress: bool = False,
+    ) -> Grounded:
+        """Heatmaps and spreads of an image labelled whole (``rgb``: H x W x 3
+        uint8, ``valid``: H x W bool or None), 0 on nodata; an image entirely
+        nodata is not run."""
+        if valid is None or valid.any():
+            maps = self.grounder.ground(rgb, names, progress=progress)
+        else:
+            maps = Grounded(
+                {n: np.zeros(valid.shape, np.float32) for n in names},
+                {n: np.zeros(valid.shape, np.float32) for n in names},
+                {n: 0.0 for n in names},
+            )
+        zero_nodata(maps.heatmaps, valid)
+        zero_nodata(maps.spreads, valid)
+        return maps
 
     def annotate(
         self,
@@ -365,14 +404,8 @@ class DiffuPrompter(Annotator):
                 )
                 return
             rgb, valid = read_rgb(raster)
-        if valid is None or valid.any():  # an image entirely nodata is not run
-            maps = self.grounder.ground(rgb, names, progress=progress)
-            heatmaps, spreads = maps.heatmaps, maps.spreads
-        else:
-            heatmaps = {name: np.zeros(valid.shape, np.float32) for name in names}
-            spreads = {name: np.zeros(valid.shape, np.float32) for name in names}
-        zero_nodata(heatmaps, valid)
-        zero_nodata(spreads, valid)
+        maps = self._ground_whole(rgb, valid, names, progress)
+        heatmaps, spreads = maps.heatmaps, maps.spreads
         item.finish = lambda tiles: Annotation(
             heatmaps, [i for _, found in tiles for i in found], spreads=spreads
         )
