@@ -25,15 +25,22 @@ class ImportOperator(forms.FormOperator):
         self.extra_inputs(inputs)
         return forms.form(inputs, self.operator_label)
 
-    def root_input(self, inputs: types.Object) -> None:
+    def root_input(self, inputs: types.Object, required: bool = True) -> None:
         """The form field ``root``: what to import (default: a folder)."""
         inputs.str(
             "root",
             label="Folder",
             description="Path on the machine that runs the import",
-            required=True,
+            required=required,
             view=types.FileExplorerView(choose_dir=True),
         )
+
+    def source(self, ctx: Any) -> Any:
+        """What the form asks to import: the folder's path."""
+        root = ctx.params.get("root")
+        if isinstance(root, dict):  # FileExplorerView returns {"absolute_path": ...}
+            root = root.get("absolute_path")
+        return root
 
     def extra_inputs(self, inputs: types.Object) -> None:
         """Importer-specific form fields."""
@@ -43,16 +50,13 @@ class ImportOperator(forms.FormOperator):
         """The named params the caller set; absent ones keep the importer's defaults."""
         return {n: ctx.params[n] for n in names if ctx.params.get(n) is not None}
 
-    def run(self, ctx: Any, root: str, name: str, progress: Any) -> Any:
+    def run(self, ctx: Any, root: Any, name: str, progress: Any) -> Any:
         """Calls the importer; returns its ImportReport."""
         raise NotImplementedError
 
     def execute(self, ctx: Any) -> dict[str, Any]:
-        root = ctx.params["root"]
-        if isinstance(root, dict):  # FileExplorerView returns {"absolute_path": ...}
-            root = root.get("absolute_path")
         name = ctx.params.get("dataset_name") or self.default_dataset
-        report = self.run(ctx, root, name, forms.progress_reporter(ctx, "Import"))
+        report = self.run(ctx, self.source(ctx), name, forms.progress_reporter(ctx, "Import"))
         if not ctx.delegated:
             ctx.ops.open_dataset(name)
         return report.to_dict()
@@ -66,10 +70,15 @@ class ImportOperator(forms.FormOperator):
         return forms.form(outputs, "Import finished")
 
     def __call__(
-        self, root: str, dataset_name: str | None = None, delegate: bool = False, **params: Any
+        self,
+        root: str | None = None,
+        dataset_name: str | None = None,
+        delegate: bool = False,
+        **params: Any,
     ) -> Any:
         """Runs the import from Python; ``params`` are the form's extra fields."""
-        params = {"root": str(root), "dataset_name": dataset_name, **params}
+        root = None if root is None else str(root)
+        params = {"root": root, "dataset_name": dataset_name, **params}
         params = {k: v for k, v in params.items() if v is not None}
         return foo.execute_operator(self.uri, params=params, request_delegation=delegate)
 
@@ -168,6 +177,28 @@ class ImportGeotiffs(ImportOperator):
             "blue, else 1,2,3, else band 1",
         )
         inputs.int("preview_size", label="Preview size (px)", default=1024, min=64, max=8192)
+
+    def root_input(self, inputs: types.Object) -> None:
+        super().root_input(inputs, required=False)
+        inputs.str(
+            "urls",
+            label="Or scene URLs",
+            description="Cloud-optimised GeoTIFFs where they live, one per line (https:// "
+            "or s3://): read window by window, never downloaded whole",
+            view=types.TextFieldView(multiline=True, rows=3),
+        )
+
+    def source(self, ctx: Any) -> str | list[str]:
+        """The folder, or the URLs given one per line (exactly one of them).
+
+        Raises:
+            ValueError: neither or both given.
+        """
+        folder = super().source(ctx)
+        urls = (ctx.params.get("urls") or "").split()
+        if bool(folder) == bool(urls):
+            raise ValueError("Choose a folder of scenes or give scene URLs, one of the two")
+        return urls or folder
 
     @staticmethod
     def bands(ctx: Any) -> list[int] | None:

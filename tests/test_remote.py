@@ -7,9 +7,11 @@ import os
 import shutil
 
 import fiftyone as fo
+import fiftyone.operators as foo
 import numpy as np
 import pytest
 import rasterio
+from fiftyone.operators.executor import ExecutionError
 from PIL import Image
 from range_server import RangeServer
 from remote_scenes import write_cog
@@ -203,3 +205,16 @@ def test_a_url_without_an_image_extension_is_skipped_with_the_reason(served, dat
     assert report.added == 1
     ((url, reason),) = report.skipped
     assert url == server.url("download?id=7") and "no image extension such as .tif" in reason
+
+
+def test_the_import_operator_takes_scene_urls_one_per_line(served, tmp_path, dataset_name):
+    server, _ = served
+    write_cog(tmp_path / "second.tif", 256, 256)
+    urls = [server.url("scene.tif"), server.url("second.tif")]
+    op = foo.get_operator("@diffuprompter/diffuprompter/import_geotiffs")
+    result = op(urls="\n".join(urls) + "\n", dataset_name=dataset_name, preview_size=64)
+    assert result.result["added"] == 2
+    assert sorted(fo.load_dataset(dataset_name).values("filepath")) == sorted(urls)
+    for params in ({}, {"root": str(tmp_path), "urls": urls[0]}):  # neither, or both
+        with pytest.raises(ExecutionError, match="Choose a folder of scenes or give scene URLs"):
+            op(dataset_name=dataset_name, **params)
