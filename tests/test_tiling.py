@@ -286,6 +286,16 @@ def test_heatmap_preview_has_the_decimated_shape_and_the_stored_values(tmp_path)
     np.testing.assert_allclose(read_heatmap_window(path), heat, atol=0.5 / HEATMAP_SCALE)
 
 
+def test_overviews_go_only_to_the_files_named(tmp_path):
+    paths = {name: str(tmp_path / f"{name}.tif") for name in ("heat", "spread")}
+    writer = HeatmapWriter(paths, (1100, 1100))
+    for name in paths:
+        writer.write(name, (0, 0, 1100, 1100), np.full((1100, 1100), 0.5, np.float32))
+    writer.close(overviews={"heat"})
+    with rasterio.open(paths["heat"]) as heat, rasterio.open(paths["spread"]) as spread:
+        assert heat.overviews(1) == [2, 4] and spread.overviews(1) == []
+
+
 class CountingPool:
     """The stream's CRF pool (inline with 0 workers), logging its start
     ("pool", workers) and each task ("crf", tile shape), beside the SAM

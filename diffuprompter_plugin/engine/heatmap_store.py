@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -137,9 +137,11 @@ class HeatmapWriter:
         with _gdal_errors(self.paths[name]):
             self.files[name].write(data[None], window=Window(x0, y0, x1 - x0, y1 - y0))
 
-    def close(self, overviews: bool = True) -> None:
+    def close(self, overviews: bool | Container[Any] = True) -> None:
         """Closes the files, first adding average overviews (factors 2, 4, ...
-        down to one block) when ``overviews``.
+        down to one block) to every file (``overviews`` True) or to those
+        whose names ``overviews`` holds (the ones something reads at a lower
+        resolution: previews, GIS tools).
 
         Raises:
             OSError: as :meth:`write`.
@@ -148,7 +150,7 @@ class HeatmapWriter:
 
         for name, file in self.files.items():
             with _gdal_errors(self.paths[name]):
-                if overviews:
+                if overviews is True or (overviews and name in overviews):
                     factors = []
                     while max(file.height, file.width) // 2 ** (len(factors) + 1) >= BLOCK // 2:
                         factors.append(2 ** (len(factors) + 1))

@@ -247,7 +247,7 @@ def ground_scene(
                     layer = np.zeros((core[3] - core[1], core[2] - core[0]), np.float32)
                 final.write(key, core, layer)
             yield
-        final.close()
+        final.close(overviews={key for key in layers if key[0] == "heat"})  # spreads: no previews
     finally:  # failed or abandoned: no file stays open (closing twice is harmless)
         for writer in writers:
             with contextlib.suppress(Exception):
