@@ -195,7 +195,8 @@ class ImportGeotiffs(ImportOperator):
             ValueError: neither or both given.
         """
         folder = super().source(ctx)
-        urls = (ctx.params.get("urls") or "").split()
+        lines = (ctx.params.get("urls") or "").splitlines()  # a key may hold spaces
+        urls = [line.strip() for line in lines if line.strip()]
         if bool(folder) == bool(urls):
             raise ValueError("Choose a folder of scenes or give scene URLs, one of the two")
         return urls or folder

@@ -215,6 +215,8 @@ def test_the_import_operator_takes_scene_urls_one_per_line(served, tmp_path, dat
     result = op(urls="\n".join(urls) + "\n", dataset_name=dataset_name, preview_size=64)
     assert result.result["added"] == 2
     assert sorted(fo.load_dataset(dataset_name).values("filepath")) == sorted(urls)
+    again = op(urls=f"  {urls[0]}\n\n{urls[1]}  ", dataset_name=dataset_name)
+    assert (again.result["added"], again.result["existing"]) == (0, 2)
     for params in ({}, {"root": str(tmp_path), "urls": urls[0]}):  # neither, or both
         with pytest.raises(ExecutionError, match="Choose a folder of scenes or give scene URLs"):
             op(dataset_name=dataset_name, **params)

@@ -12,6 +12,7 @@ from helpers import EchoPrompter
 from rasterio.transform import from_origin
 
 from diffuprompter_plugin.engine.config import DiffuPrompterConfig
+from diffuprompter_plugin.engine.crf_pool import InlineExecutor
 from diffuprompter_plugin.engine.grounding import Grounded
 from diffuprompter_plugin.engine.heatmap_store import (
     HEATMAP_SCALE,
@@ -428,11 +429,18 @@ def test_the_next_scene_is_grounded_while_the_pool_refines_the_last_ones_tiles(
     grounder.tile_heatmaps = tile_heatmaps
     sam = pipeline.tile_instances
     monkeypatch.setattr(pipeline, "tile_instances", lambda *a: log.append("sam") or sam(*a))
-    for key, _ in model.annotate_all([("A", scene(), ["car"]), ("B", scene(), ["car"])]):
+
+    def items():  # taken from the caller (a run's claims) only when needed
+        for key in "AB":
+            log.append(f"take {key}")
+            yield key, scene(), ["car"]
+
+    for key, _ in model.annotate_all(items()):
         log.append(key)
     grounded = [k for k, event in enumerate(log) if event == "ground"]
     assert len(grounded) == 2 * len(tile_grid(200, 210, 64, 16))
     b_first, a_out = grounded[len(grounded) // 2], log.index("A")
+    assert grounded[len(grounded) // 2 - 1] < log.index("take B") < b_first  # A grounded first
     # A's tiles fill the pool, and B is grounded while they are in it: no SAM
     # of A before B's first group, and A comes out while B is grounded
     assert "sam" not in log[:b_first] and b_first < a_out < grounded[-1]
@@ -440,6 +448,36 @@ def test_the_next_scene_is_grounded_while_the_pool_refines_the_last_ones_tiles(
     prompted = log[:a_out].count("sam")
     assert log[b_first:a_out].count("ground") == -(-prompted // (pipeline.TILES_PER_PROCESS * 2))
     assert log[-1] == "B"
+
+
+class FailingPool(InlineExecutor):
+    """Runs each task as it is submitted, counting them; the first fails."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        if self.submitted == 1:
+            future = Future()
+            future.set_exception(ValueError("DenseCRF failed"))
+            return future
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_scene_whose_crf_fails_sends_no_more_tiles_to_the_pool(monkeypatch):
+    import diffuprompter_plugin.engine.pipeline as pipeline
+
+    pool = FailingPool()
+    monkeypatch.setattr(pipeline, "crf_pool", lambda n: pool)
+    model = stub_model(TILED.replace(crf=True, crf_workers=2))
+    results = dict(model.annotate_all([("A", scene(), ["car"]), ("B", scene(), ["car"])]))
+    assert isinstance(results["A"], ValueError) and "DenseCRF failed" in str(results["A"])
+    with_foreground = pool.submitted - 1  # B's tiles; of A's, only the one that failed
+    assert 1 < with_foreground < len(tile_grid(200, 210, 64, 16))
+    inline = stub_model(TILED.replace(crf=True)).annotate(scene(), ["car"])
+    assert pool.submitted - 1 == 2 * with_foreground  # the same tiles: B is whole
+    assert _key(results["B"]) == _key(inline)
 
 
 def test_stopping_while_the_next_scene_is_grounded_removes_its_files(tmp_path, monkeypatch):

@@ -40,7 +40,8 @@ def pool_process_setup() -> None:
     library that reads these variables is imported, and :data:`NICENESS`."""
     for name in THREAD_VARIABLES:
         os.environ[name] = "1"
-    os.nice(NICENESS)
+    if hasattr(os, "nice"):  # POSIX; Windows has no niceness
+        os.nice(NICENESS)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections import deque
@@ -320,28 +321,33 @@ class DiffuPrompter(Annotator):
         pending: deque[_Pending] = deque()
         feeds: deque[_Feed] = deque()
         items = iter(items)
+
+        def open_next() -> bool:
+            """Opens the next item, if any is left."""
+            entry = next(items, None)
+            if entry is not None:
+                key, image, names = entry
+                item = _Item(key)
+                feeds.append(_Feed(item, self._steps(item, image, names, thresholds, progress)))
+            return entry is not None
+
         with crf_pool(processes) as pool:
             try:
-                while True:
-                    while len(feeds) < (2 if processes else 1) and (
-                        (entry := next(items, None)) is not None
-                    ):
-                        key, image, names = entry
-                        item = _Item(key)
-                        steps = self._steps(item, image, names, thresholds, progress)
-                        feeds.append(_Feed(item, steps))
-                    if not feeds:
-                        break
+                while feeds or open_next():
                     head = feeds[0]
+                    if head.item.error is not None and not head.ended:
+                        head.stop()  # failed (a tile's CRF): its other tiles are not run
                     room = sum(p.work is not None for p in pending) < limit
                     if head.held is not None and room:
                         pending.append(self._submitted(pool, head, errors))
                     elif head.ended:
                         pending.append(_Pending(head.item))
                         feeds.popleft()
-                    elif ready := [feed for feed in feeds if feed.ready]:
-                        ready[0].step(errors)
-                    else:  # the pool is full and the next item is grounded: wait
+                    elif head.ready:
+                        head.step(errors)
+                    elif processes and (len(feeds) > 1 or open_next()) and feeds[1].ready:
+                        feeds[1].step(errors)  # the pool is full: ground the next item
+                    else:  # the pool is full and the next item waits too
                         yield from self._settle(pending, limit - 1, errors)
                     yield from self._settle(pending, limit, errors)
                 yield from self._settle(pending, -1, errors)
@@ -349,7 +355,8 @@ class DiffuPrompter(Annotator):
                 for unfinished in pending:
                     unfinished.item.discard()
                 for feed in feeds:
-                    feed.steps.close()
+                    with contextlib.suppress(Exception):
+                        feed.stop()
                     feed.item.discard()
                 raise
 
@@ -443,7 +450,10 @@ class DiffuPrompter(Annotator):
                 except BaseException:  # the consumer stopped on it: its scene files go
                     item.discard()
                     raise
-            elif item.error is None:
+            elif item.error is not None:  # its tiles are not prompted: not run, if not begun
+                for future in head.binaries.values():
+                    future.cancel()
+            else:
                 try:
                     binaries = {name: f.result() for name, f in head.binaries.items()}
                     item.tiles.append(
@@ -471,6 +481,9 @@ class _Item:
                 return self.finish(self.tiles)
             except errors as e:
                 self.error = e
+            except BaseException:
+                self.discard()
+                raise
         self.discard()
         return self.error
 
@@ -489,6 +502,12 @@ class _Feed:
     def ready(self) -> bool:
         """Whether the item can take its next step."""
         return self.held is None and not self.ended
+
+    def stop(self) -> None:
+        """Ends the item where it is (its steps' cleanup runs)."""
+        self.held = None
+        self.ended = True
+        self.steps.close()
 
     def step(self, errors: tuple[type[Exception], ...]) -> None:
         """Runs the item's next step: grounding, or a tile (then held); an
