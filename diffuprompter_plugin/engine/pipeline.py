@@ -312,11 +312,12 @@ class DiffuPrompter(Annotator):
         yields its exception (other errors propagate). DenseCRF runs in a
         pool of ``processes`` processes, or inline with 0.
 
-        With a pool, two items are open at once: the older one's tiles go to
+        With a pool, up to two items are open: the older one's tiles go to
         the pool as it has room, and while it is full the models ground the
-        next item. A scene's tiles can be binarised only once all of them
-        are grounded (:mod:`.scenes`), so this is where one scene's DenseCRF
-        and SAM meet the next one's grounding."""
+        next item (taken from ``items`` only then). A scene's tiles can be
+        binarised only once all of them are grounded (:mod:`.scenes`), so
+        this is where one scene's DenseCRF and SAM meet the next one's
+        grounding. An item that fails sends no more tiles to the pool."""
         limit = max(1, TILES_PER_PROCESS * processes)
         pending: deque[_Pending] = deque()
         feeds: deque[_Feed] = deque()
