@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from .coco import to_coco
 from .labels import require_masks, require_metadata
-from .verdicts import ACCEPTED, REJECTED, labels_path, unreviewed
+from .verdicts import ACCEPTED, REJECTED, edited, labels_path, unreviewed
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def included(include: str | float) -> Any:
     - ``"accepted"``: labels tagged accepted;
     - ``"accepted+unreviewed"``: every label that is not rejected;
     - a number t in [0, 1]: accepted labels, and unreviewed labels whose
-      ``quality`` is at least t.
+      ``quality`` is at least t or that a person edited
+      (:func:`~.verdicts.edited`: their run's quality no longer describes
+      them).
 
     Raises:
         ValueError: any other value.
@@ -68,7 +70,8 @@ def included(include: str | float) -> Any:
     if isinstance(include, (int, float)) and not isinstance(include, bool):
         if not 0.0 <= include <= 1.0:
             raise ValueError(f"A quality threshold in include must lie in [0, 1], not {include}")
-        return accepted | (unreviewed() & F("quality").exists() & (F("quality") >= include))
+        judged = edited() | (F("quality").exists() & (F("quality") >= include))
+        return accepted | (unreviewed() & judged)
     raise ValueError(f"include must be one of {INCLUDES} or a quality threshold, not {include!r}")
 
 

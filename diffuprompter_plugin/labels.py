@@ -165,7 +165,9 @@ def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections
     ``width`` x ``height`` image, with relative boxes, ``confidence`` (the
     instance's score) and, as attributes, its quality signals (``sam_iou``,
     ``region_iou``, ``stability``, ``heat_contrast``, ``draw_agreement`` and
-    ``quality``; see :mod:`~diffuprompter_plugin.engine.signals`).
+    ``quality``; see :mod:`~diffuprompter_plugin.engine.signals`) and the
+    class and box the run drew (``drawn_label``, ``drawn_box``), which tell
+    a person's later edit (:func:`~diffuprompter_plugin.verdicts.edited`).
 
     Raises:
         ValueError: the instances take more than :data:`MAX_DETECTIONS_BYTES`
@@ -174,13 +176,16 @@ def to_detections(instances: Iterable, width: int, height: int) -> fo.Detections
     detections = []
     for inst in instances:
         x0, y0, x1, y1 = inst.box
+        box = [x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height]
         detections.append(
             fo.Detection(
                 label=inst.label,
-                bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
+                bounding_box=box,
                 mask=inst.mask,
                 confidence=float(inst.score),
                 **(inst.signals.attributes() if inst.signals is not None else {}),
+                drawn_label=inst.label,
+                drawn_box=list(box),
             )
         )
     labels = fo.Detections(detections=detections)

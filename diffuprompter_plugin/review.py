@@ -24,6 +24,7 @@ from .verdicts import (
     REJECTED,
     VERDICT_NAMES,
     LabelTable,
+    edited,
     labels_path,
     unreviewed,
 )
@@ -141,8 +142,9 @@ def accept_pseudo_labels(
     """Tags unreviewed labels at or above a quality threshold ``accepted``
     (and ``auto_accepted``), and, with ``reject_below``, unreviewed labels
     below that floor ``rejected`` (and ``auto_rejected``). Labels that
-    already carry a verdict, a person's or an earlier automatic one, are
-    never touched; labels without a ``quality`` are left unreviewed.
+    already carry a verdict, a person's or an earlier automatic one, and
+    labels a person edited (:func:`~.verdicts.edited`) are never touched;
+    labels without a ``quality`` are left unreviewed.
 
     Args:
         samples: a dataset or view (or a patches view of ``pred_field``).
@@ -176,7 +178,7 @@ def accept_pseudo_labels(
             f"reject_below ({reject_below}) lies above an acceptance threshold "
             f"({min(levels)}): a label cannot be both"
         )
-    open_labels = unreviewed() & F("quality").exists()
+    open_labels = unreviewed() & ~edited() & F("quality").exists()
     rules = [(F("label") == c) & (F("quality") >= t) for c, t in per_class.items()]
     if min_quality is not None:
         rules.append(~F("label").is_in(list(per_class)) & (F("quality") >= min_quality))
@@ -205,18 +207,23 @@ def review_status(samples: Any, pred_field: str) -> dict[str, Any]:
     Returns:
         ``{"pred_field", "rows"}``: one row per class, then ``"all"``, each
         ``{"class", "labels", "accepted", "rejected", "auto_accepted",
-        "auto_rejected", "conflicting", "unreviewed", "precision"}``, where
-        ``accepted``/``rejected`` are a person's verdicts and ``precision``
-        is accepted / (accepted + rejected) among them (None before any).
+        "auto_rejected", "conflicting", "unreviewed", "edited",
+        "precision"}``, where ``accepted``/``rejected`` are a person's
+        verdicts, ``edited`` counts the labels a person changed (whatever
+        their verdict), and ``precision`` is accepted / (accepted +
+        rejected) among the labels not edited (None before any).
     """
     table = LabelTable.read(samples, pred_field)
     rows = []
     for name in [*sorted(set(table.labels)), None]:
-        codes = table.verdict if name is None else table.verdict[table.labels == name]
+        mask = np.ones(table.ids.size, bool) if name is None else table.labels == name
+        codes = table.verdict[mask]
         counts = np.bincount(codes, minlength=len(VERDICT_NAMES))
-        judged = counts[PERSON_ACCEPTED] + counts[PERSON_REJECTED]
+        as_drawn = np.bincount(table.verdict[mask & ~table.edited], minlength=len(VERDICT_NAMES))
+        judged = as_drawn[PERSON_ACCEPTED] + as_drawn[PERSON_REJECTED]
         row = {"class": "all" if name is None else name, "labels": int(codes.size)}
         row.update({VERDICT_NAMES[k]: int(counts[k]) for k in VERDICT_NAMES})
-        row["precision"] = round(float(counts[PERSON_ACCEPTED] / judged), 4) if judged else None
+        row["edited"] = int(table.edited[mask].sum())
+        row["precision"] = round(float(as_drawn[PERSON_ACCEPTED] / judged), 4) if judged else None
         rows.append(row)
     return {"pred_field": pred_field, "rows": rows, "unreviewed": rows[-1]["unreviewed"]}

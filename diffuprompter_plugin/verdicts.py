@@ -13,6 +13,13 @@ rejected one in the App has made a verdict of their own.
 No automatic step changes a label that has a verdict; a label tagged both
 ``accepted`` and ``rejected`` is *conflicting*: never exported, never
 counted, and left for a person to settle.
+
+A label whose class or box a person changed (in the App's Annotate tab, in
+CVAT or Label Studio through ``annotate()``, or in Python) is *edited*: it
+differs from what the run drew (``drawn_label``, ``drawn_box``). It is that
+person's work, which its run's ``quality`` no longer describes: automatic
+verdicts leave it alone, calibration does not count it, and a quality
+threshold does not hold it back from an export.
 """
 
 from __future__ import annotations
@@ -55,6 +62,14 @@ def unreviewed() -> Any:
     return ~has_verdict()
 
 
+def edited() -> Any:
+    """A label filter true for labels whose class or box differs from what
+    the run drew (see the module notes); labels of runs that did not record
+    it are not edited."""
+    drawn = F("drawn_label").exists()
+    return drawn & ((F("label") != F("drawn_label")) | (F("bounding_box") != F("drawn_box")))
+
+
 def labels_path(samples: Any, pred_field: str) -> str:
     """The path of the labels of ``pred_field``: ``<field>.detections`` for a
     Detections field, ``<field>`` for the Detection field of a patches view.
@@ -94,29 +109,40 @@ class LabelTable:
     Attributes:
         ids: label ids, (N,) str.
         labels: class names, (N,) str.
-        quality: the ``quality`` attribute, (N,) float, NaN where missing.
+        quality: the ``quality`` attribute, (N,) float, NaN where missing
+            and where the label is edited (its run's quality no longer
+            describes it).
         verdict: verdict codes (see :data:`VERDICT_NAMES`), (N,) int.
+        edited: (N,) bool, see :func:`edited`.
     """
 
     ids: np.ndarray
     labels: np.ndarray
     quality: np.ndarray
     verdict: np.ndarray
+    edited: np.ndarray
 
     @classmethod
     def read(cls, samples: Any, pred_field: str) -> LabelTable:
-        """Reads the field's labels in one pass over ``samples`` (a dataset,
-        view or patches view)."""
+        """Reads the field's labels from ``samples`` (a dataset, view or
+        patches view): their values, then which are edited."""
         path = labels_path(samples, pred_field)
         columns = samples.values([f"{path}.{k}" for k in ("id", "label", "quality", "tags")])
+        changed = samples.filter_labels(pred_field, edited()).values(f"{path}.id")
         if path.endswith(".detections"):  # lists per sample -> flat
             columns = [[v for row in column if row for v in row] for column in columns]
+            changed = [v for row in changed if row for v in row]
         ids, labels, quality, tags = columns
+        ids = np.asarray(ids, dtype=object)
+        edited_labels = np.isin(ids, np.asarray(changed, dtype=object))
+        quality = np.asarray([np.nan if q is None else q for q in quality], dtype=float)
+        quality[edited_labels] = np.nan
         return cls(
-            ids=np.asarray(ids, dtype=object),
+            ids=ids,
             labels=np.asarray(labels, dtype=object),
-            quality=np.asarray([np.nan if q is None else q for q in quality], dtype=float),
+            quality=quality,
             verdict=np.asarray([verdict_code(t) for t in tags], dtype=int),
+            edited=edited_labels,
         )
 
 

@@ -24,6 +24,7 @@ STATUS_COLUMNS = {
     "auto_accepted": "Auto-accepted",
     "auto_rejected": "Auto-rejected",
     "conflicting": "Both tags",
+    "edited": "Edited by a person",
     "precision": "Precision (reviewed)",
 }
 CALIBRATION_COLUMNS = {

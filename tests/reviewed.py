@@ -36,6 +36,8 @@ def detection(label: str, col: int, row: int, mask: np.ndarray, quality: float, 
         mask=mask,
         confidence=round(0.5 + quality / 2, 4),
         quality=quality,
+        drawn_label=label,
+        drawn_box=list(box),
         **{**signals, **attrs},
     )
 
@@ -81,6 +83,19 @@ def tag(dataset: fo.Dataset, label_ids, tag_name: str) -> None:
     dataset.select_labels(ids=list(label_ids), fields="dp").tag_labels(
         [tag_name], label_fields=["dp"]
     )
+
+
+def edit(dataset: fo.Dataset, label_id: str, **changes) -> None:
+    """Changes a label of ``dp`` as a person does (the App's Annotate tab,
+    CVAT through ``annotate()``, or Python): e.g. ``label=`` or
+    ``bounding_box=``."""
+    for sample in dataset.select_labels(ids=[label_id], fields="dp"):
+        sample = dataset[sample.id]
+        for det in sample.dp.detections:
+            if det.id == label_id:
+                for key, value in changes.items():
+                    det[key] = value
+        sample.save()
 
 
 def ids_by_quality(dataset: fo.Dataset) -> list[tuple[float, str, str]]:

@@ -4,9 +4,10 @@ refusal to re-threshold over verdicts."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from helpers import TINY_CONFIG, EchoPrompter, StubModel
-from reviewed import ids_by_quality, reviewed_dataset, tag
+from reviewed import edit, ids_by_quality, reviewed_dataset, tag
 
 from diffuprompter_plugin.labelling import compute_pseudo_labels
 from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels
@@ -38,7 +39,8 @@ def test_tags_in_status_counts_out(dataset):
     rows = _rows(review_status(dataset, "dp"))
     assert rows["ship"] == {
         "class": "ship", "labels": 6, "unreviewed": 2, "accepted": 3, "rejected": 1,
-        "auto_accepted": 0, "auto_rejected": 0, "conflicting": 0, "precision": 0.75,
+        "auto_accepted": 0, "auto_rejected": 0, "conflicting": 0, "edited": 0,
+        "precision": 0.75,
     }  # fmt: skip
     assert (rows["tank"]["accepted"], rows["tank"]["conflicting"]) == (1, 1)
     assert rows["tank"]["precision"] == 1.0 and rows["tank"]["unreviewed"] == 4
@@ -174,3 +176,32 @@ def test_accept_on_a_patches_view_and_labels_without_quality(dataset):
         assert len(review_view(old, "dp")) == 3  # still reviewable, worst first unknown
     finally:
         old.delete()
+
+
+def test_a_label_a_person_edited_is_that_persons_work(dataset):
+    from diffuprompter_plugin.export import training_view
+    from diffuprompter_plugin.verdicts import LabelTable
+
+    labels = ids_by_quality(dataset)
+    (_, cls, best), (_, _, worst) = labels[-1], labels[0]
+    edit(dataset, best, label="tank" if cls == "ship" else "ship")  # a class fixed
+    box = dataset.select_labels(ids=[worst], fields="dp").values("dp.detections.bounding_box")
+    edit(dataset, worst, bounding_box=[v + 0.05 for v in box[0][0]])  # a box moved
+    out = accept_pseudo_labels(dataset, "dp", min_quality=0.6, reject_below=0.2)
+    tags = dict(zip(*[[v for r in dataset.values(f"dp.detections.{k}") for v in r]
+                      for k in ("id", "tags")], strict=True))  # fmt: skip
+    assert tags[best] == [] and tags[worst] == []  # left to the person
+    above = [i for q, _, i in labels if q >= 0.6 and i != best]
+    below = [i for q, _, i in labels if q < 0.2 and i != worst]
+    assert (out["accepted"], out["rejected"]) == (len(above), len(below))
+    assert out["unreviewed"] == 12 - len(above) - len(below)  # the edited two among them
+
+    table = LabelTable.read(dataset, "dp")
+    assert sorted(table.ids[table.edited]) == sorted([best, worst])
+    assert np.isnan(table.quality[table.edited]).all()  # calibration does not count them
+    tag(dataset, [best], "rejected")  # a person's verdict on their own label
+    rows = _rows(review_status(dataset, "dp"))
+    assert rows["all"]["edited"] == 2 and rows["all"]["rejected"] == 1
+    assert rows["all"]["precision"] is None  # no verdict on a label as the run drew it
+    kept = training_view(dataset, "dp", 0.9).values("dp.detections.id")
+    assert worst in {i for row in kept for i in row}  # not held back by its stale quality

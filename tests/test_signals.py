@@ -224,6 +224,8 @@ def test_a_brain_run_stores_every_signal_and_the_sample_quality(image_dataset, t
         terms = [values[n] for n in SIGNALS[:5]]
         terms[3] = max(terms[3], 0)
         assert values["quality"] == pytest.approx(math.prod(terms) ** (1 / 5))
+        # what the run drew, against which a person's edit is told
+        assert (det.drawn_label, det.drawn_box) == (det.label, det.bounding_box)
     assert (
         image_dataset.get_field_schema()["dp_instances_quality"].__class__.__name__ == "FloatField"
     )
