@@ -346,6 +346,11 @@ def calibrate_acceptance(
     if int(bins) < 1:
         raise ValueError(f"bins must be at least 1, not {bins}")
     table = LabelTable.read(samples, pred_field)
+    if table.labels.size and table.edited.all():
+        raise ValueError(
+            f"Every label of '{pred_field}' was edited by a person: their run's quality no "
+            "longer describes them, so there is nothing to calibrate"
+        )
     if table.labels.size and np.isnan(table.quality).all():
         raise ValueError(
             f"No label of '{pred_field}' has a 'quality' attribute: calibration ranks by it "

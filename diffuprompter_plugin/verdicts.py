@@ -18,8 +18,9 @@ A label whose class or box a person changed (in the App's Annotate tab, in
 CVAT or Label Studio through ``annotate()``, or in Python) is *edited*: it
 differs from what the run drew (``drawn_label``, ``drawn_box``). It is that
 person's work, which its run's ``quality`` no longer describes: automatic
-verdicts leave it alone, calibration does not count it, and a quality
-threshold does not hold it back from an export.
+verdicts leave it alone, calibration does not count it, a quality threshold
+does not hold it back from an export, and re-thresholding does not write
+over it. A change of the mask alone, within the same box, is not seen.
 """
 
 from __future__ import annotations
@@ -62,12 +63,22 @@ def unreviewed() -> Any:
     return ~has_verdict()
 
 
+EDIT_TOLERANCE_PX = 1.5
+"""How far (pixels) an edge of a label's box may lie from where the run drew
+it before the label counts as edited: more than float round trips, and
+more than the pixel that a round trip through CVAT takes off a mask's box."""
+
+
 def edited() -> Any:
-    """A label filter true for labels whose class or box differs from what
-    the run drew (see the module notes); labels of runs that did not record
-    it are not edited."""
-    drawn = F("drawn_label").exists()
-    return drawn & ((F("label") != F("drawn_label")) | (F("bounding_box") != F("drawn_box")))
+    """A label filter true for labels whose class differs from what the run
+    drew, or whose box edges moved more than :data:`EDIT_TOLERANCE_PX` (see
+    the module notes; without image metadata, any move). Labels of runs that
+    did not record what they drew are not edited."""
+    box, drawn = F("bounding_box"), F("drawn_box")
+    width, height = (F(f"$metadata.{side}").if_null(1e9) for side in ("width", "height"))
+    sides = ((0, width), (1, height), (2, width), (3, height))
+    moved = F.any([(box[i] - drawn[i]).abs() * size > EDIT_TOLERANCE_PX for i, size in sides])
+    return F("drawn_label").exists() & ((F("label") != F("drawn_label")) | moved)
 
 
 def labels_path(samples: Any, pred_field: str) -> str:
@@ -147,15 +158,17 @@ class LabelTable:
 
 
 def check_no_verdicts(samples: Any, field: str) -> None:
-    """Refuses to overwrite a field whose labels carry verdicts.
+    """Refuses to overwrite a field whose labels carry verdicts or a
+    person's edits.
 
     Re-thresholding writes new labels; a person's accepted and rejected tags
-    on the old ones would be lost. Write into a new field (which starts with
-    no verdicts), or export or untag the verdicts first.
+    on the old ones, and the labels a person edited, would be lost. Write
+    into a new field (which starts with no verdicts), or export or untag the
+    verdicts first.
 
     Raises:
         ValueError: ``samples`` has labels in ``field`` tagged accepted or
-            rejected, naming the field and the counts.
+            rejected, or edited, naming the field and the counts.
     """
     if not samples.has_field(field):
         return
@@ -165,6 +178,9 @@ def check_no_verdicts(samples: Any, field: str) -> None:
         return  # not labels: nothing a reviewer could have tagged
     tagged = samples.filter_labels(field, has_verdict()).count_label_tags(label_fields=[field])
     counts = {t: tagged.get(t, 0) for t in VERDICTS if tagged.get(t)}
+    changed = samples.filter_labels(field, edited()).count(path)
+    if changed:
+        counts["edited"] = changed
     if counts:
         what = ", ".join(f"{n} {t}" for t, n in counts.items())
         raise ValueError(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import TINY_CONFIG, EchoPrompter, StubModel
-from reviewed import edit, ids_by_quality, reviewed_dataset, tag
+from reviewed import SIZE, edit, ids_by_quality, reviewed_dataset, tag
 
 from diffuprompter_plugin.labelling import compute_pseudo_labels
 from diffuprompter_plugin.rethreshold import rethreshold_pseudo_labels
@@ -185,8 +185,14 @@ def test_a_label_a_person_edited_is_that_persons_work(dataset):
     labels = ids_by_quality(dataset)
     (_, cls, best), (_, _, worst) = labels[-1], labels[0]
     edit(dataset, best, label="tank" if cls == "ship" else "ship")  # a class fixed
-    box = dataset.select_labels(ids=[worst], fields="dp").values("dp.detections.bounding_box")
-    edit(dataset, worst, bounding_box=[v + 0.05 for v in box[0][0]])  # a box moved
+
+    def box_of(label_id):
+        view = dataset.select_labels(ids=[label_id], fields="dp")
+        return view.values("dp.detections.bounding_box")[0][0]
+
+    edit(dataset, worst, bounding_box=[v + 3 / SIZE for v in box_of(worst)])  # moved 3 px
+    x, y, w, h = box_of(labels[1][2])  # a box one pixel smaller, as CVAT gives it back
+    edit(dataset, labels[1][2], bounding_box=[x, y, w - 1 / SIZE, h - 1 / SIZE])
     out = accept_pseudo_labels(dataset, "dp", min_quality=0.6, reject_below=0.2)
     tags = dict(zip(*[[v for r in dataset.values(f"dp.detections.{k}") for v in r]
                       for k in ("id", "tags")], strict=True))  # fmt: skip
@@ -205,3 +211,18 @@ def test_a_label_a_person_edited_is_that_persons_work(dataset):
     assert rows["all"]["precision"] is None  # no verdict on a label as the run drew it
     kept = training_view(dataset, "dp", 0.9).values("dp.detections.id")
     assert worst in {i for row in kept for i in row}  # not held back by its stale quality
+    counts = f"{len(above)} accepted, {len(below) + 1} rejected, 2 edited of 12"
+    with pytest.raises(ValueError, match=rf"'dp' holds reviewed labels \({counts}\)"):
+        check_no_verdicts(dataset, "dp")  # re-thresholding would write over them
+
+    from diffuprompter_plugin.calibration import calibrate_acceptance
+
+    renamed = dataset.clone()  # a person renamed every class: nothing left to calibrate
+    try:
+        for sample in renamed.iter_samples(autosave=True):
+            for det in sample.dp.detections:
+                det.label = f"{det.drawn_label} hull"
+        with pytest.raises(ValueError, match="Every label of 'dp' was edited by a person"):
+            calibrate_acceptance(renamed, "dp")
+    finally:
+        renamed.delete()
