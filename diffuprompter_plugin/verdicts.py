@@ -138,12 +138,12 @@ class LabelTable:
         """Reads the field's labels from ``samples`` (a dataset, view or
         patches view): their values, then which are edited."""
         path = labels_path(samples, pred_field)
-        columns = samples.values([f"{path}.{k}" for k in ("id", "label", "quality", "tags")])
-        changed = samples.filter_labels(pred_field, edited()).values(f"{path}.id")
+        keys = ("id", "label", "quality", "tags")
+        columns = list(samples.values([f"{path}.{k}" for k in keys]))
+        columns.append(samples.filter_labels(pred_field, edited()).values(f"{path}.id"))
         if path.endswith(".detections"):  # lists per sample -> flat
             columns = [[v for row in column if row for v in row] for column in columns]
-            changed = [v for row in changed if row for v in row]
-        ids, labels, quality, tags = columns
+        ids, labels, quality, tags, changed = columns
         ids = np.asarray(ids, dtype=object)
         edited_labels = np.isin(ids, np.asarray(changed, dtype=object))
         quality = np.asarray([np.nan if q is None else q for q in quality], dtype=float)

@@ -4,11 +4,12 @@ Its processes are spawned, so they inherit no CUDA state; they run
 single-threaded, so that N processes use N cores without BLAS or OpenMP
 oversubscription; they run at a lower CPU priority than the caller, so
 that where cores are short the process feeding the models is not slowed
-by its own pool (the pool takes what it leaves); and they start without importing the caller's
-``__main__``, so a user script with no ``if __name__ == "__main__":`` guard
-is not run again in every pool process (it would otherwise fail every image
-with ``BrokenProcessPool``). This module imports nothing heavy: a pool
-process runs :func:`pool_process_setup` before its first task imports numpy.
+by its own pool (the pool takes what it leaves); and they start without
+importing the caller's ``__main__``, so a user script with no
+``if __name__ == "__main__":`` guard is not run again in every pool
+process (it would otherwise fail every image with ``BrokenProcessPool``).
+This module imports nothing heavy: a pool process runs
+:func:`pool_process_setup` before its first task imports numpy.
 """
 
 from __future__ import annotations

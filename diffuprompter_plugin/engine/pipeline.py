@@ -338,7 +338,7 @@ class DiffuPrompter(Annotator):
                     head = feeds[0]
                     if head.item.error is not None and not head.ended:
                         head.stop()  # failed (a tile's CRF): its other tiles are not run
-                    room = sum(p.work is not None for p in pending) < limit
+                    room = _in_flight(pending) < limit
                     if head.held is not None and room:
                         pending.append(self._submitted(pool, head, errors))
                     elif head.ended:
@@ -439,8 +439,7 @@ class DiffuPrompter(Annotator):
         tile while more than ``limit`` are in flight (-1: until none is)."""
         while pending:
             head = pending[0]
-            in_flight = sum(p.work is not None for p in pending)
-            if head.work is not None and in_flight <= limit and not head.done():
+            if head.work is not None and _in_flight(pending) <= limit and not head.done():
                 return
             pending.popleft()
             item = head.item
@@ -533,6 +532,11 @@ class _Pending:
 
     def done(self) -> bool:
         return all(future.done() for future in self.binaries.values())
+
+
+def _in_flight(pending: Iterable[_Pending]) -> int:
+    """Tiles of ``pending`` not yet prompted (item ends are not tiles)."""
+    return sum(p.work is not None for p in pending)
 
 
 def check_prompts(sd_model: str | os.PathLike, template: str, class_names: Sequence[str]) -> bool:
