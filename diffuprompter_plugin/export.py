@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from .coco import to_coco
 from .labels import require_masks, require_metadata
-from .verdicts import ACCEPTED, REJECTED, edited, labels_path, unreviewed
+from .verdicts import ACCEPTED, REJECTED, labels_path, person_made, unreviewed
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +47,16 @@ def _tagged(tag: str) -> Any:
     return F("tags").exists() & F("tags").contains(tag)
 
 
-def included(include: str | float) -> Any:
-    """The label filter of an ``include`` rule; rejected labels (and
-    conflicting ones, tagged both ways) never pass.
+def included(include: str | float, person: Any) -> Any:
+    """The label filter of an ``include`` rule, ``person`` being the filter
+    of a person's work in the field (:func:`~.verdicts.person_made`);
+    rejected labels (and conflicting ones, tagged both ways) never pass.
 
     - ``"accepted"``: labels tagged accepted;
     - ``"accepted+unreviewed"``: every label that is not rejected;
     - a number t in [0, 1]: accepted labels, and unreviewed labels whose
-      ``quality`` is at least t or that a person edited
-      (:func:`~.verdicts.edited`: their run's quality no longer describes
-      them).
+      ``quality`` is at least t or that a person edited or added (no run's
+      quality describes them).
 
     Raises:
         ValueError: any other value.
@@ -70,7 +70,7 @@ def included(include: str | float) -> Any:
     if isinstance(include, (int, float)) and not isinstance(include, bool):
         if not 0.0 <= include <= 1.0:
             raise ValueError(f"A quality threshold in include must lie in [0, 1], not {include}")
-        judged = edited() | (F("quality").exists() & (F("quality") >= include))
+        judged = person | (F("quality").exists() & (F("quality") >= include))
         return accepted | (unreviewed() & judged)
     raise ValueError(f"include must be one of {INCLUDES} or a quality threshold, not {include!r}")
 
@@ -78,8 +78,8 @@ def included(include: str | float) -> Any:
 def training_view(samples: Any, pred_field: str, include: str | float) -> Any:
     """The samples with at least one label of ``pred_field`` that ``include``
     lets in (:func:`included`), showing only those labels."""
-    labels_path(samples, pred_field)
-    return samples.filter_labels(pred_field, included(include))
+    person = person_made(samples, pred_field)  # checks the field
+    return samples.filter_labels(pred_field, included(include, person))
 
 
 def export_training_set(

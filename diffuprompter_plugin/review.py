@@ -26,6 +26,7 @@ from .verdicts import (
     LabelTable,
     edited,
     labels_path,
+    person_made,
     unreviewed,
 )
 
@@ -53,8 +54,9 @@ def review_view(
     Args:
         samples: a dataset or view, or a patches view of ``pred_field``.
         order: ``"worst_first"``: lowest ``quality`` first (samples by
-            their lowest unreviewed quality; labels without a quality come
-            first). ``"calibration"``: per class, ``size`` unreviewed labels
+            their lowest unreviewed quality; labels without a quality, and
+            labels a person edited or added, whose run quality no longer
+            describes them, come first). ``"calibration"``: per class, ``size`` unreviewed labels
             with a quality drawn at random within ``bins`` quality bins, in
             proportion to each bin (an unbiased sample for
             ``calibrate_acceptance``), in random order; only the drawn
@@ -80,11 +82,13 @@ def review_view(
     if classes:
         condition = condition & F("label").is_in(list(classes))
     view = samples.filter_labels(pred_field, condition)
-    if order == "worst_first":
+    if order == "worst_first":  # unknown quality (a person's work has none) first
+        unknown = person_made(samples, pred_field) | ~F("quality").exists()
+        quality = unknown.if_else(-1.0, F("quality"))
         if path == pred_field:
-            view = view.sort_by(f"{pred_field}.quality")
+            view = view.sort_by(F(pred_field).apply(quality))
         else:
-            view = view.sort_by(F(f"{path}.quality").min())
+            view = view.sort_by(F(path).map(quality).min())
     else:
         view = _calibration_sample(view, pred_field, path, bins, size, seed)
     left = view.count(path)
@@ -209,9 +213,10 @@ def review_status(samples: Any, pred_field: str) -> dict[str, Any]:
         ``{"class", "labels", "accepted", "rejected", "auto_accepted",
         "auto_rejected", "conflicting", "unreviewed", "edited",
         "precision"}``, where ``accepted``/``rejected`` are a person's
-        verdicts, ``edited`` counts the labels a person changed (whatever
-        their verdict), and ``precision`` is accepted / (accepted +
-        rejected) among the labels not edited (None before any).
+        verdicts, ``edited`` counts the labels a person changed or added
+        (:func:`~.verdicts.person_made`, whatever their verdict), and
+        ``precision`` is accepted / (accepted + rejected) among the labels
+        as the run drew them (None before any).
     """
     table = LabelTable.read(samples, pred_field)
     rows = []

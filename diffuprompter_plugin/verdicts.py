@@ -16,8 +16,10 @@ counted, and left for a person to settle.
 
 A label whose class or box a person changed (in the App's Annotate tab, in
 CVAT or Label Studio through ``annotate()``, or in Python) is *edited*: it
-differs from what the run drew (``drawn_label``, ``drawn_box``). It is that
-person's work, which its run's ``quality`` no longer describes: automatic
+differs from what the run drew (``drawn_label``, ``drawn_box``). A label the
+run did not draw at all (no ``drawn_label`` in a field whose run records
+it) is one a person *added*. Both are that person's work
+(:func:`person_made`), which no run ``quality`` describes: automatic
 verdicts leave it alone, calibration does not count it, a quality threshold
 does not hold it back from an export, and re-thresholding does not write
 over it. A change of the mask alone, within the same box, is not seen.
@@ -81,6 +83,21 @@ def edited() -> Any:
     return F("drawn_label").exists() & ((F("label") != F("drawn_label")) | moved)
 
 
+def person_made(samples: Any, pred_field: str) -> Any:
+    """A label filter true for a person's work in ``pred_field``: labels a
+    person edited (:func:`edited`) and, where the field's run recorded what
+    it drew (some label of ``samples`` has ``drawn_label``), labels it did
+    not draw, which a person added. In a field of a run made before runs
+    recorded it, no label counts as added.
+
+    Raises:
+        ValueError: as :func:`labels_path`.
+    """
+    if samples.count(f"{labels_path(samples, pred_field)}.drawn_label"):
+        return edited() | ~F("drawn_label").exists()
+    return edited()
+
+
 def labels_path(samples: Any, pred_field: str) -> str:
     """The path of the labels of ``pred_field``: ``<field>.detections`` for a
     Detections field, ``<field>`` for the Detection field of a patches view.
@@ -121,10 +138,11 @@ class LabelTable:
         ids: label ids, (N,) str.
         labels: class names, (N,) str.
         quality: the ``quality`` attribute, (N,) float, NaN where missing
-            and where the label is edited (its run's quality no longer
+            and where the label is a person's work (no run's quality
             describes it).
         verdict: verdict codes (see :data:`VERDICT_NAMES`), (N,) int.
-        edited: (N,) bool, see :func:`edited`.
+        edited: (N,) bool: a person's work, edited or added (see
+            :func:`person_made`).
     """
 
     ids: np.ndarray
@@ -136,11 +154,12 @@ class LabelTable:
     @classmethod
     def read(cls, samples: Any, pred_field: str) -> LabelTable:
         """Reads the field's labels from ``samples`` (a dataset, view or
-        patches view): their values, then which are edited."""
+        patches view): their values, then which are a person's work."""
         path = labels_path(samples, pred_field)
         keys = ("id", "label", "quality", "tags")
         columns = list(samples.values([f"{path}.{k}" for k in keys]))
-        columns.append(samples.filter_labels(pred_field, edited()).values(f"{path}.id"))
+        person = samples.filter_labels(pred_field, person_made(samples, pred_field))
+        columns.append(person.values(f"{path}.id"))
         if path.endswith(".detections"):  # lists per sample -> flat
             columns = [[v for row in column if row for v in row] for column in columns]
         ids, labels, quality, tags, changed = columns
@@ -158,17 +177,18 @@ class LabelTable:
 
 
 def check_no_verdicts(samples: Any, field: str) -> None:
-    """Refuses to overwrite a field whose labels carry verdicts or a
-    person's edits.
+    """Refuses to overwrite a field whose labels carry verdicts or are a
+    person's work (:func:`person_made`).
 
     Re-thresholding writes new labels; a person's accepted and rejected tags
-    on the old ones, and the labels a person edited, would be lost. Write
+    on the old ones, and the labels a person edited or added, would be lost. Write
     into a new field (which starts with no verdicts), or export or untag the
     verdicts first.
 
     Raises:
         ValueError: ``samples`` has labels in ``field`` tagged accepted or
-            rejected, or edited, naming the field and the counts.
+            rejected, or edited or added by a person, naming the field and
+            the counts.
     """
     if not samples.has_field(field):
         return
@@ -178,9 +198,9 @@ def check_no_verdicts(samples: Any, field: str) -> None:
         return  # not labels: nothing a reviewer could have tagged
     tagged = samples.filter_labels(field, has_verdict()).count_label_tags(label_fields=[field])
     counts = {t: tagged.get(t, 0) for t in VERDICTS if tagged.get(t)}
-    changed = samples.filter_labels(field, edited()).count(path)
+    changed = samples.filter_labels(field, person_made(samples, field)).count(path)
     if changed:
-        counts["edited"] = changed
+        counts["edited or added by a person"] = changed
     if counts:
         what = ", ".join(f"{n} {t}" for t, n in counts.items())
         raise ValueError(

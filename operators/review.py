@@ -24,7 +24,7 @@ STATUS_COLUMNS = {
     "auto_accepted": "Auto-accepted",
     "auto_rejected": "Auto-rejected",
     "conflicting": "Both tags",
-    "edited": "Edited by a person",
+    "edited": "Edited or added by a person",
     "precision": "Precision (reviewed)",
 }
 CALIBRATION_COLUMNS = {

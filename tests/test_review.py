@@ -211,8 +211,8 @@ def test_a_label_a_person_edited_is_that_persons_work(dataset):
     assert rows["all"]["precision"] is None  # no verdict on a label as the run drew it
     kept = training_view(dataset, "dp", 0.9).values("dp.detections.id")
     assert worst in {i for row in kept for i in row}  # not held back by its stale quality
-    counts = f"{len(above)} accepted, {len(below) + 1} rejected, 2 edited of 12"
-    with pytest.raises(ValueError, match=rf"'dp' holds reviewed labels \({counts}\)"):
+    counts = f"{len(above)} accepted, {len(below) + 1} rejected, 2 edited or added by a person"
+    with pytest.raises(ValueError, match=rf"'dp' holds reviewed labels \({counts} of 12\)"):
         check_no_verdicts(dataset, "dp")  # re-thresholding would write over them
 
     from diffuprompter_plugin.calibration import calibrate_acceptance
@@ -226,3 +226,42 @@ def test_a_label_a_person_edited_is_that_persons_work(dataset):
             calibrate_acceptance(renamed, "dp")
     finally:
         renamed.delete()
+
+
+def test_a_label_a_person_added_is_that_persons_work(dataset):
+    import fiftyone as fo
+
+    from diffuprompter_plugin.export import training_view
+    from diffuprompter_plugin.verdicts import LabelTable
+
+    drawn = [i for _, _, i in ids_by_quality(dataset)]
+    sample = dataset.last()  # a missed ship drawn in CVAT: no quality, no drawn_label
+    added = fo.Detection(label="ship", bounding_box=[0.5, 0.5, 0.2, 0.2])
+    sample.dp.detections.append(added)
+    sample.save()
+
+    table = LabelTable.read(dataset, "dp")
+    assert list(table.ids[table.edited]) == [added.id]
+    assert review_view(dataset, "dp").first().id == sample.id  # its sample comes first
+    kept = training_view(dataset, "dp", 0.99).values("dp.detections.id")
+    kept = {i for row in kept for i in row}
+    assert kept == {added.id}  # a quality threshold keeps it; no run's label passes 0.99
+    edit(dataset, drawn[-1], label="oil tank")  # and the best one a person renamed
+    patches = review_view(dataset, "dp", patches=True)
+    assert set(patches.values("dp.id")[:2]) == {added.id, drawn[-1]}  # no quality: first
+    tag(dataset, [added.id], "accepted")
+    tag(dataset, drawn[:1], "rejected")
+    rows = _rows(review_status(dataset, "dp"))
+    assert (rows["all"]["edited"], rows["all"]["accepted"], rows["all"]["rejected"]) == (2, 1, 1)
+    assert rows["all"]["precision"] == 0.0  # the person's own label is not the run's
+    with pytest.raises(ValueError, match=r"2 edited or added by a person of 13"):
+        check_no_verdicts(dataset, "dp")  # re-thresholding would lose it
+
+    old = dataset.clone()  # a run made before runs recorded what they drew
+    try:
+        for sample in old.iter_samples(autosave=True):
+            for det in sample.dp.detections:
+                det.drawn_label = None
+        assert not LabelTable.read(old, "dp").edited.any()  # nothing reads as added
+    finally:
+        old.delete()
