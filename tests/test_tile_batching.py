@@ -16,7 +16,7 @@ from diffuprompter_plugin.engine.grounding import TextGrounder
 from diffuprompter_plugin.engine.heatmap_store import read_heatmap_window
 from diffuprompter_plugin.engine.pipeline import DiffuPrompter
 from diffuprompter_plugin.engine.raster import open_raster
-from diffuprompter_plugin.engine.scenes import ground_scene, tiles_per_group
+from diffuprompter_plugin.engine.scenes import scene_steps, tiles_per_group
 from diffuprompter_plugin.engine.segmentation import SamPrompter
 from diffuprompter_plugin.engine.stable_diffusion import load_stable_diffusion
 
@@ -139,9 +139,12 @@ def test_a_scene_grounded_in_groups_stores_the_tile_by_tile_heatmaps(
             tiny_diffuprompter, models64, loops=2, loop_batch_size=batch_size, **SCENE_TILES
         )
         paths = {n: str(tmp_path / f"{batch_size}-{n}.tif") for n in names}
+        gammas = dict.fromkeys(names, 0.4)
         with _unet_batches(model.grounder) as batches, open_raster(tmp_path / "scene.tif") as r:
-            steps = sum(1 for _ in ground_scene(model.grounder, r, names, paths))
-        assert steps == len(batches) + 9  # a step per group grounded and per tile scaled
+            steps = list(scene_steps(model.grounder, r, names, gammas, paths))
+        grounding = [step for step in steps if step is None]
+        assert len(grounding) == len(batches)  # a step per group grounded, then the tiles
+        assert steps[: len(grounding)] == grounding and 0 < len(steps) - len(grounding) <= 6
         stored[batch_size] = {n: read_heatmap_window(p) for n, p in paths.items()}
         assert batches == {4: [4] * 6, 16: [16, 8]}[batch_size]  # 6 tiles with data
     for name in names:

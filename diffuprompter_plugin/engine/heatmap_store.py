@@ -53,6 +53,12 @@ def dequantize_heatmap(data: np.ndarray) -> np.ndarray:
     return (data.astype(np.float32) / HEATMAP_SCALE).clip(0, 1)
 
 
+def stored_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    """A float heatmap as reading it back from a heatmap file gives it
+    (quantized, then dequantized)."""
+    return dequantize_heatmap(quantize_heatmap(heatmap))
+
+
 @contextmanager
 def _quiet() -> Iterator[None]:
     """Silences rasterio's warning about heatmaps of images without georeference."""

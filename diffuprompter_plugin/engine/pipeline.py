@@ -25,14 +25,7 @@ from .grounding import Grounded, TextGrounder, check_class_prompts
 from .image import ImageLike, opened, read_rgb
 from .local_copy import local_copy
 from .raster import Box
-from .scenes import (
-    TileWork,
-    ground_scene,
-    heatmap_folder,
-    scene_previews,
-    scene_tiles,
-    tile_instances,
-)
+from .scenes import TileWork, heatmap_folder, scene_previews, scene_steps, tile_instances
 from .segmentation import Instance, SamPrompter, Thresholds, zero_nodata
 from .stable_diffusion import load_stable_diffusion, load_tokenizer
 from .tiles import merge_instances, needs_tiling
@@ -382,8 +375,7 @@ class DiffuPrompter(Annotator):
         progress: bool,
     ) -> Iterator[TileWork | None]:
         """The steps of one image: grounding work (None: a group of a
-        scene's tiles grounded, or a tile's heatmap scaled) and the tiles
-        whose heatmaps are final (:class:`~.scenes.TileWork`). Sets
+        scene's tiles grounded) and the tiles whose heatmaps are final (:class:`~.scenes.TileWork`). Sets
         ``item.finish``, and ``item.discard`` for a scene's heatmap files.
         An image larger than ``tile_size`` is labelled in tiles
         (:func:`~.tiles.needs_tiling`, :mod:`~.scenes`)."""
@@ -395,10 +387,9 @@ class DiffuPrompter(Annotator):
                 item.discard = partial(shutil.rmtree, folder, ignore_errors=True)
                 try:
                     with local_copy(raster) as scene:  # remote: each block fetched once
-                        yield from ground_scene(
-                            self.grounder, scene, names, paths, progress, spread_paths
+                        yield from scene_steps(
+                            self.grounder, scene, names, gammas, paths, spread_paths, progress
                         )
-                        yield from scene_tiles(scene, paths, gammas, self.config, spread_paths)
                 except BaseException:  # failed or abandoned: its files go
                     item.discard()
                     raise

@@ -10,7 +10,7 @@ and SAM tile by tile. The steps are generators, so that
 DenseCRF pool and the SAM stage of earlier tiles: a scene takes the same
 path as an image, which is a scene of one tile.
 
-**Three passes.**
+**Three passes** (:func:`scene_steps`).
 
 1. *Ground.* Each tile with data gets its heatmaps (Eqs. 3, 4, 9) and, per
    class, its :func:`~diffuprompter_plugin.engine.grounding.pyramid_peak`:
@@ -28,14 +28,18 @@ path as an image, which is a scene of one tile.
    tile's heatmap is therefore multiplied by its peak over the scene's
    highest peak of that class (``peak / max peak``): a tile that attends to
    the class as strongly as the scene's best keeps its map, an empty tile,
-   whose raw attention is weak, falls below gamma. Nodata pixels get 0. The
-   result is stored at full resolution (:mod:`.heatmap_store`). A scene of
-   one tile is today's image: its factor is 1.
-3. *Segment.* Each tile with foreground (:func:`scene_tiles`) is binarised
-   from the stored heatmap (DenseCRF on the tile only, for each class with
-   foreground) and prompted with SAM (:func:`tile_instances`); its instances
-   are moved into scene coordinates and merged
-   (:func:`~.tiles.merge_instances`).
+   whose raw attention is weak, falls below gamma. Nodata pixels get 0. A
+   scene of one tile is today's image: its factor is 1. This needs every
+   tile grounded, so a scene's DenseCRF starts only once it is: it is the
+   next scene's grounding that overlaps this one's DenseCRF and SAM.
+3. *Segment.* Tile by tile, the scaled heatmaps of the tile (the cores in
+   it, each by its own tile's factor) are written to the full-resolution
+   files (:mod:`.heatmap_store`) core by core, and a tile with foreground
+   is binarised (DenseCRF on the tile only, for each class with
+   foreground) and prompted with SAM (:func:`tile_instances`) on exactly
+   what the files hold; its instances are moved into scene coordinates and
+   merged (:func:`~.tiles.merge_instances`). Re-thresholding
+   (:func:`segment_scene`) reads the files and gives what the run gave.
 
 The tile geometry, the scaling and the seam merge are in :mod:`.tiles`.
 """
@@ -47,7 +51,7 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import ParamSpec, TypeVar
@@ -58,11 +62,11 @@ from tqdm.auto import tqdm
 from .config import DiffuPrompterConfig
 from .crf import has_foreground
 from .grounding import TextGrounder
-from .heatmap_store import HeatmapWriter, heatmap_preview, read_heatmap_window
+from .heatmap_store import HeatmapWriter, heatmap_preview, read_heatmap_window, stored_heatmap
 from .local_copy import local_copy
 from .raster import Box, Raster
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps, zero_nodata
-from .tiles import merge_instances, tile_grid, tile_scales, within
+from .tiles import cores_within, merge_instances, tile_grid, tile_scales, within
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -186,29 +190,30 @@ def heatmap_folder(names: Sequence[str]) -> tuple[str, dict[str, str], dict[str,
 
 
 @_steps_under_gdal_env
-def ground_scene(
+def scene_steps(
     grounder: TextGrounder,
     raster: Raster,
     names: Sequence[str],
+    gammas: Mapping[str, float],
     paths: Mapping[str, str],
-    progress: bool = False,
     spread_paths: Mapping[str, str] | None = None,
-) -> Iterator[None]:
-    """Passes 1 and 2, as steps: writes the scene's full-resolution heatmaps
-    to ``paths`` (``{class: .tif}``, georeferenced as the raster), each
-    tile scaled by its peak over the scene's, and with ``spread_paths``
-    (``{class: .tif}``) the draws' spreads, scaled alike (so
-    ``draw_agreement``, a ratio of the two, does not change with the
-    scaling). Tiles are read and grounded in groups of
-    :func:`tiles_per_group`, so memory holds one group.
-
-    A generator: it yields after each group of tiles grounded and each tile
-    scaled, so that the caller can do other work between steps (the
-    DenseCRF and SAM stages of earlier tiles); exhaust it to run it all.
-    With ``progress``, a bar counts the tiles done.
+    progress: bool = False,
+) -> Iterator[TileWork | None]:
+    """The run of a scene, as steps: pass 1 yields None after each group of
+    tiles grounded (:func:`tiles_per_group`, so memory holds one group);
+    passes 2 and 3 then go tile by tile. Each tile's heatmaps are scaled
+    (every core in the tile by its own tile's peak over the scene's), its
+    core is written to ``paths`` (``{class: .tif}``, georeferenced as the
+    raster) and, with ``spread_paths`` (``{class: .tif}``), the draws'
+    spreads, scaled alike (so ``draw_agreement``, a ratio of the two, does
+    not change with the scaling), to those; a tile with data and some
+    class above its threshold (``gammas``) is yielded as its
+    :class:`TileWork`, whose heatmaps are what the files hold, so
+    re-thresholding the files (:func:`segment_scene`) gives what the run
+    gave. A tile's DenseCRF can thus start while the files are still being
+    written. With ``progress``, a bar counts the tiles grounded.
     """
-    config = grounder.config
-    grid = scene_grid(raster, config)
+    grid = scene_grid(raster, grounder.config)
     shape = (raster.height, raster.width)
     scratch_dir = tempfile.mkdtemp(prefix="dp-scene-")
     writers: list[HeatmapWriter] = []
@@ -220,39 +225,74 @@ def ground_scene(
         }
         scratch = HeatmapWriter(scratch_paths, shape, scratch=True)
         writers.append(scratch)
-        peaks: dict[Box, dict[str, float]] = {}
-        size = tiles_per_group(config, len(names))
-        with tqdm(total=len(grid), desc="Tiles", unit="tile", disable=not progress) as bar:
-            for group in _groups(_data_tiles(raster, grid, bar), size):
-                grounded = grounder.tile_heatmaps([rgb for _, _, rgb, _ in group], names)
-                for (tile, core, _, valid), maps in zip(group, grounded, strict=True):
-                    peaks[tile] = maps.peaks
-                    zero_nodata(maps.heatmaps, valid)
-                    zero_nodata(maps.spreads, valid)
-                    for kind, name in layers:
-                        layer = (maps.heatmaps if kind == "heat" else maps.spreads)[name]
-                        scratch.write((kind, name), core, layer[within(core, tile)])
-                    bar.update()
-                yield
+        peaks = yield from _ground_tiles(grounder, raster, grid, names, scratch, progress)
         scratch.close(overviews=False)
         scales = tile_scales(peaks, names)
+        factors = {n: [scales.get(tile, {}).get(n, 0.0) for tile, _ in grid] for n in names}
+        cores = np.asarray([core for _, core in grid])
         final = HeatmapWriter(layers, shape, raster.georef)
         writers.append(final)
         for tile, core in grid:
-            for key in layers:
-                scale = scales.get(tile, {}).get(key[1], 0.0)
-                if scale:
-                    layer = read_heatmap_window(scratch_paths[key], core) * scale
-                else:
-                    layer = np.zeros((core[3] - core[1], core[2] - core[0]), np.float32)
-                final.write(key, core, layer)
-            yield
+            scaled = {
+                key: _scaled_window(path, tile, cores, factors[key[1]])
+                for key, path in scratch_paths.items()
+            }
+            for key, window in scaled.items():
+                final.write(key, core, window[within(core, tile)])
+            rgb, valid = raster.read(tile)
+            if valid is not None and not valid.any():
+                continue  # no data: not grounded, its core all 0
+            heatmaps = {n: stored_heatmap(scaled["heat", n]) for n in names}
+            spreads = spread_paths and (
+                lambda scaled=scaled: {n: stored_heatmap(scaled["spread", n]) for n in names}
+            )
+            if work := _foreground_work(tile, rgb, valid, heatmaps, gammas, spreads):
+                yield work
         final.close(overviews={key for key in layers if key[0] == "heat"})  # spreads: no previews
     finally:  # failed or abandoned: no file stays open (closing twice is harmless)
         for writer in writers:
             with contextlib.suppress(Exception):
                 writer.close(overviews=False)
         shutil.rmtree(scratch_dir, ignore_errors=True)
+
+
+def _ground_tiles(
+    grounder: TextGrounder,
+    raster: Raster,
+    grid: list[tuple[Box, Box]],
+    names: Sequence[str],
+    scratch: HeatmapWriter,
+    progress: bool,
+) -> Generator[None, None, dict[Box, dict[str, float]]]:
+    """Pass 1, as steps (one per group of tiles grounded): each tile's
+    unscaled heatmaps and spreads, 0 on nodata, written core by core to
+    ``scratch`` (keys ``("heat" | "spread", class)``). Returns each tile's
+    peaks (``{tile: {class: peak}}``)."""
+    peaks: dict[Box, dict[str, float]] = {}
+    size = tiles_per_group(grounder.config, len(names))
+    with tqdm(total=len(grid), desc="Tiles", unit="tile", disable=not progress) as bar:
+        for group in _groups(_data_tiles(raster, grid, bar), size):
+            grounded = grounder.tile_heatmaps([rgb for _, _, rgb, _ in group], names)
+            for (tile, core, _, valid), maps in zip(group, grounded, strict=True):
+                peaks[tile] = maps.peaks
+                zero_nodata(maps.heatmaps, valid)
+                zero_nodata(maps.spreads, valid)
+                for kind, name in scratch.paths:
+                    layer = (maps.heatmaps if kind == "heat" else maps.spreads)[name]
+                    scratch.write((kind, name), core, layer[within(core, tile)])
+                bar.update()
+            yield
+    return peaks
+
+
+def _scaled_window(path: str, box: Box, cores: np.ndarray, factors: Sequence[float]) -> np.ndarray:
+    """The unscaled heatmap file ``path`` at ``box``, each tile's core in it
+    times that tile's factor (``factors``, one per tile of the grid whose
+    core boxes are ``cores``)."""
+    window = read_heatmap_window(path, box)
+    for index, inside in cores_within(cores, box):
+        window[inside] *= factors[index]
+    return window
 
 
 @_steps_under_gdal_env
@@ -269,11 +309,29 @@ def scene_tiles(
     ``spread_paths`` where the run stored them."""
     for tile, _, rgb, valid in _data_tiles(raster, scene_grid(raster, config)):
         heatmaps = {name: read_heatmap_window(path, tile) for name, path in paths.items()}
-        work = TileWork(tile, rgb, heatmaps, gammas, valid)
-        if work.with_foreground():
-            if spread_paths:
-                work.spreads = {n: read_heatmap_window(p, tile) for n, p in spread_paths.items()}
+        spreads = spread_paths and (
+            lambda tile=tile: {n: read_heatmap_window(p, tile) for n, p in spread_paths.items()}
+        )
+        if work := _foreground_work(tile, rgb, valid, heatmaps, gammas, spreads):
             yield work
+
+
+def _foreground_work(
+    tile: Box,
+    rgb: np.ndarray,
+    valid: np.ndarray | None,
+    heatmaps: dict[str, np.ndarray],
+    gammas: Mapping[str, float],
+    spreads: Callable[[], dict[str, np.ndarray]] | None,
+) -> TileWork | None:
+    """The tile's work when some class is above its threshold (its spreads
+    taken from ``spreads`` then, if given), else None."""
+    work = TileWork(tile, rgb, heatmaps, gammas, valid)
+    if not work.with_foreground():
+        return None
+    if spreads:
+        work.spreads = spreads()
+    return work
 
 
 def scene_previews(paths: Mapping[str, str]) -> dict[str, np.ndarray]:

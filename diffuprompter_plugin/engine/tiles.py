@@ -22,7 +22,7 @@ that overlap nothing in a shared window are kept as they are.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -82,6 +82,21 @@ def tile_grid(height: int, width: int, size: int, overlap: int) -> list[tuple[Bo
 def within(core: Box, tile: Box) -> tuple[slice, slice]:
     """The (rows, cols) slices of ``core`` inside ``tile``'s array."""
     return slice(core[1] - tile[1], core[3] - tile[1]), slice(core[0] - tile[0], core[2] - tile[0])
+
+
+def cores_within(cores: np.ndarray, box: Box) -> Iterator[tuple[int, tuple[slice, slice]]]:
+    """The tiles whose core meets ``box``: ``(index, (rows, cols))``, the
+    slices of the core's part inside ``box``'s array.
+
+    Args:
+        cores: N x 4 int array, the grid's core boxes (:func:`tile_grid`).
+    """
+    x0, y0, x1, y1 = box
+    meets = (cores[:, 0] < x1) & (cores[:, 2] > x0) & (cores[:, 1] < y1) & (cores[:, 3] > y0)
+    for index in np.flatnonzero(meets):
+        cx0, cy0, cx1, cy1 = cores[index]
+        inside = (max(cx0, x0), max(cy0, y0), min(cx1, x1), min(cy1, y1))
+        yield int(index), within(inside, box)
 
 
 def _intersection(a: Box, b: Box) -> Box | None:
