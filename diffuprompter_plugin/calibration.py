@@ -39,6 +39,7 @@ The method (README, "Review and verified export"):
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -53,7 +54,11 @@ from .verdicts import (
     PERSON_REJECTED,
     UNREVIEWED,
     LabelTable,
+    check_classes,
+    labels_path,
 )
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BINS = 5
 
@@ -337,8 +342,9 @@ def calibrate_acceptance(
         takes as ``thresholds``.
 
     Raises:
-        ValueError: a bad target or confidence, a missing field, or a label
-            field without any ``quality``, naming it.
+        ValueError: a bad target or confidence, a missing field, a class
+            no label has, or a label field without any ``quality``, naming
+            it.
     """
     for name, value in (("target_precision", target_precision), ("confidence", confidence)):
         if not 0.0 < value < 1.0:
@@ -365,7 +371,11 @@ def calibrate_acceptance(
         matched = ground_truth_matches(samples, pred_field, gt_field, class_map)
         correct = np.array([matched.get(i, np.nan) for i in table.ids], dtype=float)
         source = f"ground truth '{gt_field}'"
-    names = sorted(set(table.labels)) if classes is None else list(classes)
+    names = (
+        sorted(set(table.labels))
+        if classes is None
+        else check_classes(samples, pred_field, classes)
+    )
     results = {}
     for name in names:
         keep = (table.labels == name) & ~np.isnan(table.quality)
@@ -401,7 +411,16 @@ def ground_truth_matches(
     view = samples.exists(gt_field)
     if view.count(f"{gt_field}.detections") == 0:
         raise ValueError(f"Ground-truth field '{gt_field}' holds no objects")
-    mapping, _ = resolve_class_map(view.distinct(f"{gt_field}.detections.label"), class_map)
+    pred_labels = view.distinct(f"{labels_path(view, pred_field)}.label")
+    gt_labels = view.distinct(f"{gt_field}.detections.label")
+    mapping, unmatched = resolve_class_map(gt_labels, class_map, pred_labels)
+    if unmatched:
+        logger.warning(
+            "Ground-truth classes of '%s' with no pseudo-label class, left out: %s "
+            "(name them in class_map)",
+            gt_field,
+            ", ".join(unmatched),
+        )
     if mapping:
         view = mapped_view(view, gt_field, mapping)
 

@@ -32,14 +32,20 @@ CALIBRATION_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))
 
 
 def resolve_class_map(
-    gt_labels: Sequence[str], class_map: Mapping[str, str] | None = None
+    gt_labels: Sequence[str],
+    class_map: Mapping[str, str] | None = None,
+    pred_labels: Sequence[str] = (),
 ) -> tuple[dict[str, str], list[str]]:
     """Maps each ground-truth label present onto a pseudo-label class.
 
     Args:
         gt_labels: the distinct labels of the ground-truth field.
         class_map: ``{gt name: pseudo-label name}`` added to (and overriding)
-            :data:`DEFAULT_CLASS_MAP`; names match on their matching keys.
+            :data:`DEFAULT_CLASS_MAP` and the same names; names match on
+            their matching keys.
+        pred_labels: the pseudo-label classes: a ground-truth label with the
+            same name (matching key) maps onto its class, before
+            :data:`DEFAULT_CLASS_MAP`.
 
     Returns:
         (``{gt label: pseudo class}``, ground-truth labels with no pseudo class).
@@ -48,6 +54,7 @@ def resolve_class_map(
         ValueError: ``class_map`` names a class absent from the ground truth.
     """
     table = {match_key(k): v for k, v in DEFAULT_CLASS_MAP.items()}
+    table.update({match_key(label): label for label in pred_labels})
     present = {match_key(label): label for label in gt_labels}
     for gt_name, pred_name in (class_map or {}).items():
         if match_key(gt_name) not in present:
@@ -99,7 +106,8 @@ def check_inputs(
             "for every prediction"
         )
     gt_labels = samples.distinct(f"{gt_field}.detections.label")
-    mapping, unmatched = resolve_class_map(gt_labels, class_map)
+    pred_labels = samples.distinct(f"{pred_field}.detections.label")
+    mapping, unmatched = resolve_class_map(gt_labels, class_map, pred_labels)
     if not mapping:
         raise ValueError(
             f"No ground-truth class of '{gt_field}' ({', '.join(gt_labels)}) maps onto a "
@@ -277,7 +285,8 @@ def calibrate_thresholds(
     if gt_field not in done.get_field_schema():
         raise ValueError(f"Ground-truth field '{gt_field}' does not exist")
     require_metadata(done)
-    mapping, _ = resolve_class_map(done.distinct(f"{gt_field}.detections.label"), class_map)
+    gt_labels = done.distinct(f"{gt_field}.detections.label")
+    mapping, _ = resolve_class_map(gt_labels, class_map, list(config.heatmap_fields))
     classes = sorted(set(mapping.values()) & set(config.heatmap_fields))
     if not classes:
         raise ValueError("The run's classes and the ground truth's classes do not overlap")

@@ -97,7 +97,8 @@ def export_training_set(
     instance-segmentation training set (writers: the module notes).
 
     Args:
-        samples: a dataset or view.
+        samples: a dataset or view, or a patches view of ``pred_field``
+            (its labels are exported, with their images).
         pred_field: the ``fo.Detections`` field; every exported label needs
             a mask.
         export_dir: the output folder; written under a temporary name and
@@ -118,7 +119,7 @@ def export_training_set(
     Raises:
         ValueError: an unknown type, include or masks value, nothing to
             export, a label without a mask, an existing ``export_dir``
-            without ``overwrite``, or unreadable images.
+            without ``overwrite`` or that is a file, or unreadable images.
     """
     name = _format_name(dataset_type)
     if masks is None:
@@ -127,8 +128,11 @@ def export_training_set(
         allowed = MASKS if name == "coco" else ("polygons",)
         raise ValueError(f"masks={masks!r} does not apply to {name}: use one of {allowed}")
     export_dir = os.path.abspath(os.fspath(export_dir))
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise ValueError(f"Export folder '{export_dir}' is a file")
     if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
         raise ValueError(f"Export folder '{export_dir}' is not empty; pass overwrite=True")
+    samples = _as_samples(samples, pred_field)
     view = training_view(samples, pred_field, include)
     path = labels_path(samples, pred_field)
     count = view.count(path)
@@ -140,9 +144,11 @@ def export_training_set(
     require_masks(view, pred_field, "a training set needs a mask on every label", path)
     require_metadata(view)
     classes = sorted(view.distinct(f"{path}.label"))
-    parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    split = split_instances(view, pred_field) if name == "yolov5" else 0
+    made = _missing_parents(export_dir)
+    os.makedirs(os.path.dirname(export_dir), exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(export_dir))
+    staging = os.path.join(scratch, "out")  # new to FiftyOne: nothing to merge with
     try:
         kwargs = {}
         if name == "yolov5":  # no absolute "path" in dataset.yaml: the folder is renamed
@@ -158,13 +164,15 @@ def export_training_set(
         )
         if name == "coco" and masks == "rle":
             exact_masks(view, pred_field, classes, os.path.join(staging, "labels.json"))
-        if os.path.exists(export_dir):
+        if os.path.isdir(export_dir):
             shutil.rmtree(export_dir)
         os.replace(staging, export_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        for folder in (scratch, *made):  # the deepest first
+            shutil.rmtree(folder, ignore_errors=True)
         raise
-    split = split_instances(view, pred_field) if name == "yolov5" else 0
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if split:
         logger.warning(
             "%d instances have holes or several parts; YOLO writes each ring as an object", split
@@ -179,6 +187,26 @@ def export_training_set(
         "per_class": view.count_values(f"{path}.label"),
         "split_instances": split,
     }
+
+
+def _as_samples(samples: Any, pred_field: str) -> Any:
+    """``samples``, or for a patches view of ``pred_field`` (the App's view
+    after a review by patch), the labels it shows as a view of their
+    images, which FiftyOne's exporters take."""
+    if labels_path(samples, pred_field) != pred_field:
+        return samples
+    ids = samples.values(f"{pred_field}.id")
+    return samples._root_dataset.select_labels(ids=ids, fields=pred_field)
+
+
+def _missing_parents(folder: str) -> list[str]:
+    """The folders above ``folder`` that do not exist yet, deepest first."""
+    missing = []
+    parent = os.path.dirname(folder)
+    while parent and not os.path.exists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    return missing
 
 
 def _format_name(dataset_type: str | type) -> str:

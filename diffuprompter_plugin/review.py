@@ -24,6 +24,7 @@ from .verdicts import (
     REJECTED,
     VERDICT_NAMES,
     LabelTable,
+    check_classes,
     edited,
     labels_path,
     person_made,
@@ -70,7 +71,8 @@ def review_view(
         patches, ``len(view)``) is what is left, also logged.
 
     Raises:
-        ValueError: an unknown order or a field that holds no detections.
+        ValueError: an unknown order, a class no label has, bins or size
+            below 1, or a field that holds no detections.
     """
     if order not in ORDERS:
         raise ValueError(f"Unknown order {order!r}: use one of {ORDERS}")
@@ -78,9 +80,11 @@ def review_view(
     if patches and path != pred_field:
         samples = samples.to_patches(pred_field)
         path = pred_field
+    if order == "calibration" and min(int(bins), int(size)) < 1:
+        raise ValueError(f"bins and size must be at least 1, not {bins} and {size}")
     condition = unreviewed()
-    if classes:
-        condition = condition & F("label").is_in(list(classes))
+    if classes is not None:
+        condition = condition & F("label").is_in(check_classes(samples, pred_field, classes))
     view = samples.filter_labels(pred_field, condition)
     if order == "worst_first":  # unknown quality (a person's work has none) first
         unknown = person_made(samples, pred_field) | ~F("quality").exists()
@@ -132,7 +136,11 @@ def _threshold_map(
 
 
 def _check_quality(name: str, value: float | None) -> None:
-    if value is not None and not 0.0 <= float(value) <= 1.0:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{name} must be a number in [0, 1], not {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], not {value}")
 
 
@@ -164,12 +172,13 @@ def accept_pseudo_labels(
         n, "rejected": n}}, "unreviewed": n left}``.
 
     Raises:
-        ValueError: no threshold or floor given, a value outside [0, 1], a
-            floor above an acceptance threshold, or a field without
-            detections.
+        ValueError: no threshold or floor given, a value that is not a
+            number in [0, 1], a class no label has, a floor above an
+            acceptance threshold, or a field without detections.
     """
     path = labels_path(samples, pred_field)
     per_class = _threshold_map(thresholds)
+    check_classes(samples, pred_field, list(per_class), "thresholds")
     for name, value in [("min_quality", min_quality), ("reject_below", reject_below)] + [
         (f"threshold of '{c}'", t) for c, t in per_class.items()
     ]:

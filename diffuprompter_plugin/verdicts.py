@@ -78,22 +78,27 @@ def edited() -> Any:
     did not record what they drew are not edited."""
     box, drawn = F("bounding_box"), F("drawn_box")
     width, height = (F(f"$metadata.{side}").if_null(1e9) for side in ("width", "height"))
-    sides = ((0, width), (1, height), (2, width), (3, height))
-    moved = F.any([(box[i] - drawn[i]).abs() * size > EDIT_TOLERANCE_PX for i, size in sides])
+    shifts = []  # each edge: left, top, right, bottom, in pixels
+    for start, size in ((0, width), (1, height)):
+        near = box[start] - drawn[start]
+        far = near + box[start + 2] - drawn[start + 2]
+        shifts += [near.abs() * size, far.abs() * size]
+    moved = F.any([shift > EDIT_TOLERANCE_PX for shift in shifts])
     return F("drawn_label").exists() & ((F("label") != F("drawn_label")) | moved)
 
 
 def person_made(samples: Any, pred_field: str) -> Any:
     """A label filter true for a person's work in ``pred_field``: labels a
     person edited (:func:`edited`) and, where the field's run recorded what
-    it drew (some label of ``samples`` has ``drawn_label``), labels it did
-    not draw, which a person added. In a field of a run made before runs
-    recorded it, no label counts as added.
+    it drew (some label of the field, in or out of the view ``samples``, has
+    ``drawn_label``), labels it did not draw, which a person added. In a
+    field of a run made before runs recorded it, no label counts as added.
 
     Raises:
         ValueError: as :func:`labels_path`.
     """
-    if samples.count(f"{labels_path(samples, pred_field)}.drawn_label"):
+    path = labels_path(samples, pred_field)
+    if samples._dataset.count(f"{path}.drawn_label"):  # the whole field, not the view
         return edited() | ~F("drawn_label").exists()
     return edited()
 
@@ -108,6 +113,27 @@ def labels_path(samples: Any, pred_field: str) -> str:
     needs = "reviews take an fo.Detections field"
     kind = label_type(samples, pred_field, needs, (fo.Detections, fo.Detection))
     return f"{pred_field}.detections" if kind is fo.Detections else pred_field
+
+
+def check_classes(samples: Any, pred_field: str, classes: Any, name: str = "classes") -> list[str]:
+    """``classes`` (a list of class names) as a list, each the class of some
+    label of ``pred_field`` in ``samples``.
+
+    Raises:
+        ValueError: a single string, or a class no label has, naming it
+            (``name``: what the caller calls the argument) and the
+            field's classes.
+    """
+    if isinstance(classes, str):
+        raise ValueError(f"{name} must be a list of class names, not the string {classes!r}")
+    known = samples.distinct(f"{labels_path(samples, pred_field)}.label")
+    for cls in classes:
+        if cls not in known:
+            raise ValueError(
+                f"No label of '{pred_field}' has the class {cls!r} named in {name} "
+                f"(its classes: {', '.join(map(repr, known)) or 'none'})"
+            )
+    return list(classes)
 
 
 def verdict_code(tags: list[str] | None) -> int:

@@ -226,13 +226,13 @@ def test_calibration_from_reviews_feeds_accept(crowded):
 
 def test_calibration_from_ground_truth_uses_fiftyone_matches(tmp_path):
     dataset = fo.Dataset()
-    square = np.ones((4, 4), bool)
+    square = np.ones((4, 4), bool)  # "hull": in no built-in class map, matched by its name
     samples = []
     for i in range(30):
-        gt = fo.Detection(label="ship", bounding_box=[0.1, 0.1, 0.4, 0.4], mask=square)
-        hit = fo.Detection(label="ship", bounding_box=[0.1, 0.1, 0.4, 0.4], mask=square,
+        gt = fo.Detection(label="hull", bounding_box=[0.1, 0.1, 0.4, 0.4], mask=square)
+        hit = fo.Detection(label="hull", bounding_box=[0.1, 0.1, 0.4, 0.4], mask=square,
                            quality=0.5 + i / 100)  # fmt: skip
-        miss = fo.Detection(label="ship", bounding_box=[0.6, 0.6, 0.3, 0.3], mask=square,
+        miss = fo.Detection(label="hull", bounding_box=[0.6, 0.6, 0.3, 0.3], mask=square,
                             quality=0.2 + i / 100)  # fmt: skip
         samples.append(fo.Sample(
             filepath=str(tmp_path / f"{i}.png"), metadata=fo.ImageMetadata(width=10, height=10),
@@ -241,12 +241,12 @@ def test_calibration_from_ground_truth_uses_fiftyone_matches(tmp_path):
     dataset.add_samples(samples)
     try:
         calibration = calibrate_acceptance(dataset, "dp", gt_field="gt", target_precision=0.9)
-        ship = calibration.classes["ship"]
-        assert calibration.source == "ground truth 'gt'" and ship.judged == 60
+        hull = calibration.classes["hull"]
+        assert calibration.source == "ground truth 'gt'" and hull.judged == 60
         # two bins at a 0.9 target (n_min 29); the top one holds the 30 hits
         # (quality 0.5..0.79) and the best miss (0.49): tp/fp from FiftyOne
-        assert [t["threshold"] for t in ship.thresholds_tried] == [0.49]
-        assert ship.precision == pytest.approx(30 / 31) and not ship.decided
+        assert [t["threshold"] for t in hull.thresholds_tried] == [0.49]
+        assert hull.precision == pytest.approx(30 / 31) and not hull.decided
         assert dataset.list_evaluations() == []  # the scratch evaluation is gone
         with pytest.raises(ValueError, match="Ground-truth field 'nope' does not exist"):
             calibrate_acceptance(dataset, "dp", gt_field="nope")

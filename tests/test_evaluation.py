@@ -209,6 +209,8 @@ def test_class_map_cases():
     assert unmatched == ["Soccer_ball_field"]
     mapping, unmatched = resolve_class_map(["Soccer_ball_field"], {"soccer ball field": "x"})
     assert mapping == {"Soccer_ball_field": "x"} and unmatched == []
+    mapping, unmatched = resolve_class_map(["Oil_tank", "Ship"], None, ["oil tank", "hull"])
+    assert mapping == {"Oil_tank": "oil tank", "Ship": "ship"} and unmatched == []  # same names
     with pytest.raises(ValueError, match="class_map names ground-truth class 'tank'"):
         resolve_class_map(["ship"], {"tank": "storage tank"})
 

@@ -153,6 +153,27 @@ def test_bad_exports_leave_nothing(dataset, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["fresh", "full", "images"]  # no staging folders
     export_training_set(dataset, "dp", tmp_path / "full", overwrite=True)
     assert not (tmp_path / "full" / "keep.txt").exists()
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(ValueError, match="'.*a_file' is a file"):
+        export_training_set(dataset, "dp", tmp_path / "a_file")
+    with pytest.raises(ValueError):  # FiftyOne refuses the media mode once the export starts
+        export_training_set(dataset, "dp", tmp_path / "new" / "run1" / "train", export_media="x")
+    assert not (tmp_path / "new").exists()  # the folders it made for it are gone too
+
+
+def test_an_export_from_the_apps_patches_view_holds_its_labels(dataset, tmp_path):
+    patches = dataset.to_patches("dp").match_labels(tags="accepted", fields="dp")
+    for dataset_type in ("coco", "yolov5"):
+        out = export_training_set(patches, "dp", tmp_path / dataset_type, dataset_type)
+        assert out["labels"] == len(_labels(dataset, _accepted)) == 5
+    coco = json.loads((tmp_path / "coco" / "labels.json").read_text())
+    assert sorted(a["quality"] for a in coco["annotations"]) == sorted(_labels(dataset, _accepted))
+    rows = [
+        line
+        for name in os.listdir(tmp_path / "yolov5" / "labels" / "train")
+        for line in (tmp_path / "yolov5" / "labels" / "train" / name).read_text().splitlines()
+    ]
+    assert len(rows) == 5 + out["split_instances"]  # one row per ring of each mask
 
 
 def test_geopackage_holds_the_accepted_labels_with_quality_and_verdict(dataset, tmp_path):

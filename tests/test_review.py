@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fiftyone import ViewField as F
 from helpers import TINY_CONFIG, EchoPrompter, StubModel
 from reviewed import SIZE, edit, ids_by_quality, reviewed_dataset, tag
 
@@ -193,25 +194,31 @@ def test_a_label_a_person_edited_is_that_persons_work(dataset):
     edit(dataset, worst, bounding_box=[v + 3 / SIZE for v in box_of(worst)])  # moved 3 px
     x, y, w, h = box_of(labels[1][2])  # a box one pixel smaller, as CVAT gives it back
     edit(dataset, labels[1][2], bounding_box=[x, y, w - 1 / SIZE, h - 1 / SIZE])
+    x, y, w, h = box_of(labels[2][2])  # each edge 1 px out: not an edit
+    edit(dataset, labels[2][2], bounding_box=[x - 1 / SIZE, y, w + 2 / SIZE, h])
+    moved = labels[3][2]  # 1 px right, 1 px wider: the right edge moved 2 px
+    x, y, w, h = box_of(moved)
+    edit(dataset, moved, bounding_box=[x + 1 / SIZE, y, w + 1 / SIZE, h])
+    person = {best, worst, moved}
     out = accept_pseudo_labels(dataset, "dp", min_quality=0.6, reject_below=0.2)
     tags = dict(zip(*[[v for r in dataset.values(f"dp.detections.{k}") for v in r]
                       for k in ("id", "tags")], strict=True))  # fmt: skip
-    assert tags[best] == [] and tags[worst] == []  # left to the person
-    above = [i for q, _, i in labels if q >= 0.6 and i != best]
-    below = [i for q, _, i in labels if q < 0.2 and i != worst]
+    assert all(tags[i] == [] for i in person)  # left to the person
+    above = [i for q, _, i in labels if q >= 0.6 and i not in person]
+    below = [i for q, _, i in labels if q < 0.2 and i not in person]
     assert (out["accepted"], out["rejected"]) == (len(above), len(below))
-    assert out["unreviewed"] == 12 - len(above) - len(below)  # the edited two among them
+    assert out["unreviewed"] == 12 - len(above) - len(below)  # the edited three among them
 
     table = LabelTable.read(dataset, "dp")
-    assert sorted(table.ids[table.edited]) == sorted([best, worst])
+    assert set(table.ids[table.edited]) == person
     assert np.isnan(table.quality[table.edited]).all()  # calibration does not count them
     tag(dataset, [best], "rejected")  # a person's verdict on their own label
     rows = _rows(review_status(dataset, "dp"))
-    assert rows["all"]["edited"] == 2 and rows["all"]["rejected"] == 1
+    assert rows["all"]["edited"] == 3 and rows["all"]["rejected"] == 1
     assert rows["all"]["precision"] is None  # no verdict on a label as the run drew it
     kept = training_view(dataset, "dp", 0.9).values("dp.detections.id")
     assert worst in {i for row in kept for i in row}  # not held back by its stale quality
-    counts = f"{len(above)} accepted, {len(below) + 1} rejected, 2 edited or added by a person"
+    counts = f"{len(above)} accepted, {len(below) + 1} rejected, 3 edited or added by a person"
     with pytest.raises(ValueError, match=rf"'dp' holds reviewed labels \({counts} of 12\)"):
         check_no_verdicts(dataset, "dp")  # re-thresholding would write over them
 
@@ -256,6 +263,11 @@ def test_a_label_a_person_added_is_that_persons_work(dataset):
     assert rows["all"]["precision"] == 0.0  # the person's own label is not the run's
     with pytest.raises(ValueError, match=r"2 edited or added by a person of 13"):
         check_no_verdicts(dataset, "dp")  # re-thresholding would lose it
+    alone = dataset.select(sample.id)  # a view without the run's labels but that one
+    alone = alone.filter_labels("dp", F("drawn_label").exists(False))
+    assert _rows(review_status(alone, "dp"))["all"]["edited"] == 1
+    with pytest.raises(ValueError, match=r"1 edited or added by a person of 1"):
+        check_no_verdicts(alone, "dp")
 
     old = dataset.clone()  # a run made before runs recorded what they drew
     try:
@@ -265,3 +277,21 @@ def test_a_label_a_person_added_is_that_persons_work(dataset):
         assert not LabelTable.read(old, "dp").edited.any()  # nothing reads as added
     finally:
         old.delete()
+
+
+def test_bad_arguments_name_the_value(dataset):
+    from diffuprompter_plugin.calibration import calibrate_acceptance
+
+    with pytest.raises(ValueError, match=r"class 'Ship' named in thresholds \(its classes: "):
+        accept_pseudo_labels(dataset, "dp", thresholds={"Ship": 0.5})
+    with pytest.raises(ValueError, match=r"min_quality must be a number in \[0, 1\], not '0.5'"):
+        accept_pseudo_labels(dataset, "dp", min_quality="0.5")
+    with pytest.raises(ValueError, match="classes must be a list of class names, not the string"):
+        review_view(dataset, "dp", classes="ship")
+    with pytest.raises(ValueError, match="class 'Ship' named in classes"):
+        review_view(dataset, "dp", classes=["Ship"])
+    with pytest.raises(ValueError, match="bins and size must be at least 1, not 0 and 60"):
+        review_view(dataset, "dp", order="calibration", bins=0)
+    with pytest.raises(ValueError, match="class 'Ship' named in classes"):
+        calibrate_acceptance(dataset, "dp", classes=["Ship"])
+    assert dataset.count_label_tags() == {}  # nothing was tagged

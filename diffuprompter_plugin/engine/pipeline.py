@@ -375,8 +375,9 @@ class DiffuPrompter(Annotator):
         progress: bool,
     ) -> Iterator[TileWork | None]:
         """The steps of one image: grounding work (None: a group of a
-        scene's tiles grounded) and the tiles whose heatmaps are final (:class:`~.scenes.TileWork`). Sets
-        ``item.finish``, and ``item.discard`` for a scene's heatmap files.
+        scene's tiles grounded) and the tiles whose heatmaps are final
+        (:class:`~.scenes.TileWork`). Sets ``item.finish``, and
+        ``item.discard`` for a scene's heatmap files.
         An image larger than ``tile_size`` is labelled in tiles
         (:func:`~.tiles.needs_tiling`, :mod:`~.scenes`)."""
         names = validate_class_names(names)
