@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from .coco import to_coco
 from .labels import require_masks, require_metadata
-from .verdicts import ACCEPTED, REJECTED, labels_path, person_made, unreviewed
+from .verdicts import ACCEPTED, AUTO_REJECTED, REJECTED, labels_path, person_made, unreviewed
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,10 @@ def _tagged(tag: str) -> Any:
 def included(include: str | float, person: Any) -> Any:
     """The label filter of an ``include`` rule, ``person`` being the filter
     of a person's work in the field (:func:`~.verdicts.person_made`);
-    rejected labels (and conflicting ones, tagged both ways) never pass.
+    rejected labels (and conflicting ones, tagged both ways) never pass,
+    save those rejected automatically that a person edited since: the
+    run's quality that rejected them no longer describes them, so they
+    count as unreviewed.
 
     - ``"accepted"``: labels tagged accepted;
     - ``"accepted+unreviewed"``: every label that is not rejected;
@@ -61,7 +64,8 @@ def included(include: str | float, person: Any) -> Any:
     Raises:
         ValueError: any other value.
     """
-    not_rejected = ~_tagged(REJECTED)
+    overruled = person & _tagged(AUTO_REJECTED)
+    not_rejected = ~_tagged(REJECTED) | overruled
     accepted = _tagged(ACCEPTED) & not_rejected
     if include == "accepted":
         return accepted
@@ -71,7 +75,7 @@ def included(include: str | float, person: Any) -> Any:
         if not 0.0 <= include <= 1.0:
             raise ValueError(f"A quality threshold in include must lie in [0, 1], not {include}")
         judged = person | (F("quality").exists() & (F("quality") >= include))
-        return accepted | (unreviewed() & judged)
+        return accepted | ((unreviewed() | (overruled & ~_tagged(ACCEPTED))) & judged)
     raise ValueError(f"include must be one of {INCLUDES} or a quality threshold, not {include!r}")
 
 

@@ -218,6 +218,13 @@ def test_a_label_a_person_edited_is_that_persons_work(dataset):
     assert rows["all"]["precision"] is None  # no verdict on a label as the run drew it
     kept = training_view(dataset, "dp", 0.9).values("dp.detections.id")
     assert worst in {i for row in kept for i in row}  # not held back by its stale quality
+    fixed = below[0]  # rejected automatically, then fixed by a person
+    fixed_class = next(c for _, c, i in labels if i == fixed)
+    edit(dataset, fixed, label=f"{fixed_class} hull")
+    for include in (0.9, "accepted+unreviewed"):
+        kept = training_view(dataset, "dp", include).values("dp.detections.id")
+        assert fixed in {i for row in kept for i in row}  # the rejection was the run's
+    edit(dataset, fixed, label=fixed_class)  # undone: the counts below are as before
     counts = f"{len(above)} accepted, {len(below) + 1} rejected, 3 edited or added by a person"
     with pytest.raises(ValueError, match=rf"'dp' holds reviewed labels \({counts} of 12\)"):
         check_no_verdicts(dataset, "dp")  # re-thresholding would write over them
