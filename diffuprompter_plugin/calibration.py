@@ -354,8 +354,8 @@ def calibrate_acceptance(
     table = LabelTable.read(samples, pred_field)
     if table.labels.size and table.edited.all():
         raise ValueError(
-            f"Every label of '{pred_field}' was edited by a person: their run's quality no "
-            "longer describes them, so there is nothing to calibrate"
+            f"Every label of '{pred_field}' was edited or added by a person: no run's "
+            "quality describes them, so there is nothing to calibrate"
         )
     if table.labels.size and np.isnan(table.quality).all():
         raise ValueError(

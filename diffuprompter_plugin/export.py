@@ -64,7 +64,7 @@ def included(include: str | float, person: Any) -> Any:
     Raises:
         ValueError: any other value.
     """
-    overruled = person & _tagged(AUTO_REJECTED)
+    overruled = person & _tagged(AUTO_REJECTED) & ~_tagged(ACCEPTED)  # else conflicting
     not_rejected = ~_tagged(REJECTED) | overruled
     accepted = _tagged(ACCEPTED) & not_rejected
     if include == "accepted":
@@ -75,7 +75,7 @@ def included(include: str | float, person: Any) -> Any:
         if not 0.0 <= include <= 1.0:
             raise ValueError(f"A quality threshold in include must lie in [0, 1], not {include}")
         judged = person | (F("quality").exists() & (F("quality") >= include))
-        return accepted | ((unreviewed() | (overruled & ~_tagged(ACCEPTED))) & judged)
+        return accepted | ((unreviewed() | overruled) & judged)
     raise ValueError(f"include must be one of {INCLUDES} or a quality threshold, not {include!r}")
 
 
@@ -150,10 +150,11 @@ def export_training_set(
     classes = sorted(view.distinct(f"{path}.label"))
     split = split_instances(view, pred_field) if name == "yolov5" else 0
     made = _missing_parents(export_dir)
-    os.makedirs(os.path.dirname(export_dir), exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(export_dir))
-    staging = os.path.join(scratch, "out")  # new to FiftyOne: nothing to merge with
+    scratch = None
     try:
+        os.makedirs(os.path.dirname(export_dir), exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(export_dir))
+        staging = os.path.join(scratch, "out")  # new to FiftyOne: nothing to merge with
         kwargs = {}
         if name == "yolov5":  # no absolute "path" in dataset.yaml: the folder is renamed
             kwargs = {"use_masks": True, "split": "train", "include_path": False}
@@ -173,10 +174,12 @@ def export_training_set(
         os.replace(staging, export_dir)
     except BaseException:
         for folder in (scratch, *made):  # the deepest first
-            shutil.rmtree(folder, ignore_errors=True)
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
         raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     if split:
         logger.warning(
             "%d instances have holes or several parts; YOLO writes each ring as an object", split

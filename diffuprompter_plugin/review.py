@@ -25,7 +25,6 @@ from .verdicts import (
     VERDICT_NAMES,
     LabelTable,
     check_classes,
-    edited,
     labels_path,
     person_made,
     unreviewed,
@@ -83,7 +82,7 @@ def review_view(
     if order == "calibration" and min(int(bins), int(size)) < 1:
         raise ValueError(f"bins and size must be at least 1, not {bins} and {size}")
     condition = unreviewed()
-    if classes is not None:
+    if classes:
         condition = condition & F("label").is_in(check_classes(samples, pred_field, classes))
     view = samples.filter_labels(pred_field, condition)
     if order == "worst_first":  # unknown quality (a person's work has none) first
@@ -155,8 +154,8 @@ def accept_pseudo_labels(
     (and ``auto_accepted``), and, with ``reject_below``, unreviewed labels
     below that floor ``rejected`` (and ``auto_rejected``). Labels that
     already carry a verdict, a person's or an earlier automatic one, and
-    labels a person edited (:func:`~.verdicts.edited`) are never touched;
-    labels without a ``quality`` are left unreviewed.
+    labels a person edited or added (:func:`~.verdicts.person_made`) are
+    never touched; labels without a ``quality`` are left unreviewed.
 
     Args:
         samples: a dataset or view (or a patches view of ``pred_field``).
@@ -191,7 +190,7 @@ def accept_pseudo_labels(
             f"reject_below ({reject_below}) lies above an acceptance threshold "
             f"({min(levels)}): a label cannot be both"
         )
-    open_labels = unreviewed() & ~edited() & F("quality").exists()
+    open_labels = unreviewed() & ~person_made(samples, pred_field) & F("quality").exists()
     rules = [(F("label") == c) & (F("quality") >= t) for c, t in per_class.items()]
     if min_quality is not None:
         rules.append(~F("label").is_in(list(per_class)) & (F("quality") >= min_quality))

@@ -97,8 +97,9 @@ def person_made(samples: Any, pred_field: str) -> Any:
     Raises:
         ValueError: as :func:`labels_path`.
     """
-    path = labels_path(samples, pred_field)
-    if samples._dataset.count(f"{path}.drawn_label"):  # the whole field, not the view
+    labels_path(samples, pred_field)
+    root = samples._root_dataset  # the whole field, not the view (nor its patches)
+    if root.count(f"{labels_path(root, pred_field)}.drawn_label"):
         return edited() | ~F("drawn_label").exists()
     return edited()
 
@@ -117,7 +118,8 @@ def labels_path(samples: Any, pred_field: str) -> str:
 
 def check_classes(samples: Any, pred_field: str, classes: Any, name: str = "classes") -> list[str]:
     """``classes`` (a list of class names) as a list, each the class of some
-    label of ``pred_field`` in ``samples``.
+    label of ``pred_field`` in the dataset of ``samples`` (a class absent
+    from the view passes).
 
     Raises:
         ValueError: a single string, or a class no label has, naming it
@@ -126,7 +128,9 @@ def check_classes(samples: Any, pred_field: str, classes: Any, name: str = "clas
     """
     if isinstance(classes, str):
         raise ValueError(f"{name} must be a list of class names, not the string {classes!r}")
-    known = samples.distinct(f"{labels_path(samples, pred_field)}.label")
+    labels_path(samples, pred_field)
+    root = samples._root_dataset
+    known = root.distinct(f"{labels_path(root, pred_field)}.label")
     for cls in classes:
         if cls not in known:
             raise ValueError(

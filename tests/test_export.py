@@ -12,6 +12,7 @@ import fiftyone as fo
 import geopandas as gpd
 import numpy as np
 import pytest
+from fiftyone import ViewField as F
 from pycocotools.coco import COCO
 from reviewed import crowded_dataset, ids_by_quality, reviewed_dataset, ring, tag
 
@@ -159,6 +160,24 @@ def test_bad_exports_leave_nothing(dataset, tmp_path):
     with pytest.raises(ValueError):  # FiftyOne refuses the media mode once the export starts
         export_training_set(dataset, "dp", tmp_path / "new" / "run1" / "train", export_media="x")
     assert not (tmp_path / "new").exists()  # the folders it made for it are gone too
+
+
+def test_a_rejection_the_run_made_is_void_once_a_person_fixes_the_label(dataset, tmp_path):
+    from reviewed import edit
+
+    from diffuprompter_plugin.export import training_view
+
+    rejected = dataset.filter_labels("dp", F("tags").contains("auto_rejected"))
+    (label_id,) = rejected.values("dp.detections.id", unwind=True)
+    edit(dataset, label_id, label="hull")  # a person fixed its class
+
+    def kept(include):
+        return set(training_view(dataset, "dp", include).values("dp.detections.id", unwind=True))
+
+    assert label_id in kept("accepted+unreviewed") and label_id in kept(0.5)
+    assert label_id not in kept("accepted")  # no verdict of the person's
+    tag(dataset, [label_id], "accepted")  # accepted without untagging: conflicting
+    assert all(label_id not in kept(i) for i in ("accepted", "accepted+unreviewed", 0.5))
 
 
 def test_an_export_from_the_apps_patches_view_holds_its_labels(dataset, tmp_path):

@@ -236,7 +236,9 @@ def test_a_label_a_person_edited_is_that_persons_work(dataset):
         for sample in renamed.iter_samples(autosave=True):
             for det in sample.dp.detections:
                 det.label = f"{det.drawn_label} hull"
-        with pytest.raises(ValueError, match="Every label of 'dp' was edited by a person"):
+        with pytest.raises(
+            ValueError, match="Every label of 'dp' was edited or added by a person"
+        ):
             calibrate_acceptance(renamed, "dp")
     finally:
         renamed.delete()
@@ -273,8 +275,15 @@ def test_a_label_a_person_added_is_that_persons_work(dataset):
     alone = dataset.select(sample.id)  # a view without the run's labels but that one
     alone = alone.filter_labels("dp", F("drawn_label").exists(False))
     assert _rows(review_status(alone, "dp"))["all"]["edited"] == 1
+    assert _rows(review_status(alone.to_patches("dp"), "dp"))["all"]["edited"] == 1
     with pytest.raises(ValueError, match=r"1 edited or added by a person of 1"):
         check_no_verdicts(alone, "dp")
+
+    copied = fo.Detection(label="ship", bounding_box=[0.1, 0.5, 0.2, 0.2], quality=0.99)
+    sample.dp.detections.append(copied)  # added with a quality copied from elsewhere
+    sample.save()
+    out = accept_pseudo_labels(dataset, "dp", min_quality=0.95)
+    assert out["accepted"] == 0  # the 0.99 is the person's, the run's 0.95 they renamed
 
     old = dataset.clone()  # a run made before runs recorded what they drew
     try:
@@ -302,3 +311,5 @@ def test_bad_arguments_name_the_value(dataset):
     with pytest.raises(ValueError, match="class 'Ship' named in classes"):
         calibrate_acceptance(dataset, "dp", classes=["Ship"])
     assert dataset.count_label_tags() == {}  # nothing was tagged
+    tanks = dataset.filter_labels("dp", F("label") == "tank")  # a class the view lacks passes
+    assert accept_pseudo_labels(tanks, "dp", thresholds={"ship": 0.5, "tank": 0.9})["accepted"]

@@ -24,7 +24,7 @@ from .device import default_dtype, resolve_device
 from .grounding import Grounded, TextGrounder, check_class_prompts
 from .image import ImageLike, opened, read_rgb
 from .local_copy import local_copy
-from .raster import Box
+from .raster import Box, has_data
 from .scenes import TileWork, heatmap_folder, scene_previews, scene_steps, tile_instances
 from .segmentation import Instance, SamPrompter, Thresholds, zero_nodata
 from .stable_diffusion import load_stable_diffusion, load_tokenizer
@@ -235,7 +235,7 @@ class DiffuPrompter(Annotator):
         """Heatmaps and spreads of an image labelled whole (``rgb``: H x W x 3
         uint8, ``valid``: H x W bool or None), 0 on nodata; an image entirely
         nodata is not run."""
-        if valid is None or valid.any():
+        if has_data(valid):
             maps = self.grounder.ground(rgb, names, progress=progress)
         else:
             maps = Grounded(
@@ -374,8 +374,9 @@ class DiffuPrompter(Annotator):
         thresholds: Thresholds,
         progress: bool,
     ) -> Iterator[TileWork | None]:
-        """The steps of one image: grounding work (None: a group of a
-        scene's tiles grounded) and the tiles whose heatmaps are final
+        """The steps of one image: work that gives no tile (None: a group of
+        a scene's tiles grounded, or a tile written without foreground) and
+        the tiles whose heatmaps are final
         (:class:`~.scenes.TileWork`). Sets ``item.finish``, and
         ``item.discard`` for a scene's heatmap files.
         An image larger than ``tile_size`` is labelled in tiles

@@ -50,6 +50,12 @@ PIL_MAX_PIXELS = 4096 * 4096
 """Larger images are read by rasterio window by window, never whole."""
 
 
+def has_data(valid: np.ndarray | None) -> bool:
+    """Whether a window whose data mask (see :meth:`Raster.read`) is
+    ``valid`` has any pixel with data."""
+    return valid is None or bool(valid.any())
+
+
 class Raster:
     """An image read window by window.
 

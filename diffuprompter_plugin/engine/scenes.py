@@ -64,7 +64,7 @@ from .crf import has_foreground
 from .grounding import TextGrounder
 from .heatmap_store import HeatmapWriter, heatmap_preview, read_heatmap_window, stored_heatmap
 from .local_copy import local_copy
-from .raster import Box, Raster
+from .raster import Box, Raster, has_data
 from .segmentation import Instance, SamPrompter, Thresholds, binary_maps, zero_nodata
 from .tiles import cores_within, merge_instances, tile_grid, tile_scales, within
 
@@ -154,7 +154,7 @@ def _data_tiles(
     advances by one per tile skipped (entirely nodata)."""
     for tile, core in grid:
         rgb, valid = raster.read(tile)
-        if valid is None or valid.any():
+        if has_data(valid):
             yield tile, core, rgb, valid
         elif bar is not None:
             bar.update()
@@ -201,14 +201,15 @@ def scene_steps(
 ) -> Iterator[TileWork | None]:
     """The run of a scene, as steps: pass 1 yields None after each group of
     tiles grounded (:func:`tiles_per_group`, so memory holds one group);
-    passes 2 and 3 then go tile by tile. Each tile's heatmaps are scaled
+    passes 2 and 3 then go tile by tile, a step per tile. Each tile's heatmaps are scaled
     (every core in the tile by its own tile's peak over the scene's), its
     core is written to ``paths`` (``{class: .tif}``, georeferenced as the
     raster) and, with ``spread_paths`` (``{class: .tif}``), the draws'
     spreads, scaled alike (so ``draw_agreement``, a ratio of the two, does
     not change with the scaling), to those; a tile with data and some
     class above its threshold (``gammas``) is yielded as its
-    :class:`TileWork`, whose heatmaps are what the files hold, so
+    :class:`TileWork` (any other tile as None), whose heatmaps are what the
+    files hold, so
     re-thresholding the files (:func:`segment_scene`) gives what the run
     gave. A tile's DenseCRF can thus start while the files are still being
     written. With ``progress``, a bar counts the tiles grounded.
@@ -240,14 +241,14 @@ def scene_steps(
             for key, window in scaled.items():
                 final.write(key, core, window[within(core, tile)])
             rgb, valid = raster.read(tile)
-            if valid is not None and not valid.any():
-                continue  # no data: not grounded, its core all 0
-            heatmaps = {n: stored_heatmap(scaled["heat", n]) for n in names}
-            spreads = spread_paths and (
-                lambda scaled=scaled: {n: stored_heatmap(scaled["spread", n]) for n in names}
-            )
-            if work := _foreground_work(tile, rgb, valid, heatmaps, gammas, spreads):
-                yield work
+            work = None  # no data (not grounded, its core all 0) or no foreground
+            if has_data(valid):
+                heatmaps = {n: stored_heatmap(scaled["heat", n]) for n in names}
+                spreads = spread_paths and (
+                    lambda scaled=scaled: {n: stored_heatmap(scaled["spread", n]) for n in names}
+                )
+                work = _foreground_work(tile, rgb, valid, heatmaps, gammas, spreads)
+            yield work  # None: a step all the same, so the stream goes on meanwhile
         final.close(overviews={key for key in layers if key[0] == "heat"})  # spreads: no previews
     finally:  # failed or abandoned: no file stays open (closing twice is harmless)
         for writer in writers:
