@@ -24,7 +24,7 @@ from .labels import (
     spread_path,
     store_instances,
 )
-from .verdicts import check_no_verdicts
+from .verdicts import check_no_verdicts, enable_editing
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ def rethreshold_pseudo_labels(
         dataset.add_sample_field(
             out_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections
         )
+    enable_editing(dataset, out_field, list(config.heatmap_fields))
     tiling = config.engine_config()  # the run's tile_size decided which samples were tiled
     done = samples.exists(config.pred_field)
     ids = done.values("id")

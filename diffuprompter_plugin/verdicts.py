@@ -27,6 +27,7 @@ over it. A change of the mask alone, within the same box, is not seen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,20 @@ def person_made(samples: Any, pred_field: str) -> Any:
     if root.count(f"{labels_path(root, pred_field)}.drawn_label"):
         return edited() | ~F("drawn_label").exists()
     return edited()
+
+
+def enable_editing(dataset: Any, field: str, classes: Sequence[str]) -> None:
+    """Lets a person fix the labels of ``field`` (a declared
+    ``fo.Detections`` field) in the App's Annotate tab: sets and activates
+    a label schema offering ``classes``, the run's. A schema the dataset
+    already has for the field, a person's own, is kept; a FiftyOne without
+    label schemas (before 1.22) is left as it is."""
+    if not hasattr(dataset, "update_label_schema") or field in dataset.label_schemas:
+        return
+    schema = dataset.generate_label_schemas(fields=field, scan_samples=False)
+    schema.update(component="dropdown", classes=sorted(classes))
+    dataset.update_label_schema(field, schema)
+    dataset.activate_label_schemas(field)
 
 
 def labels_path(samples: Any, pred_field: str) -> str:

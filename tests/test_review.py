@@ -156,6 +156,19 @@ def test_rethreshold_into_a_reviewed_field_is_refused(image_dataset):
     check_no_verdicts(image_dataset, "dp_new")  # a fresh field passes
 
 
+def test_a_run_lets_a_person_fix_its_labels_in_the_apps_annotate_tab(image_dataset):
+    compute_pseudo_labels(image_dataset, "dp", classes=["storage tank", "ship"], model=StubModel())
+    schema = image_dataset.label_schemas["dp_instances"]
+    assert (schema["type"], schema["component"]) == ("detections", "dropdown")
+    assert schema["classes"] == ["ship", "storage tank"]  # the run's classes
+    assert "dp_instances" in image_dataset.active_label_schemas
+    mine = {**schema, "classes": ["ship", "storage tank", "oil tank"]}
+    image_dataset.update_label_schema("dp_strict", mine, allow_new_fields=True)
+    echo = EchoPrompter(TINY_CONFIG)
+    rethreshold_pseudo_labels(image_dataset, "dp", "dp_strict", thresholds=0.5, prompter=echo)
+    assert image_dataset.label_schemas["dp_strict"]["classes"][-1] == "oil tank"  # theirs kept
+
+
 def test_accept_on_a_patches_view_and_labels_without_quality(dataset):
     from diffuprompter_plugin.calibration import calibrate_acceptance
 

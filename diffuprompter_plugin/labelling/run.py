@@ -23,6 +23,7 @@ from ..brain import (
 )
 from ..claims import LEASE_S, POLL_S, RunClaims, RunDeletedError, cleanup_claims, schema_lock
 from ..labels import HEATMAP_FILES
+from ..verdicts import enable_editing
 from .checks import (
     check_batch_size,
     check_new_fields,
@@ -311,3 +312,4 @@ def declare_fields(samples: Any, record: PseudoLabelsConfig) -> None:
                 dataset.add_sample_field(
                     name, fo.EmbeddedDocumentField, embedded_doc_type=label_type
                 )
+        enable_editing(dataset, record.pred_field, list(record.heatmap_fields))
