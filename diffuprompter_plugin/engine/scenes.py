@@ -199,20 +199,19 @@ def scene_steps(
     spread_paths: Mapping[str, str] | None = None,
     progress: bool = False,
 ) -> Iterator[TileWork | None]:
-    """The run of a scene, as steps: pass 1 yields None after each group of
+    """The run of a scene, as steps. Pass 1 yields None after each group of
     tiles grounded (:func:`tiles_per_group`, so memory holds one group);
-    passes 2 and 3 then go tile by tile, a step per tile. Each tile's heatmaps are scaled
-    (every core in the tile by its own tile's peak over the scene's), its
-    core is written to ``paths`` (``{class: .tif}``, georeferenced as the
-    raster) and, with ``spread_paths`` (``{class: .tif}``), the draws'
-    spreads, scaled alike (so ``draw_agreement``, a ratio of the two, does
-    not change with the scaling), to those; a tile with data and some
-    class above its threshold (``gammas``) is yielded as its
-    :class:`TileWork` (any other tile as None), whose heatmaps are what the
-    files hold, so
-    re-thresholding the files (:func:`segment_scene`) gives what the run
-    gave. A tile's DenseCRF can thus start while the files are still being
-    written. With ``progress``, a bar counts the tiles grounded.
+    passes 2 and 3 then take a step per tile (:func:`_scaled_tiles`): the
+    tile's scaled heatmaps are written to ``paths`` (``{class: .tif}``,
+    georeferenced as the raster) and, with ``spread_paths`` (``{class:
+    .tif}``), its draws' spreads, scaled alike (so ``draw_agreement``, a
+    ratio of the two, does not change with the scaling), to those; a tile
+    with data and some class above its threshold (``gammas``) is yielded
+    as its :class:`TileWork`, any other tile as None. A tile's heatmaps are
+    what the files hold, so re-thresholding the files
+    (:func:`segment_scene`) gives what the run gave, and its DenseCRF can
+    start while the files are still being written. With ``progress``, a
+    bar counts the tiles grounded.
     """
     grid = scene_grid(raster, grounder.config)
     shape = (raster.height, raster.width)
@@ -228,33 +227,52 @@ def scene_steps(
         writers.append(scratch)
         peaks = yield from _ground_tiles(grounder, raster, grid, names, scratch, progress)
         scratch.close(overviews=False)
-        scales = tile_scales(peaks, names)
-        factors = {n: [scales.get(tile, {}).get(n, 0.0) for tile, _ in grid] for n in names}
-        cores = np.asarray([core for _, core in grid])
         final = HeatmapWriter(layers, shape, raster.georef)
         writers.append(final)
-        for tile, core in grid:
-            scaled = {
-                key: _scaled_window(path, tile, cores, factors[key[1]])
-                for key, path in scratch_paths.items()
-            }
-            for key, window in scaled.items():
-                final.write(key, core, window[within(core, tile)])
-            rgb, valid = raster.read(tile)
-            work = None  # no data (not grounded, its core all 0) or no foreground
-            if has_data(valid):
-                heatmaps = {n: stored_heatmap(scaled["heat", n]) for n in names}
-                spreads = spread_paths and (
-                    lambda scaled=scaled: {n: stored_heatmap(scaled["spread", n]) for n in names}
-                )
-                work = _foreground_work(tile, rgb, valid, heatmaps, gammas, spreads)
-            yield work  # None: a step all the same, so the stream goes on meanwhile
+        scales = tile_scales(peaks, names)
+        factors = {n: [scales.get(tile, {}).get(n, 0.0) for tile, _ in grid] for n in names}
+        yield from _scaled_tiles(raster, grid, factors, scratch_paths, final, gammas)
         final.close(overviews={key for key in layers if key[0] == "heat"})  # spreads: no previews
     finally:  # failed or abandoned: no file stays open (closing twice is harmless)
         for writer in writers:
             with contextlib.suppress(Exception):
                 writer.close(overviews=False)
         shutil.rmtree(scratch_dir, ignore_errors=True)
+
+
+def _scaled_tiles(
+    raster: Raster,
+    grid: list[tuple[Box, Box]],
+    factors: Mapping[str, Sequence[float]],
+    scratch_paths: Mapping[tuple[str, str], str],
+    final: HeatmapWriter,
+    gammas: Mapping[str, float],
+) -> Iterator[TileWork | None]:
+    """Passes 2 and 3, a step per tile of ``grid``: the unscaled layers of
+    ``scratch_paths`` (keys ``("heat" | "spread", class)``) at the tile,
+    each core in it times its own tile's factor (``factors``: ``{class:
+    one per tile}``), the tile's own core written to ``final``; then the
+    tile's work as :func:`_foreground_work` gives it (None for a tile
+    without data)."""
+    cores = np.asarray([core for _, core in grid])
+    names = list(factors)
+    with_spreads = any(kind == "spread" for kind, _ in scratch_paths)
+    for tile, core in grid:
+        scaled = {
+            key: _scaled_window(path, tile, cores, factors[key[1]])
+            for key, path in scratch_paths.items()
+        }
+        for key, window in scaled.items():
+            final.write(key, core, window[within(core, tile)])
+        rgb, valid = raster.read(tile)
+        work = None  # no data: not grounded, its core all 0
+        if has_data(valid):
+            heatmaps = {n: stored_heatmap(scaled["heat", n]) for n in names}
+            spreads = with_spreads and (
+                lambda scaled=scaled: {n: stored_heatmap(scaled["spread", n]) for n in names}
+            )
+            work = _foreground_work(tile, rgb, valid, heatmaps, gammas, spreads)
+        yield work  # None: a step all the same, so the stream goes on meanwhile
 
 
 def _ground_tiles(
