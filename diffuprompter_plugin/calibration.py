@@ -400,7 +400,8 @@ def ground_truth_matches(
     deleted afterwards.
 
     Raises:
-        ValueError: ``gt_field`` is missing or holds no objects.
+        ValueError: ``gt_field`` is missing, is ``pred_field``, or holds no
+            objects.
     """
     from fiftyone import ViewField as F
 
@@ -408,6 +409,8 @@ def ground_truth_matches(
 
     if not samples.has_field(gt_field):
         raise ValueError(f"Ground-truth field '{gt_field}' does not exist")
+    if gt_field == pred_field:
+        raise ValueError(f"'{gt_field}' cannot be the ground truth of its own labels")
     view = samples.exists(gt_field)
     if view.count(f"{gt_field}.detections") == 0:
         raise ValueError(f"Ground-truth field '{gt_field}' holds no objects")

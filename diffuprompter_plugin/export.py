@@ -136,20 +136,15 @@ def export_training_set(
         raise ValueError(f"Export folder '{export_dir}' is a file")
     if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
         raise ValueError(f"Export folder '{export_dir}' is not empty; pass overwrite=True")
-    samples = _as_samples(samples, pred_field)
-    view = training_view(samples, pred_field, include)
+    samples = as_samples(samples, pred_field)
+    view = check_included(samples, pred_field, include)
     path = labels_path(samples, pred_field)
     count = view.count(path)
-    if not count:
-        raise ValueError(
-            f"Nothing to export: none of the {samples.count(path)} labels of "
-            f"'{pred_field}' is let in by include={include!r}"
-        )
     require_masks(view, pred_field, "a training set needs a mask on every label", path)
     require_metadata(view)
     classes = sorted(view.distinct(f"{path}.label"))
     split = split_instances(view, pred_field) if name == "yolov5" else 0
-    made = _missing_parents(export_dir)
+    made = missing_parents(export_dir)
     scratch = None
     try:
         os.makedirs(os.path.dirname(export_dir), exist_ok=True)
@@ -196,17 +191,35 @@ def export_training_set(
     }
 
 
-def _as_samples(samples: Any, pred_field: str) -> Any:
+def check_included(samples: Any, pred_field: str, include: str | float) -> Any:
+    """The :func:`training_view` of ``samples``.
+
+    Raises:
+        ValueError: it holds no label, naming ``include`` and the count of
+            labels it left out.
+    """
+    view = training_view(samples, pred_field, include)
+    path = labels_path(samples, pred_field)
+    if not view.count(path):
+        raise ValueError(
+            f"Nothing to export: none of the {samples.count(path)} labels of "
+            f"'{pred_field}' is let in by include={include!r}"
+        )
+    return view
+
+
+def as_samples(samples: Any, pred_field: str) -> Any:
     """``samples``, or for a patches view of ``pred_field`` (the App's view
     after a review by patch), the labels it shows as a view of their
     images, which FiftyOne's exporters take."""
-    if labels_path(samples, pred_field) != pred_field:
+    if not samples._is_patches:
         return samples
+    labels_path(samples, pred_field)  # a patches view of that field
     ids = samples.values(f"{pred_field}.id")
     return samples._root_dataset.select_labels(ids=ids, fields=pred_field)
 
 
-def _missing_parents(folder: str) -> list[str]:
+def missing_parents(folder: str) -> list[str]:
     """The folders above ``folder`` that do not exist yet, deepest first."""
     missing = []
     parent = os.path.dirname(folder)

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 import fiftyone as fo
@@ -35,11 +35,11 @@ from pyproj import CRS
 from rasterio import Affine
 from rasterio.features import shapes
 
-from .export import training_view
+from .export import as_samples, check_included, missing_parents
 from .labels import label_type
 from .oriented import COLUMNS as ORIENTED_COLUMNS
 from .oriented import oriented_features
-from .verdicts import verdict_name
+from .verdicts import person_made_ids, verdict_name
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 """Output formats by file extension."""
@@ -168,9 +168,14 @@ def area_m2(geometry: shapely.Geometry, crs: CRS) -> float:
     return float("nan")
 
 
-def sample_features(sample: Any, pred_field: str) -> gpd.GeoDataFrame:
+def sample_features(
+    sample: Any, pred_field: str, person: Container[str] = frozenset()
+) -> gpd.GeoDataFrame:
     """One row per instance of ``pred_field`` with its attributes
-    (:data:`COLUMNS`), in the sample's own CRS.
+    (:data:`COLUMNS`), in the sample's own CRS; the labels whose ids
+    ``person`` holds are a person's work (:func:`~.verdicts.person_made`):
+    no run's quality describes them (NaN), and an automatic rejection of
+    them is void.
 
     Raises:
         ValueError: no georeferencing or no metadata, naming the file.
@@ -186,6 +191,7 @@ def sample_features(sample: Any, pred_field: str) -> gpd.GeoDataFrame:
         if geometry.is_empty:
             continue
         geometries.append(geometry)
+        mine = det.id in person
         rows.append(
             {
                 "label": det.label,
@@ -195,8 +201,8 @@ def sample_features(sample: Any, pred_field: str) -> gpd.GeoDataFrame:
                 "sample_id": sample.id,
                 "filepath": sample.filepath,
                 "detection_id": det.id,
-                "quality": det.get_attribute_value("quality", np.nan),
-                "verdict": verdict_name(det.tags),
+                "quality": np.nan if mine else det.get_attribute_value("quality", np.nan),
+                "verdict": verdict_name(det.tags, mine),
             }
         )
     table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
@@ -271,10 +277,13 @@ def export_geo(
         raise ValueError("GeoJSON is always WGS84 (RFC 7946); crs= applies to .gpkg only")
     if driver == "GeoJSON" and oriented_boxes:
         raise ValueError("GeoJSON holds one layer: write oriented boxes to a .gpkg")
+    samples = as_samples(samples, pred_field)
     check_detections_field(samples, pred_field)
+    person = person_made_ids(samples, pred_field)
     if include is not None:
-        samples = training_view(samples, pred_field, include)
+        samples = check_included(samples, pred_field, include)
     layer = layer or pred_field
+    check_layer_name(layer)
     companion = f"{layer}_oriented"
     existing = _existing_layers(path, driver, overwrite)
     # a layer replaced beside its oriented boxes gets them anew, so the two agree
@@ -288,7 +297,7 @@ def export_geo(
     frames, boxes = [], []
     with fou.ProgressBar(total=len(samples), progress=progress) as pb:
         for sample in pb(samples):
-            frames.append(sample_features(sample, pred_field))
+            frames.append(sample_features(sample, pred_field, person))
             if oriented_boxes:
                 boxes.append(oriented_features(sample, pred_field, *georeference(sample)))
     target = _output_crs(frames, driver, crs)
@@ -302,6 +311,20 @@ def export_geo(
     crs_name = target.to_string()
     out = {"path": path, "samples": len(frames), "features": len(table), "crs": crs_name}
     return {**out, "oriented_layer": companion} if oriented_boxes else out
+
+
+RESERVED_PREFIXES = ("gpkg_", "rtree_", "sqlite_")
+"""Table names a GeoPackage keeps for itself (SQLite's and the format's)."""
+
+
+def check_layer_name(layer: str) -> None:
+    """Raises a ValueError naming ``layer`` when a GeoPackage cannot hold a
+    layer of that name."""
+    if not layer or layer.casefold().startswith(RESERVED_PREFIXES):
+        raise ValueError(
+            f"A GeoPackage cannot hold a layer named {layer!r}: names starting with "
+            f"{', '.join(RESERVED_PREFIXES)} are its own; pass another layer="
+        )
 
 
 def check_detections_field(samples: Any, pred_field: str) -> None:
@@ -375,11 +398,13 @@ def _write_replacing(
     copy of ``path`` when ``keep``, so its other layers stay) that then
     replaces ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=folder)
-    os.close(fd)
-    os.remove(temporary)  # the drivers create the file themselves
+    made = missing_parents(os.path.abspath(path))
+    temporary = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=folder)
+        os.close(fd)
+        os.remove(temporary)  # the drivers create the file themselves
         if keep:  # the layers are added to the copy; ones of the same names are replaced
             shutil.copyfile(path, temporary)
         # GeoPackage: a layer of the same name in any case is replaced
@@ -394,6 +419,8 @@ def _write_replacing(
             )
         os.replace(temporary, path)
     except BaseException:
-        if os.path.exists(temporary):
+        if temporary and os.path.exists(temporary):
             os.remove(temporary)
+        for parent in made:  # the deepest first
+            shutil.rmtree(parent, ignore_errors=True)
         raise

@@ -119,6 +119,14 @@ def enable_editing(dataset: Any, field: str, classes: Sequence[str]) -> None:
     dataset.activate_label_schemas(field)
 
 
+def person_made_ids(samples: Any, pred_field: str) -> set[str]:
+    """The ids of the labels of ``pred_field`` in ``samples`` that are a
+    person's work (:func:`person_made`)."""
+    path = labels_path(samples, pred_field)
+    person = samples.filter_labels(pred_field, person_made(samples, pred_field))
+    return set(person.values(f"{path}.id", unwind=True))
+
+
 def labels_path(samples: Any, pred_field: str) -> str:
     """The path of the labels of ``pred_field``: ``<field>.detections`` for a
     Detections field, ``<field>`` for the Detection field of a patches view.
@@ -155,23 +163,26 @@ def check_classes(samples: Any, pred_field: str, classes: Any, name: str = "clas
     return list(classes)
 
 
-def verdict_code(tags: list[str] | None) -> int:
-    """The verdict code of a label's tags (see the module notes)."""
+def verdict_code(tags: list[str] | None, person: bool = False) -> int:
+    """The verdict code of a label's tags (see the module notes); for a
+    label that is a ``person``'s work (:func:`person_made`), an automatic
+    rejection is void (the run's quality it went by no longer describes
+    the label): unreviewed."""
     tags = set(tags or ())
     accepted, rejected = ACCEPTED in tags, REJECTED in tags
     if accepted and rejected:
         return CONFLICT
     if accepted:
         return AUTO_ACCEPT if AUTO_ACCEPTED in tags else PERSON_ACCEPTED
-    if rejected:
-        return AUTO_REJECT if AUTO_REJECTED in tags else PERSON_REJECTED
-    return UNREVIEWED
+    if rejected and AUTO_REJECTED in tags:
+        return UNREVIEWED if person else AUTO_REJECT
+    return PERSON_REJECTED if rejected else UNREVIEWED
 
 
-def verdict_name(tags: list[str] | None) -> str:
-    """``accepted``, ``rejected`` or ``unreviewed`` (automatic or not),
-    ``conflicting`` for both tags."""
-    code = verdict_code(tags)
+def verdict_name(tags: list[str] | None, person: bool = False) -> str:
+    """``accepted``, ``rejected`` or ``unreviewed`` (automatic or not, as
+    :func:`verdict_code` reads them), ``conflicting`` for both tags."""
+    code = verdict_code(tags, person)
     return {AUTO_ACCEPT: ACCEPTED, AUTO_REJECT: REJECTED}.get(code, VERDICT_NAMES[code])
 
 
@@ -202,21 +213,22 @@ class LabelTable:
         patches view): their values, then which are a person's work."""
         path = labels_path(samples, pred_field)
         keys = ("id", "label", "quality", "tags")
-        columns = list(samples.values([f"{path}.{k}" for k in keys]))
-        person = samples.filter_labels(pred_field, person_made(samples, pred_field))
-        columns.append(person.values(f"{path}.id"))
+        columns = samples.values([f"{path}.{k}" for k in keys])
         if path.endswith(".detections"):  # lists per sample -> flat
             columns = [[v for row in column if row for v in row] for column in columns]
-        ids, labels, quality, tags, changed = columns
+        ids, labels, quality, tags = columns
         ids = np.asarray(ids, dtype=object)
-        edited_labels = np.isin(ids, np.asarray(changed, dtype=object))
+        person = person_made_ids(samples, pred_field)
+        edited_labels = np.asarray([i in person for i in ids], dtype=bool)
         quality = np.asarray([np.nan if q is None else q for q in quality], dtype=float)
         quality[edited_labels] = np.nan
         return cls(
             ids=ids,
             labels=np.asarray(labels, dtype=object),
             quality=quality,
-            verdict=np.asarray([verdict_code(t) for t in tags], dtype=int),
+            verdict=np.asarray(
+                [verdict_code(t, p) for t, p in zip(tags, edited_labels, strict=True)], dtype=int
+            ),
             edited=edited_labels,
         )
 

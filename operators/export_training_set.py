@@ -34,7 +34,9 @@ def include_param(params: dict[str, Any], default: str = "accepted") -> str | fl
     """The ``include`` argument of the export functions from the form (None: every label)."""
     include = params.get("include") or default
     if include == "threshold":
-        return float(params.get("min_quality", 0.8))
+        if params.get("min_quality") is None:
+            raise ValueError("Quality at least: give a quality in [0, 1]")
+        return float(params["min_quality"])
     return None if include == EVERY else include
 
 

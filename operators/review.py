@@ -151,6 +151,7 @@ class AcceptPseudoLabels(forms.FormOperator):
                          min=0.5, max=0.999)  # fmt: skip
             inputs.float("confidence", label="Confidence", default=0.95, min=0.5, max=0.999)
             fields = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Detections))
+            fields = [f for f in fields if f != ctx.params.get("pred_field")]  # not its own truth
             inputs.enum(
                 "gt_field",
                 ["(reviews)", *fields],

@@ -248,6 +248,8 @@ def test_calibration_from_ground_truth_uses_fiftyone_matches(tmp_path):
         assert [t["threshold"] for t in hull.thresholds_tried] == [0.49]
         assert hull.precision == pytest.approx(30 / 31) and not hull.decided
         assert dataset.list_evaluations() == []  # the scratch evaluation is gone
+        with pytest.raises(ValueError, match="'dp' cannot be the ground truth of its own"):
+            calibrate_acceptance(dataset, "dp", gt_field="dp")
         with pytest.raises(ValueError, match="Ground-truth field 'nope' does not exist"):
             calibrate_acceptance(dataset, "dp", gt_field="nope")
         with pytest.raises(ValueError, match="target_precision must lie strictly"):

@@ -210,6 +210,39 @@ def test_geopackage_holds_the_accepted_labels_with_quality_and_verdict(dataset, 
     }  # fmt: skip
 
 
+def test_geo_exports_read_a_persons_work_and_leave_nothing_when_they_fail(
+    dataset, tmp_path, monkeypatch
+):
+    from reviewed import edit
+
+    rejected = dataset.filter_labels("dp", F("tags").contains("auto_rejected"))
+    (fixed,) = rejected.values("dp.detections.id", unwind=True)
+    edit(dataset, fixed, label="hull")  # a person fixed what the run rejected
+    patches = dataset.to_patches("dp")  # the App's view after a review by patch
+    out = export_geo(patches, "dp", tmp_path / "mine.gpkg", include="accepted+unreviewed")
+    frame = gpd.read_file(out["path"]).set_index("detection_id")
+    assert out["features"] == 11  # all but the person's own rejection
+    assert frame.loc[fixed, "verdict"] == "unreviewed" and np.isnan(frame.loc[fixed, "quality"])
+
+    untouched = reviewed_dataset(str(tmp_path / "fresh"))
+    try:
+        for name in ("none.gpkg", "none.geojson"):
+            with pytest.raises(ValueError, match=r"Nothing to export: none of the 12 labels"):
+                export_geo(untouched, "dp", tmp_path / name, include="accepted")
+    finally:
+        untouched.delete()
+    with pytest.raises(ValueError, match="cannot hold a layer named 'gpkg_contents'"):
+        export_geo(dataset, "dp", tmp_path / "x.gpkg", layer="gpkg_contents")
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(gpd.GeoDataFrame, "to_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export_geo(dataset, "dp", tmp_path / "new" / "deeper" / "x.gpkg")
+    assert sorted(os.listdir(tmp_path)) == ["fresh", "images", "mine.gpkg"]
+
+
 def test_the_readme_worked_example(tmp_path):
     """The README's two review blocks, with the calibration sample tagged
     in between as a person would (from each label's known correctness)."""

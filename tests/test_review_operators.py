@@ -88,3 +88,10 @@ def test_export_operators_honour_the_review(dataset, tmp_path):
     assert every["features"] == 12
     with pytest.raises(ExecutionError, match="include"):
         foo.get_operator(EXPORT)(dataset, "dp", tmp_path / "x", include="nothing_left")
+    from operators.export_training_set import include_param
+
+    with pytest.raises(ValueError, match=r"Quality at least: give a quality in \[0, 1\]"):
+        include_param({"include": "threshold", "min_quality": None})  # the field cleared
+    patches = dataset.to_patches("dp").match_labels(tags="accepted", fields="dp")
+    geo = foo.get_operator(EXPORT_GEO)(patches, "dp", str(tmp_path / "p.gpkg")).result
+    assert geo["features"] == 4  # the App's view after a review by patch
