@@ -315,17 +315,17 @@ def _scaled_window(path: str, box: Box, cores: np.ndarray, factors: Sequence[flo
 
 
 @_steps_under_gdal_env
-def scene_tiles(
+def stored_tiles(
     raster: Raster,
     paths: Mapping[str, str],
     gammas: Mapping[str, float],
     config: DiffuPrompterConfig,
     spread_paths: Mapping[str, str] | None = None,
 ) -> Iterator[TileWork]:
-    """Pass 3's input: each tile with data and with some class above its
-    threshold, read from the raster and the stored heatmaps ``paths``
-    (``{class: .tif}``) as it is taken, with the draws' spreads
-    ``spread_paths`` where the run stored them."""
+    """Pass 3's input when re-thresholding a stored scene: each tile with
+    data and with some class above its threshold, read from the raster and
+    the stored heatmaps ``paths`` (``{class: .tif}``) as it is taken, with
+    the draws' spreads ``spread_paths`` where the run stored them."""
     for tile, _, rgb, valid in _data_tiles(raster, scene_grid(raster, config)):
         heatmaps = {name: read_heatmap_window(path, tile) for name, path in paths.items()}
         spreads = spread_paths and (
@@ -375,7 +375,7 @@ def segment_scene(
     gammas = prompter.thresholds_for(list(paths), thresholds)
     tiles = []
     with local_copy(raster) as scene:  # remote: each block fetched once
-        for work in scene_tiles(scene, paths, gammas, prompter.config, spread_paths):
+        for work in stored_tiles(scene, paths, gammas, prompter.config, spread_paths):
             binaries = binary_maps(work.rgb, work.heatmaps, gammas, prompter.config)
             tiles.append((work.tile, tile_instances(prompter, work, binaries)))
     return merge_instances(tiles)
