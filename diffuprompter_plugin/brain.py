@@ -11,6 +11,7 @@ models are imported only when they are loaded.
 
 from __future__ import annotations
 
+import copy
 import shutil
 from typing import Any
 
@@ -154,15 +155,18 @@ class PseudoLabelsConfig(fob.BrainMethodConfig):
         prompter: Any = None,
     ) -> Any:
         """The ``SamPrompter`` that turns this run's heatmaps into instances:
-        ``prompter`` when given, else ``sam_model`` (and ``sam_checkpoint``),
-        else the recorded SAM and its checkpoint (unless another checkpoint
-        is given), all with the run's settings.
+        a copy of ``prompter`` when given, else ``sam_model`` (and
+        ``sam_checkpoint``), else the recorded SAM and its checkpoint
+        (unless another checkpoint is given), all with the run's settings
+        (tiling, DenseCRF, SAM), whatever ``prompter``'s own.
 
         Raises:
             ValueError: no SAM is given and the run's is not on record.
             ModelUnavailableError: the SAM weights cannot be found.
         """
         if prompter is not None:
+            prompter = copy.copy(prompter)  # the caller's keeps its settings
+            prompter.config = self.engine_config()
             return prompter
         if sam_model is None:
             self._require_recorded(

@@ -332,3 +332,50 @@ def test_writer_reports_each_batch_once_it_is_saved(image_dataset):
     assert len(model.calls) == 3 and model.streams == 1  # one stream, the labelled one skipped
     assert image_dataset.count("dp_ship") == 3
     assert len(os.listdir(os.path.join(folder, "ship"))) == 3
+
+
+def test_a_scene_the_writer_cannot_store_leaves_no_temporary_files(
+    image_dataset, tmp_path, monkeypatch
+):
+    import tempfile
+
+    import fiftyone as fo
+    from PIL import Image
+    from test_tiling import TILED, scene, stub_model
+
+    from diffuprompter_plugin import RunDeletedError
+    from diffuprompter_plugin.brain import PseudoLabelsConfig
+    from diffuprompter_plugin.labelling.record import heatmap_dir
+    from diffuprompter_plugin.labelling.run import declare_fields
+    from diffuprompter_plugin.labelling.writer import annotate_batches
+
+    Image.fromarray(scene()).save(tmp_path / "scene.png")  # labelled in tiles
+    image_dataset.add_sample(fo.Sample(filepath=str(tmp_path / "scene.png")))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    folder = heatmap_dir(image_dataset, None, "run1", None)
+    record = PseudoLabelsConfig("dp", {"car": "dp_car"}, "dp_error", folder, classes=["car"])
+    declare_fields(image_dataset, record)
+
+    def deleted() -> None:
+        raise RunDeletedError("the run was deleted")
+
+    ids = [image_dataset.last().id]
+    with pytest.raises(RunDeletedError):
+        list(annotate_batches(image_dataset, stub_model(TILED), record, iter([ids]), deleted))
+    assert list(scratch.iterdir()) == []  # the scene's heatmap files were not left behind
+
+
+def test_a_given_prompter_segments_with_the_runs_settings(image_dataset):
+    from helpers import EchoPrompter
+
+    from diffuprompter_plugin.brain import stored_config
+
+    compute_pseudo_labels(image_dataset, "dp", classes=["ship"], model=StubModel())
+    record = stored_config(image_dataset, "dp")
+    mine = EchoPrompter(TINY_CONFIG.replace(tile_size=4096))
+    used = record.load_prompter(prompter=mine)
+    assert used.config == record.engine_config()  # the run's tiling, DenseCRF and SAM
+    assert used.config.crf and used.config.tile_size == 1024
+    assert mine.config.tile_size == 4096 and not mine.config.crf  # the caller's is untouched

@@ -3,6 +3,7 @@ failure, GDAL's message in the error (issue 22 item 6)."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 
 import numpy as np
@@ -83,3 +84,20 @@ def test_a_labelled_scene_leaves_no_temp_folder(tmp_path, monkeypatch):
         with rasterio.open(sample[field]["geotiff_path"]) as src:
             assert (src.height, src.width) == (200, 210)
     assert list(scratch.iterdir()) == []  # the heatmaps were moved out, the folder removed
+
+
+def test_a_writer_that_cannot_open_every_file_closes_the_ones_it_opened(tmp_path, monkeypatch):
+    real, opened = rasterio.open, []
+
+    def second_fails(path, *args, **kwargs):
+        opened.append(path)
+        if len(opened) == 2:
+            raise RasterioIOError("No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio, "open", second_fails)
+    paths = {"a": str(tmp_path / "a.tif"), "b": str(tmp_path / "b.tif")}
+    with pytest.raises(OSError, match=r"Cannot write heatmap '.*b\.tif': .*No space left") as e:
+        HeatmapWriter(paths, (64, 64))
+    held = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    assert e.value and os.path.realpath(paths["a"]) not in held  # not kept open by the error

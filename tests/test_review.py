@@ -143,15 +143,15 @@ def test_rethreshold_into_a_reviewed_field_is_refused(image_dataset):
     first = image_dataset.values("dp_strict.detections.id")
     image_dataset.limit(2).tag_labels(["accepted"], label_fields=["dp_strict"])
     image_dataset.skip(3).tag_labels(["rejected"], label_fields=["dp_strict"])
-    message = r"Field 'dp_strict' holds reviewed labels \(2 accepted, 1 rejected of 4\)"
+    message = r"Field 'dp_strict' holds reviewed labels \(4 accepted, 4 rejected of 11\)"
     with pytest.raises(ValueError, match=message):
         check_no_verdicts(image_dataset, "dp_strict")
     with pytest.raises(ValueError, match=message):
         rethreshold_pseudo_labels(image_dataset, "dp", "dp_strict", 0.6, prompter=echo)
     assert image_dataset.values("dp_strict.detections.id") == first  # untouched
-    assert image_dataset.count_label_tags() == {"accepted": 2, "rejected": 1}
-    out = rethreshold_pseudo_labels(image_dataset, "dp", "dp_new", 0.6, prompter=echo)
-    assert out["instances"] == 4
+    assert image_dataset.count_label_tags() == {"accepted": 4, "rejected": 4}
+    out = rethreshold_pseudo_labels(image_dataset, "dp", "dp_new", 0.5, prompter=echo)
+    assert out["instances"] == 11  # the run's settings (DenseCRF on), not the prompter's
     assert image_dataset.count_label_tags(label_fields=["dp_new"]) == {}  # no verdicts
     check_no_verdicts(image_dataset, "dp_new")  # a fresh field passes
 

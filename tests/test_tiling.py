@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from concurrent.futures import Executor, Future
 
@@ -487,7 +488,11 @@ def test_stopping_while_the_next_scene_is_grounded_removes_its_files(tmp_path, m
     monkeypatch.setattr(pipeline, "crf_pool", lambda n: LatePool())
     model = stub_model(TILED.replace(crf=True, crf_workers=2))
     stream = model.annotate_all([("A", scene(), ["car"]), ("B", scene(), ["car"])])
-    key, _ = next(stream)  # A's result, while B is being grounded: both have files
+    key, result = next(stream)  # A's result, while B is being grounded: both have files
     assert key == "A" and len(list(tmp_path.glob("dp-heatmaps-*"))) == 2
-    stream.close()  # stopped on A (whose files the caller did not move) in B's grounding
+    stream.close()  # stopped in B's grounding: B's files go, A's are the caller's
+    assert [os.path.dirname(p) for p in result.heatmap_files.values()] == [
+        str(p) for p in tmp_path.iterdir()
+    ]
+    result.discard()  # what a caller that keeps nothing does
     assert list(tmp_path.iterdir()) == []

@@ -124,7 +124,9 @@ class DiffuPrompterConfig:
             :mod:`~diffuprompter_plugin.engine.scenes`); smaller images are
             labelled whole.
         tile_overlap: native pixels shared by neighbouring tiles; objects up
-            to this size are seen whole by at least one tile.
+            to this size are seen whole by at least one tile. With 0, tiles
+            share no window to match their instances in, so an object on a
+            seam comes out as one instance per tile.
     """
 
     template: str = _setting("Photo of a {}", "Prompt template", "'{}' is the class name")

@@ -124,10 +124,15 @@ class HeatmapWriter:
         self.paths = dict(paths)
         profile = heatmap_profile(*shape, georef, scratch)
         self.files = {}
-        for name, path in self.paths.items():
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with _quiet(), _gdal_errors(path):
-                self.files[name] = rasterio.open(path, "w", **profile)
+        try:
+            for name, path in self.paths.items():
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                with _quiet(), _gdal_errors(path):
+                    self.files[name] = rasterio.open(path, "w", **profile)
+        except BaseException:  # the ones already open are closed, not held by the error
+            for file in self.files.values():
+                file.close()
+            raise
 
     def write(self, name: str, box: Box, heatmap: np.ndarray) -> None:
         """Stores the h x w [0, 1] ``heatmap`` of class ``name`` at ``box``.

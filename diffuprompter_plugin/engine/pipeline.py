@@ -80,6 +80,12 @@ class Annotation:
         """(H, W) of the annotated image."""
         return self.shape or next(iter(self.heatmaps.values())).shape
 
+    def discard(self) -> None:
+        """Deletes the temporary folder of a scene's heatmap files (what a
+        caller that does not keep them calls); nothing for an image."""
+        for path in [*self.heatmap_files.values(), *self.spread_files.values()][:1]:
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
 
 def _guarded(step: Callable[[], Any]) -> Any:
     """The step's result, or the exception of a failed image."""
@@ -289,7 +295,12 @@ class DiffuPrompter(Annotator):
         Up to :data:`TILES_PER_PROCESS` tiles per process are in flight, so
         no process waits for the models and memory holds a few tiles and
         the next item's group of tiles, not a scene. The results are those
-        of the inline path (``crf_workers=0``), mask for mask."""
+        of the inline path (``crf_workers=0``), mask for mask.
+
+        A scene's heatmap files belong to the caller once its result is
+        yielded (move them, or :meth:`Annotation.discard` them), even if
+        the caller then stops the stream; those of the items not yet
+        yielded are deleted when it stops."""
         processes = self.config.crf_workers if self.config.crf else 0
         yield from self._stream(items, thresholds, processes, ITEM_ERRORS)
 
@@ -437,12 +448,7 @@ class DiffuPrompter(Annotator):
             pending.popleft()
             item = head.item
             if head.work is None:  # the item's last tile is done
-                result = item.result(errors)
-                try:
-                    yield item.key, result
-                except BaseException:  # the consumer stopped on it: its scene files go
-                    item.discard()
-                    raise
+                yield item.key, item.result(errors)  # its files are the consumer's now
             elif item.error is not None:  # its tiles are not prompted: not run, if not begun
                 for future in head.binaries.values():
                     future.cancel()

@@ -88,7 +88,12 @@ def annotate_batches(
 
     try:
         for (batch, sample), result in model.annotate_all(items()):
-            store(batch, sample, result)
+            try:
+                store(batch, sample, result)
+            except BaseException:  # not stored: its scene files, not moved, go
+                if not isinstance(result, Exception):
+                    result.discard()
+                raise
             while saved:
                 yield saved.pop(0)
         while saved:
