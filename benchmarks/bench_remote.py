@@ -20,7 +20,6 @@ temporary folder and serves it from the tests' range server on 127.0.0.1
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -135,7 +134,7 @@ def main() -> None:
                 f"full-resolution blocks, {seconds:.1f} s"
             )
         for annotation in (local, remote):
-            shutil.rmtree(os.path.dirname(next(iter(annotation.heatmap_files.values()))))
+            annotation.discard()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 from fiftyone_home import use_throwaway_home
 
@@ -48,6 +49,14 @@ def rgb() -> np.ndarray:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _temporary_files(tmp_path_factory, monkeypatch):
+    """Temporary files (a scene's heatmap folder, which a test that keeps
+    nothing of its Annotation leaves behind) go under pytest's folder,
+    which it prunes, not the system's."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tmp")))
 
 
 @pytest.fixture
